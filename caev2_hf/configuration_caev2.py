@@ -1,0 +1,290 @@
+# Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
+"""CAE v2 model configuration and the official size presets (SPEC §2)."""
+
+from transformers import CLIPVisionConfig, PretrainedConfig
+
+
+IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# OpenAI CLIP ViT-B/16 at 224 (`openai/clip-vit-base-patch16`), the teacher of every official run (SPEC §4).
+CLIP_VIT_B16_TEACHER = {
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "image_size": 224,
+    "patch_size": 16,
+    "projection_dim": 512,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+}
+
+# The official architectures and mask counts (SPEC §2). Tiny and Small use 12 heads, as the authors' scripts do.
+CAEV2_PRESETS = {
+    "tiny": {
+        "hidden_size": 192,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 768,
+        "num_masking_patches": 30,
+        "regressor_num_hidden_layers": 1,
+        "regressor_hidden_size": 96,
+    },
+    "small": {
+        "hidden_size": 384,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 1536,
+        "num_masking_patches": 49,
+        "regressor_num_hidden_layers": 1,
+    },
+    "base": {
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+        "num_masking_patches": 98,
+        "regressor_num_hidden_layers": 4,
+    },
+    # No official script exists for Large: regressor depth 4 is assumed, layer scale 1e-5 follows the authors' notes.
+    "large": {
+        "hidden_size": 1024,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "intermediate_size": 4096,
+        "num_masking_patches": 98,
+        "regressor_num_hidden_layers": 4,
+        "layer_scale_init_value": 1e-5,
+    },
+}
+
+MASK_STRATEGIES = ("block", "random")
+LOSS_TYPES = ("cosine", "mse", "smooth_l1")
+CLASSIFIER_POOLINGS = ("mean", "cls")
+TEACHER_GRID_RESAMPLINGS = (None, "bilinear", "bicubic")
+
+
+class CAEv2Config(PretrainedConfig):
+    r"""
+    Configuration of a CAE v2 model: the ViT encoder (`CAEv2Model`), the latent regressor and head used in pretraining
+    (`CAEv2ForPreTraining`), the frozen CLIP teacher, and the classification heads. The defaults give CAE v2 ViT-Base;
+    `CAEv2Config.from_preset("tiny" | "small" | "base" | "large")` gives each official size.
+
+    Args:
+        image_size (`int`, *optional*, defaults to 224): Input resolution (square).
+        patch_size (`int`, *optional*, defaults to 16): Patch side; `image_size` must be a multiple of it.
+        num_channels (`int`, *optional*, defaults to 3): Input channels.
+        hidden_size (`int`, *optional*, defaults to 768): Encoder width.
+        num_hidden_layers (`int`, *optional*, defaults to 12): Encoder depth.
+        num_attention_heads (`int`, *optional*, defaults to 12): Encoder heads; must divide `hidden_size`.
+        intermediate_size (`int`, *optional*, defaults to 3072): Encoder MLP width.
+        hidden_act (`str`, *optional*, defaults to `"gelu"`): MLP activation (exact GELU, as the official code).
+        layer_norm_eps (`float`, *optional*, defaults to 1e-6): LayerNorm epsilon everywhere in the student.
+        layer_scale_init_value (`float`, *optional*, defaults to 0.1): Initial layer scale of encoder blocks.
+        drop_path_rate (`float`, *optional*, defaults to 0.1): Stochastic depth at the last block (linear from 0).
+        initializer_range (`float`, *optional*, defaults to 0.02): Std of the truncated normal for tokens and patches.
+        regressor_hidden_size (`int`, *optional*): Regressor width; defaults to `hidden_size`. When it differs, a
+            Linear + LayerNorm narrows the encoder output (Tiny: 192 -> 96).
+        regressor_num_hidden_layers (`int`, *optional*, defaults to 4): Number of cross-attention regressor blocks.
+        regressor_num_attention_heads (`int`, *optional*): Regressor heads; defaults to `num_attention_heads`.
+        regressor_intermediate_size (`int`, *optional*): Regressor MLP width; defaults to 4 x `regressor_hidden_size`.
+        regressor_layer_scale_init_value (`float`, *optional*, defaults to 0.1): Initial layer scale of regressor blocks.
+        num_masking_patches (`int`, *optional*, defaults to 98): Patches masked per image in pretraining. Every image
+            of a batch must have exactly this many masked patches.
+        mask_ratio (`float`, *optional*): Alternative to `num_masking_patches`: `round(mask_ratio * num_patches)`.
+        mask_strategy (`str`, *optional*, defaults to `"block"`): `"block"` (BEiT block-wise) or `"random"`.
+        mask_min_num_patches (`int`, *optional*, defaults to 16): Minimum patches per block in block-wise masking.
+        mask_min_aspect (`float`, *optional*, defaults to 0.3): Smallest block aspect ratio (largest is its inverse).
+        target_hidden_size (`int`, *optional*, defaults to 512): Head output width; must equal the teacher's
+            projection width.
+        loss_type (`str`, *optional*, defaults to `"cosine"`): `"cosine"` distance (default), `"mse"` or `"smooth_l1"`.
+        supervise_visible (`bool`, *optional*, defaults to `True`): Supervise visible tokens (paper Eq. 1, `dv`).
+        supervise_masked (`bool`, *optional*, defaults to `True`): Supervise masked tokens (paper Eq. 1, `dm`).
+        supervise_cls (`bool`, *optional*, defaults to `True`): Supervise the [CLS] token (official code).
+        teacher_config (`dict` or `CLIPVisionConfig`, *optional*): Architecture of the frozen CLIP teacher; defaults to
+            OpenAI CLIP ViT-B/16.
+        teacher_name_or_path (`str`, *optional*, defaults to `"openai/clip-vit-base-patch16"`): Where
+            `CAEv2ForPreTraining.load_teacher()` takes the teacher's weights from.
+        use_random_teacher (`bool`, *optional*, defaults to `False`): Allow training against a teacher that never
+            received weights (tests, the offline demo). Without it such a run raises.
+        teacher_grid_resampling (`str`, *optional*): How to bring teacher patch targets to the student grid when the
+            grids differ (`"bilinear"` or `"bicubic"`); `None` refuses a mismatch.
+        image_mean / image_std (`tuple[float]`, *optional*): Student normalisation (ImageNet statistics).
+        teacher_image_mean / teacher_image_std (`tuple[float]`, *optional*): Teacher normalisation (CLIP statistics).
+        classifier_pooling (`str`, *optional*, defaults to `"mean"`): Head of `CAEv2ForImageClassification`: `"mean"`
+            (fine-tuning: mean of patch tokens -> LayerNorm -> Linear) or `"cls"` (linear probe: [CLS] ->
+            BatchNorm without affine -> Linear).
+        classifier_init_scale (`float`, *optional*, defaults to 0.001): Scale of the fine-tuning classifier's init.
+
+    Example:
+
+    ```python
+    >>> from caev2_hf import CAEv2Config, CAEv2Model
+    >>> config = CAEv2Config.from_preset("tiny")
+    >>> config.num_masking_patches
+    30
+    ```"""
+
+    model_type = "caev2"
+    sub_configs = {"teacher_config": CLIPVisionConfig}
+
+    def __init__(
+        self,
+        image_size: int = 224,
+        patch_size: int = 16,
+        num_channels: int = 3,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 3072,
+        hidden_act: str = "gelu",
+        layer_norm_eps: float = 1e-6,
+        layer_scale_init_value: float = 0.1,
+        drop_path_rate: float = 0.1,
+        initializer_range: float = 0.02,
+        regressor_hidden_size: int | None = None,
+        regressor_num_hidden_layers: int = 4,
+        regressor_num_attention_heads: int | None = None,
+        regressor_intermediate_size: int | None = None,
+        regressor_layer_scale_init_value: float = 0.1,
+        num_masking_patches: int = 98,
+        mask_ratio: float | None = None,
+        mask_strategy: str = "block",
+        mask_min_num_patches: int = 16,
+        mask_min_aspect: float = 0.3,
+        target_hidden_size: int = 512,
+        loss_type: str = "cosine",
+        supervise_visible: bool = True,
+        supervise_masked: bool = True,
+        supervise_cls: bool = True,
+        teacher_config: dict | CLIPVisionConfig | None = None,
+        teacher_name_or_path: str = "openai/clip-vit-base-patch16",
+        use_random_teacher: bool = False,
+        teacher_grid_resampling: str | None = None,
+        image_mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN,
+        image_std: tuple[float, ...] = IMAGENET_DEFAULT_STD,
+        teacher_image_mean: tuple[float, ...] = OPENAI_CLIP_MEAN,
+        teacher_image_std: tuple[float, ...] = OPENAI_CLIP_STD,
+        classifier_pooling: str = "mean",
+        classifier_init_scale: float = 0.001,
+        **kwargs,
+    ):
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.num_channels = num_channels
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.layer_norm_eps = layer_norm_eps
+        self.layer_scale_init_value = layer_scale_init_value
+        self.drop_path_rate = drop_path_rate
+        self.initializer_range = initializer_range
+        self.regressor_hidden_size = regressor_hidden_size or hidden_size
+        self.regressor_num_hidden_layers = regressor_num_hidden_layers
+        self.regressor_num_attention_heads = regressor_num_attention_heads or num_attention_heads
+        self.regressor_intermediate_size = regressor_intermediate_size or 4 * self.regressor_hidden_size
+        self.regressor_layer_scale_init_value = regressor_layer_scale_init_value
+        if mask_ratio is not None:
+            num_masking_patches = round(mask_ratio * (image_size // patch_size) ** 2)
+        self.num_masking_patches = num_masking_patches
+        self.mask_strategy = mask_strategy
+        self.mask_min_num_patches = mask_min_num_patches
+        self.mask_min_aspect = mask_min_aspect
+        self.target_hidden_size = target_hidden_size
+        self.loss_type = loss_type
+        self.supervise_visible = supervise_visible
+        self.supervise_masked = supervise_masked
+        self.supervise_cls = supervise_cls
+        if teacher_config is None:
+            teacher_config = CLIPVisionConfig(**CLIP_VIT_B16_TEACHER)
+        elif isinstance(teacher_config, dict):
+            teacher_config = CLIPVisionConfig(**teacher_config)
+        self.teacher_config = teacher_config
+        self.teacher_name_or_path = teacher_name_or_path
+        self.use_random_teacher = use_random_teacher
+        self.teacher_grid_resampling = teacher_grid_resampling
+        self.image_mean = list(image_mean)
+        self.image_std = list(image_std)
+        self.teacher_image_mean = list(teacher_image_mean)
+        self.teacher_image_std = list(teacher_image_std)
+        self.classifier_pooling = classifier_pooling
+        self.classifier_init_scale = classifier_init_scale
+        super().__init__(**kwargs)
+        self._validate()
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "CAEv2Config":
+        """The official architecture of size `name` (tiny, small, base, large); keyword arguments override fields."""
+        if name not in CAEV2_PRESETS:
+            raise ValueError(f"Unknown CAE v2 preset {name!r}: choose one of {sorted(CAEV2_PRESETS)}.")
+        return cls(**{**CAEV2_PRESETS[name], **overrides})
+
+    def _validate(self) -> None:
+        """Refuse combinations the model cannot compute, naming the field and the fix."""
+        self._validate_architecture()
+        self._validate_pretraining()
+
+    def _validate_architecture(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size={self.image_size} is not divisible by patch_size={self.patch_size}: "
+                f"use an image size that is a multiple of {self.patch_size} (e.g. 224 for patch 16)."
+            )
+        for prefix, width, heads in (
+            ("", self.hidden_size, self.num_attention_heads),
+            ("regressor_", self.regressor_hidden_size, self.regressor_num_attention_heads),
+        ):
+            if width % heads:
+                raise ValueError(
+                    f"{prefix}hidden_size={width} is not divisible by {prefix}num_attention_heads={heads}: "
+                    f"choose a head count that divides the width."
+                )
+            if width % 4:
+                raise ValueError(
+                    f"{prefix}hidden_size={width} must be a multiple of 4 for the 2-D sin-cos position table."
+                )
+        if self.classifier_pooling not in CLASSIFIER_POOLINGS:
+            raise ValueError(f"classifier_pooling={self.classifier_pooling!r}: choose one of {CLASSIFIER_POOLINGS}.")
+
+    def _validate_pretraining(self) -> None:
+        if not 0 <= self.num_masking_patches < self.num_patches:
+            raise ValueError(
+                f"num_masking_patches={self.num_masking_patches} is outside [0, {self.num_patches}) for "
+                f"{self.num_patches} patches: set a count (or mask_ratio) that leaves at least one patch visible."
+            )
+        if self.mask_strategy not in MASK_STRATEGIES:
+            raise ValueError(f"mask_strategy={self.mask_strategy!r}: choose one of {MASK_STRATEGIES}.")
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type={self.loss_type!r}: choose one of {LOSS_TYPES}.")
+        if not (self.supervise_visible or self.supervise_masked or self.supervise_cls):
+            raise ValueError("supervise_visible, supervise_masked and supervise_cls are all False: enable at least one.")
+        if self.target_hidden_size != self.teacher_config.projection_dim:
+            raise ValueError(
+                f"target_hidden_size={self.target_hidden_size} differs from the teacher's projection width "
+                f"teacher_config.projection_dim={self.teacher_config.projection_dim}: set target_hidden_size to "
+                f"{self.teacher_config.projection_dim} (512 for CLIP ViT-B, 768 for CLIP ViT-L)."
+            )
+        if self.teacher_grid_resampling not in TEACHER_GRID_RESAMPLINGS:
+            raise ValueError(
+                f"teacher_grid_resampling={self.teacher_grid_resampling!r}: choose one of {TEACHER_GRID_RESAMPLINGS}."
+            )
+        student_grid = self.image_size // self.patch_size
+        teacher_grid = self.teacher_config.image_size // self.teacher_config.patch_size
+        if teacher_grid != student_grid and self.teacher_grid_resampling is None:
+            raise ValueError(
+                f"The teacher's patch grid ({teacher_grid}x{teacher_grid}) differs from the student's "
+                f"({student_grid}x{student_grid}): targets would be misaligned. Use a teacher with the same grid or set "
+                f"teacher_grid_resampling='bilinear' to resample the teacher's patch targets to the student grid."
+            )
+
+
+__all__ = ["CAEv2Config", "CAEV2_PRESETS"]

@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny CAE v2 configs and a tiny random CLIP teacher, so every test runs offline on CPU."""
+
+import os
+
+import pytest
+import torch
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from caev2_hf import CAEv2Config  # noqa: E402
+
+
+TINY_TEACHER = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "image_size": 32,
+    "patch_size": 8,
+    "projection_dim": 16,
+}
+
+
+def build_tiny_config(**overrides) -> CAEv2Config:
+    """A 2-layer, width-32 CAE v2 on 32x32 images (4x4 patches of 8) with a regressor narrowed to 16, as Tiny does."""
+    fields = {
+        "image_size": 32,
+        "patch_size": 8,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+        "regressor_hidden_size": 16,
+        "regressor_num_hidden_layers": 2,
+        "regressor_num_attention_heads": 2,
+        "num_masking_patches": 6,
+        "mask_min_num_patches": 2,
+        "target_hidden_size": 16,
+        "drop_path_rate": 0.0,
+        "teacher_config": dict(TINY_TEACHER),
+        "use_random_teacher": True,
+    }
+    fields.update(overrides)
+    return CAEv2Config(**fields)
+
+
+@pytest.fixture
+def tiny_config() -> CAEv2Config:
+    return build_tiny_config()
+
+
+@pytest.fixture
+def pixel_values() -> torch.Tensor:
+    return torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture
+def fixed_mask() -> torch.Tensor:
+    """Six masked patches per image, at different places in each image."""
+    mask = torch.zeros(3, 16, dtype=torch.bool)
+    mask[0, :6] = True
+    mask[1, 10:] = True
+    mask[2, ::3][:6] = True
+    return mask
