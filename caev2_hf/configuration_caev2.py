@@ -266,7 +266,9 @@ class CAEv2Config(PretrainedConfig):
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type={self.loss_type!r}: choose one of {LOSS_TYPES}.")
         if not (self.supervise_visible or self.supervise_masked or self.supervise_cls):
-            raise ValueError("supervise_visible, supervise_masked and supervise_cls are all False: enable at least one.")
+            raise ValueError(
+                "supervise_visible, supervise_masked and supervise_cls are all False: enable at least one."
+            )
         if self.target_hidden_size != self.teacher_config.projection_dim:
             raise ValueError(
                 f"target_hidden_size={self.target_hidden_size} differs from the teacher's projection width "

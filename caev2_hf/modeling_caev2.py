@@ -67,28 +67,16 @@ def build_2d_sincos_position_embedding(
     return torch.cat([table.new_zeros(1, dim), table]).float()
 
 
-def split_visible_and_masked(bool_masked_pos: torch.Tensor, num_masked: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Patch indices of visible and masked patches, each in ascending order: `(batch, N - num_masked)`, `(batch, M)`.
-
-    A stable sort of the mask puts visible (False) before masked (True) and keeps patch order inside each group,
-    without a host sync (the count comes from the config, not from the data).
-    """
-    order = torch.sort(bool_masked_pos.to(torch.uint8), dim=1, stable=True).indices
-    num_visible = bool_masked_pos.shape[1] - num_masked
-    return order[:, :num_visible], order[:, num_visible:]
-
-
-def gather_tokens(tokens: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """`tokens[b, indices[b]]` for `(batch, seq, dim)` tokens and `(batch, k)` indices."""
-    return torch.gather(tokens, 1, indices.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
-
-
 def check_mask_counts(bool_masked_pos: torch.Tensor, num_masked: int) -> None:
     """Every image must mask exactly `num_masked` patches, so visible tokens stack into one tensor (SPEC §2).
 
     On the CPU the check is free and raises a readable error; on an accelerator it is queued asynchronously so the
     training step keeps no host sync.
     """
+    if bool_masked_pos.ndim != 2:
+        raise ValueError(
+            f"bool_masked_pos has shape {tuple(bool_masked_pos.shape)}: expected (batch_size, num_patches)."
+        )
     counts = bool_masked_pos.sum(dim=1)
     if bool_masked_pos.device.type != "cpu":
         torch._assert_async(torch.all(counts == num_masked), "bool_masked_pos has a wrong number of masked patches")
@@ -103,6 +91,23 @@ def check_mask_counts(bool_masked_pos: torch.Tensor, num_masked: int) -> None:
             f"bool_masked_pos masks {int(counts[0])} patches per image but config.num_masking_patches is "
             f"{num_masked}: set config.num_masking_patches={int(counts[0])} or draw masks with the config's count."
         )
+
+
+def split_visible_and_masked(bool_masked_pos: torch.Tensor, num_masked: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patch indices of visible and masked patches, each in ascending order: `(batch, N - num_masked)`, `(batch, M)`.
+
+    A stable sort of the mask puts visible (False) before masked (True) and keeps patch order inside each group,
+    without a host sync (the count comes from the config, not from the data).
+    """
+    check_mask_counts(bool_masked_pos, num_masked)
+    order = torch.sort(bool_masked_pos.to(torch.uint8), dim=1, stable=True).indices
+    num_visible = bool_masked_pos.shape[1] - num_masked
+    return order[:, :num_visible], order[:, num_visible:]
+
+
+def gather_tokens(tokens: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """`tokens[b, indices[b]]` for `(batch, seq, dim)` tokens and `(batch, k)` indices."""
+    return torch.gather(tokens, 1, indices.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
 
 
 def eager_attention_forward(
@@ -213,8 +218,6 @@ class CAEv2Attention(nn.Module):
     def __init__(self, config: CAEv2Config, hidden_size: int, num_attention_heads: int, fused_qkv_init: bool) -> None:
         super().__init__()
         self.config = config
-        # The official encoder fuses q, k and v in one Linear; its init bounds are kept (see `_init_weights`).
-        self.fused_qkv_init = fused_qkv_init
         self.head_dim = hidden_size // num_attention_heads
         self.scaling = self.head_dim**-0.5
         self.is_causal = False
@@ -222,6 +225,10 @@ class CAEv2Attention(nn.Module):
         self.k_proj = nn.Linear(hidden_size, hidden_size, bias=False)
         self.v_proj = nn.Linear(hidden_size, hidden_size, bias=True)
         self.o_proj = nn.Linear(hidden_size, hidden_size)
+        if fused_qkv_init:
+            # The official encoder fuses q, k and v in one (3D x D) Linear: keep its xavier bound (`_init_weights`).
+            for projection in (self.q_proj, self.k_proj, self.v_proj):
+                projection.xavier_fan_out = 3 * hidden_size
 
     def forward(
         self, query_input: torch.Tensor, key_input: torch.Tensor, value_input: torch.Tensor
@@ -379,7 +386,9 @@ class CAEv2Regressor(nn.Module):
         rates = drop_path_rates(config.drop_path_rate, config.regressor_num_hidden_layers)
         self.layers = nn.ModuleList([CAEv2RegressorLayer(config, rate) for rate in rates])
 
-    def forward(self, visible_states: torch.Tensor, visible_ids: torch.Tensor, masked_ids: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, visible_states: torch.Tensor, visible_ids: torch.Tensor, masked_ids: torch.Tensor
+    ) -> torch.Tensor:
         """`visible_states` `(batch, num_visible, width)` (no [CLS]) -> `(batch, num_masked, width)`."""
         batch_size = visible_states.shape[0]
         patch_positions = self.position_embeddings[:, 1:].to(visible_states.dtype).expand(batch_size, -1, -1)
@@ -508,7 +517,9 @@ class CAEv2PreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
-            init.xavier_uniform_(module.weight)
+            fan_out = getattr(module, "xavier_fan_out", module.out_features)
+            bound = (6.0 / (module.in_features + fan_out)) ** 0.5
+            init.uniform_(module.weight, -bound, bound)  # xavier-uniform for every Linear (SPEC §7)
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Conv2d):
@@ -530,19 +541,10 @@ class CAEv2PreTrainedModel(PreTrainedModel):
             input_scale, input_shift = module.renormalisation(self.config)
             init.copy_(module.input_scale, input_scale)
             init.copy_(module.input_shift, input_shift)
-        elif isinstance(module, CAEv2Attention) and module.fused_qkv_init:
-            self._init_like_fused_qkv(module)
 
     def _sincos_like(self, table: torch.Tensor) -> torch.Tensor:
         grid = self.config.image_size // self.config.patch_size
         return build_2d_sincos_position_embedding(grid, grid, table.shape[-1])[None]
-
-    def _init_like_fused_qkv(self, attention: CAEv2Attention) -> None:
-        """The official encoder has one fused qkv Linear (3D x D): xavier bounds use its fan-out of 3D."""
-        fan_in, fan_out = attention.q_proj.in_features, 3 * attention.q_proj.out_features
-        bound = (6.0 / (fan_in + fan_out)) ** 0.5
-        for projection in (attention.q_proj, attention.k_proj, attention.v_proj):
-            init.uniform_(projection.weight, -bound, bound)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
         """Also write the stock image processor, so `AutoImageProcessor.from_pretrained(folder)` works.
@@ -759,8 +761,11 @@ class CAEv2ForPreTraining(CAEv2PreTrainedModel):
         pretrained = CLIPVisionModelWithProjection.from_pretrained(source, **kwargs)
         expected, found = self.config.teacher_config, pretrained.config
         fields = ("hidden_size", "num_hidden_layers", "patch_size", "image_size", "projection_dim")
-        mismatched = [f"{name}: {getattr(found, name)} != {getattr(expected, name)}" for name in fields
-                      if getattr(found, name) != getattr(expected, name)]
+        mismatched = [
+            f"{name}: {getattr(found, name)} != {getattr(expected, name)}"
+            for name in fields
+            if getattr(found, name) != getattr(expected, name)
+        ]
         if mismatched:
             raise ValueError(
                 f"The teacher at {source} does not match config.teacher_config ({'; '.join(mismatched)}): build the "
@@ -845,7 +850,11 @@ class CAEv2ForPreTraining(CAEv2PreTrainedModel):
                 f"(batch, 1 + num_patches, target_hidden_size) in image order with [CLS] first."
             )
         patch_targets = target_features[:, 1:]
-        ordered = [target_features[:, :1], gather_tokens(patch_targets, visible_ids), gather_tokens(patch_targets, masked_ids)]
+        ordered = [
+            target_features[:, :1],
+            gather_tokens(patch_targets, visible_ids),
+            gather_tokens(patch_targets, masked_ids),
+        ]
         return torch.cat(ordered, dim=1).to(torch.float32)
 
 
@@ -910,14 +919,17 @@ class CAEv2ForImageClassification(CAEv2PreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.caev2 = CAEv2Model(config)
-        self.pooler = CAEv2MeanPooler(config) if config.classifier_pooling == "mean" else CAEv2ClsBatchNormPooler(config)
+        self.pooler = (
+            CAEv2MeanPooler(config) if config.classifier_pooling == "mean" else CAEv2ClsBatchNormPooler(config)
+        )
         self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels else nn.Identity()
         self.post_init()
 
     @torch.no_grad()
-    def _init_weights(self, module: nn.Module) -> None:
-        super()._init_weights(module)
-        if module is not self or not isinstance(self.classifier, nn.Linear):
+    def initialize_weights(self) -> None:
+        """Module-wise init, then the head's own (skipped for tensors loaded from a checkpoint)."""
+        super().initialize_weights()
+        if not isinstance(self.classifier, nn.Linear):
             return
         if self.config.classifier_pooling == "mean":
             # BEiT fine-tuning: small head init, and fc_norm starts as the encoder's final norm.

@@ -49,8 +49,12 @@ def build_parameter_groups(
         if not parameter.requires_grad:
             continue
         decay = weight_decay if is_decayed(name, parameter) and name not in skip_weight_decay else 0.0
-        scale = 1.0 if layer_decay is None else layer_decay ** (num_layers + 1 - layer_id_for_parameter(name, num_layers))
-        group = groups.setdefault((decay, scale), {"params": [], "names": [], "weight_decay": decay, "lr_scale": scale})
+        scale = (
+            1.0 if layer_decay is None else layer_decay ** (num_layers + 1 - layer_id_for_parameter(name, num_layers))
+        )
+        group = groups.setdefault(
+            (decay, scale), {"params": [], "names": [], "weight_decay": decay, "lr_scale": scale}
+        )
         group["params"].append(parameter)
         group["names"].append(name)
     return list(groups.values())
