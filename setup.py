@@ -21,7 +21,7 @@ setup(
         "torchvision>=0.19",
         "transformers>=5.0",
         "accelerate>=1.0",
-        "datasets>=3.0",
+        "datasets>=5.0",
         "safetensors>=0.4",
         "huggingface_hub>=1.0",
         "evaluate>=0.4",

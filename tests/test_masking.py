@@ -1,0 +1,194 @@
+"""Tests for caev2_hf/masking.py: exact counts, block shape, reproducibility, validation, collation."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from caev2_hf.masking import (
+    BlockMaskGenerator,
+    MaskingCollator,
+    RandomMaskGenerator,
+    _adjust_to_count,
+    build_mask_generator,
+)
+
+
+GRID = (14, 14)
+
+
+def has_full_rectangle(mask: np.ndarray, min_area: int) -> bool:
+    """Whether some axis-aligned rectangle of at least `min_area` patches is entirely masked (2-D prefix sums)."""
+    height, width = mask.shape
+    sums = np.zeros((height + 1, width + 1), dtype=int)
+    sums[1:, 1:] = mask.cumsum(0).cumsum(1)
+    for rows in range(1, height + 1):
+        for cols in range(max(1, -(-min_area // rows)), width + 1):
+            window = sums[rows:, cols:] - sums[:-rows, cols:] - sums[rows:, :-cols] + sums[:-rows, :-cols]
+            if (window == rows * cols).any():
+                return True
+    return False
+
+
+def make_examples(batch_size: int = 3) -> list[dict]:
+    generator = torch.Generator().manual_seed(0)
+    return [
+        {"pixel_values": torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8, generator=generator), "label": index}
+        for index in range(batch_size)
+    ]
+
+
+@pytest.mark.parametrize("num_masking_patches", [30, 49, 98, 176])
+def test_block_mask_has_exact_count(num_masking_patches: int) -> None:
+    generator = BlockMaskGenerator(GRID, num_masking_patches)
+    rng = np.random.default_rng(0)
+    masks = np.stack([generator(rng) for _ in range(1000)])
+    assert masks.dtype == np.bool_ and masks.shape == (1000, 196)
+    np.testing.assert_array_equal(masks.sum(axis=1), num_masking_patches)
+
+
+@pytest.mark.parametrize("num_masking_patches", [0, 1, 195])
+def test_block_mask_terminates_with_exact_count_at_extreme_counts(num_masking_patches: int) -> None:
+    generator = BlockMaskGenerator(GRID, num_masking_patches)
+    rng = np.random.default_rng(0)
+    counts = [int(generator(rng).sum()) for _ in range(100)]
+    assert counts == [num_masking_patches] * 100
+
+
+def test_block_mask_tops_up_randomly_when_no_block_fits() -> None:
+    # On a single row no block has height < 1, so the whole count comes from the random top-up.
+    generator = BlockMaskGenerator((1, 50), 20)
+    rng = np.random.default_rng(0)
+    assert [int(generator(rng).sum()) for _ in range(20)] == [20] * 20
+
+
+def test_adjust_to_count_trims_extra_patches() -> None:
+    mask = np.ones((4, 4), dtype=bool)
+    adjusted = _adjust_to_count(mask, 5, np.random.default_rng(0))
+    assert adjusted.shape == (16,) and int(adjusted.sum()) == 5
+
+
+def test_block_mask_is_reproducible_under_a_seed() -> None:
+    generator = BlockMaskGenerator(GRID, 98)
+    first = [generator(np.random.default_rng(7)) for _ in range(5)]
+    second = [generator(np.random.default_rng(7)) for _ in range(5)]
+    other = generator(np.random.default_rng(8))
+    np.testing.assert_array_equal(np.stack(first), np.stack(second))
+    assert not np.array_equal(first[0], other)
+
+
+def test_block_mask_is_a_row_major_rectangle_of_height_by_width() -> None:
+    # With a fixed aspect of 3/4 and an area of 12, the only block is 3 rows x 4 columns (h = round(sqrt(12 * 3/4))).
+    generator = BlockMaskGenerator((5, 9), 12, min_num_patches=12, min_aspect=0.75, max_aspect=0.75)
+    for seed in range(10):
+        mask = generator(np.random.default_rng(seed)).reshape(5, 9)
+        rows, cols = np.nonzero(mask)
+        assert (rows.max() - rows.min() + 1, cols.max() - cols.min() + 1) == (3, 4)
+        assert mask[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].all()
+
+
+def test_block_mask_contains_a_full_block_of_min_num_patches() -> None:
+    # Every 98-patch block mask holds an all-masked rectangle of >= 16 patches; uniform random masks of the same
+    # count essentially never do (each 4x4 window is full with probability ~2^-16), so the check tells them apart.
+    rng = np.random.default_rng(0)
+    block, random = BlockMaskGenerator(GRID, 98), RandomMaskGenerator(GRID, 98)
+    assert all(has_full_rectangle(block(rng).reshape(GRID), 16) for _ in range(100))
+    assert sum(has_full_rectangle(random(rng).reshape(GRID), 16) for _ in range(100)) <= 2
+
+
+def test_random_mask_has_exact_count_and_uniform_coverage() -> None:
+    generator = RandomMaskGenerator(GRID, 98)
+    rng = np.random.default_rng(0)
+    masks = np.stack([generator(rng) for _ in range(2000)])
+    np.testing.assert_array_equal(masks.sum(axis=1), 98)
+    # Each patch is masked with probability 98/196 = 0.5; over 2000 draws the std of a frequency is ~0.011.
+    np.testing.assert_allclose(masks.mean(axis=0), 0.5, atol=0.06)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_masking_patches": 196}, r"num_masking_patches=196 must be in \[0, 196\)"),
+        ({"num_masking_patches": -1}, r"num_masking_patches=-1"),
+        ({"num_masking_patches": 98, "min_num_patches": 0}, r"min_num_patches=0 must be at least 1"),
+        ({"num_masking_patches": 98, "min_aspect": 0.0}, r"min_aspect=0.0"),
+        ({"num_masking_patches": 98, "min_aspect": 2.0, "max_aspect": 1.0}, r"0 < min <= max"),
+    ],
+)
+def test_block_mask_generator_rejects_invalid_settings(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        BlockMaskGenerator(GRID, **kwargs)
+
+
+def test_random_mask_generator_rejects_a_count_without_visible_patches() -> None:
+    with pytest.raises(ValueError, match=r"at least one patch must stay visible"):
+        RandomMaskGenerator(GRID, 196)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "expected_type"), [("block", BlockMaskGenerator), ("random", RandomMaskGenerator)]
+)
+def test_build_mask_generator_follows_the_config(strategy: str, expected_type: type) -> None:
+    config = SimpleNamespace(
+        image_size=224,
+        patch_size=16,
+        mask_strategy=strategy,
+        num_masking_patches=49,
+        mask_min_num_patches=16,
+        mask_min_aspect=0.3,
+    )
+    generator = build_mask_generator(config)
+    assert type(generator) is expected_type
+    assert (generator.height, generator.width, generator.num_masking_patches) == (14, 14, 49)
+    assert int(generator(np.random.default_rng(0)).sum()) == 49
+
+
+def test_build_mask_generator_rejects_an_unknown_strategy() -> None:
+    config = SimpleNamespace(image_size=224, patch_size=16, mask_strategy="grid", num_masking_patches=49)
+    with pytest.raises(ValueError, match=r"mask_strategy='grid' is not supported: use 'block' or 'random'"):
+        build_mask_generator(config)
+
+
+def test_masking_collator_masks_depend_only_on_seed_and_call_index() -> None:
+    examples = make_examples()
+    first, second, other = (MaskingCollator(BlockMaskGenerator(GRID, 98), seed=seed) for seed in (0, 0, 1))
+    first_masks = [first(examples)["bool_masked_pos"] for _ in range(3)]
+    second_masks = [second(examples)["bool_masked_pos"] for _ in range(3)]
+    for mask_a, mask_b in zip(first_masks, second_masks, strict=True):
+        assert torch.equal(mask_a, mask_b)
+    assert not torch.equal(first_masks[0], first_masks[1])  # the call counter moves on
+    assert not torch.equal(first_masks[0], other(examples)["bool_masked_pos"])
+
+
+def test_masking_collator_draws_different_masks_per_process() -> None:
+    examples = make_examples()
+    first, second = (MaskingCollator(BlockMaskGenerator(GRID, 98), process_index=index) for index in (0, 1))
+    assert not torch.equal(first(examples)["bool_masked_pos"], second(examples)["bool_masked_pos"])
+
+
+def test_masking_collator_redraws_an_epoch_identically_after_a_restart() -> None:
+    examples = make_examples()
+    long_run, resumed = MaskingCollator(RandomMaskGenerator(GRID, 49)), MaskingCollator(RandomMaskGenerator(GRID, 49))
+    epoch_zero = [long_run(examples)["bool_masked_pos"] for _ in range(2)]
+    long_run.set_epoch(1)
+    resumed.set_epoch(1)
+    assert torch.equal(long_run(examples)["bool_masked_pos"], resumed(examples)["bool_masked_pos"])
+    assert not torch.equal(epoch_zero[0], resumed(examples)["bool_masked_pos"])
+
+
+def test_masking_collator_stacks_uint8_without_changing_values() -> None:
+    examples = make_examples()
+    examples[1]["num_skipped"] = 2
+    batch = MaskingCollator(BlockMaskGenerator(GRID, 30))(examples)
+    assert batch["pixel_values"].dtype == torch.uint8
+    assert torch.equal(batch["pixel_values"], torch.stack([example["pixel_values"] for example in examples]))
+    assert batch["bool_masked_pos"].dtype == torch.bool and batch["bool_masked_pos"].shape == (3, 196)
+    assert batch["bool_masked_pos"].sum(dim=1).tolist() == [30, 30, 30]
+    assert batch["labels"].dtype == torch.int64 and batch["labels"].tolist() == [0, 1, 2]
+    assert batch["num_skipped_images"].dtype == torch.int64 and batch["num_skipped_images"].item() == 2
+
+
+def test_masking_collator_omits_labels_when_examples_have_none() -> None:
+    examples = [{"pixel_values": example["pixel_values"]} for example in make_examples()]
+    assert "labels" not in MaskingCollator(RandomMaskGenerator(GRID, 10))(examples)
