@@ -1,0 +1,158 @@
+# Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
+r"""Ready-to-push Hub folders (weights, config with auto_map, image processor, remote code, card) and their upload.
+
+List, assemble, upload:
+
+    python -m caev2_hf.hub prepare --size base --weights caev2-vit-base --output_dir hub/caev2-vit-base --dry_run
+    python -m caev2_hf.hub prepare --size base --weights caev2-vit-base --output_dir hub/caev2-vit-base \
+        --model_id my-org/caev2-vit-base
+    HF_TOKEN=hf_... python -m caev2_hf.hub push --folder hub/caev2-vit-base --repo_id my-org/caev2-vit-base
+"""
+
+import argparse
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from huggingface_hub import HfApi
+from transformers import PreTrainedModel
+
+from . import modeling_caev2
+from .configuration_caev2 import CAEV2_PRESETS, CAEv2Config
+from .model_card import write_model_card
+
+
+logger = logging.getLogger(__name__)
+
+# What a folder needs so that `from_pretrained(..., trust_remote_code=True)` works where caev2_hf is not installed.
+REQUIRED_FILES = (
+    "config.json",
+    "model.safetensors",
+    "preprocessor_config.json",
+    "configuration_caev2.py",
+    "modeling_caev2.py",
+    "README.md",
+)
+# Fields that fix the architecture: a folder published under a size must have that preset's values.
+ARCHITECTURE_FIELDS = (
+    "image_size",
+    "patch_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "regressor_hidden_size",
+    "regressor_num_hidden_layers",
+)
+
+
+def check_matches_preset(config: CAEv2Config, size: str) -> None:
+    """Refuse to publish under a size (and its paper numbers) weights of another architecture."""
+    preset = CAEv2Config.from_preset(size)
+    differences = [
+        f"{field}={getattr(config, field)} (preset {getattr(preset, field)})"
+        for field in ARCHITECTURE_FIELDS
+        if getattr(config, field) != getattr(preset, field)
+    ]
+    if differences:
+        raise ValueError(f"The weights are not CAE v2 ViT-{size}: {', '.join(differences)}.")
+
+
+def list_folder_files(folder: str | Path) -> list[str]:
+    """Every file under `folder`, as sorted POSIX paths relative to it (what `upload_folder` sends)."""
+    folder = Path(folder)
+    return sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
+
+
+def check_folder_is_prepared(folder: str | Path) -> None:
+    """Weights can be sharded (`model.safetensors.index.json`); every other required file must be there."""
+    files = set(list_folder_files(folder))
+    missing = [name for name in REQUIRED_FILES if name not in files]
+    if "model.safetensors" in missing and "model.safetensors.index.json" in files:
+        missing.remove("model.safetensors")
+    if missing:
+        raise ValueError(f"{folder} is not a prepared CAE v2 folder; missing {', '.join(missing)}.")
+
+
+def prepare_folder(
+    model: PreTrainedModel, output_dir: str | Path, size: str | None = None, model_id: str | None = None, **card_kwargs
+) -> list[str]:
+    """Write the model (`save_pretrained` adds auto_map, code files and image processor) and its card.
+
+    Keyword arguments beyond `size` and `model_id` go to `render_model_card` (e.g. `results`, `training_details`).
+    """
+    if size is not None:
+        check_matches_preset(model.config, size)
+    model.save_pretrained(output_dir)
+    write_model_card(output_dir, model.config, size=size, model_id=model_id, **card_kwargs)
+    check_folder_is_prepared(output_dir)
+    return list_folder_files(output_dir)
+
+
+def load_caev2_model(weights: str | Path) -> PreTrainedModel:
+    """Load a saved CAE v2 folder with the head class it was saved from (`architectures` in its config)."""
+    config = CAEv2Config.from_pretrained(weights)
+    architecture = (config.architectures or ["CAEv2Model"])[0]
+    if architecture not in modeling_caev2.__all__:
+        raise ValueError(f"{weights} holds a {architecture}, not a CAE v2 model.")
+    return getattr(modeling_caev2, architecture).from_pretrained(weights)
+
+
+def prepare_from_weights(
+    weights: str | Path,
+    output_dir: str | Path,
+    size: str | None = None,
+    model_id: str | None = None,
+    dry_run: bool = False,
+) -> list[str]:
+    """Prepare `output_dir` from a saved folder; with `dry_run`, prepare in a temporary folder and only list."""
+    model = load_caev2_model(weights)
+    if not dry_run:
+        return prepare_folder(model, output_dir, size=size, model_id=model_id)
+    with tempfile.TemporaryDirectory() as scratch:
+        return prepare_folder(model, scratch, size=size, model_id=model_id)
+
+
+def push_folder(
+    folder: str | Path, repo_id: str, private: bool = False, commit_message: str = "Upload CAE v2 checkpoint"
+):
+    """Create the repo if needed and upload exactly `folder`; the token comes from `HF_TOKEN` (or a saved login)."""
+    check_folder_is_prepared(folder)
+    api = HfApi(token=os.environ.get("HF_TOKEN"))
+    api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
+    return api.upload_folder(
+        folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message=commit_message
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    prepare = commands.add_parser("prepare", help="Assemble a ready-to-push folder from saved weights.")
+    prepare.add_argument("--weights", required=True, help="Folder written by save_pretrained or the converter.")
+    prepare.add_argument("--output_dir", required=True, help="Folder to assemble.")
+    prepare.add_argument("--size", choices=sorted(CAEV2_PRESETS), help="Official size: checked, and sets the card.")
+    prepare.add_argument("--model_id", help="Hub id shown in the card's usage snippets.")
+    prepare.add_argument("--dry_run", action="store_true", help="List the files that would be uploaded; write none.")
+    push = commands.add_parser("push", help="Upload a prepared folder (token from HF_TOKEN).")
+    push.add_argument("--folder", required=True, help="A folder assembled by `prepare` or the converter.")
+    push.add_argument("--repo_id", required=True, help="Hub repository, e.g. my-org/caev2-vit-base.")
+    push.add_argument("--private", action="store_true", help="Create the repository as private.")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    if args.command == "push":
+        commit = push_folder(args.folder, args.repo_id, private=args.private)
+        logger.info("Uploaded %s to %s", args.folder, getattr(commit, "commit_url", args.repo_id))
+        return
+    files = prepare_from_weights(args.weights, args.output_dir, args.size, args.model_id, args.dry_run)
+    verb = "Would upload" if args.dry_run else f"Prepared {args.output_dir} with"
+    logger.info("%s %d files:\n  %s", verb, len(files), "\n  ".join(files))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+# Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
+"""Model cards for CAE v2 checkpoints, all rendered from `model_card_template.md` (converted, trained or pushed).
+
+python -m caev2_hf.model_card --output_dir model_cards [--namespace my-org]
+"""
+
+import argparse
+from pathlib import Path
+
+import torch
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .configuration_caev2 import CAEV2_PRESETS, CAEv2Config
+from .modeling_caev2 import CAEv2Model
+
+
+TEMPLATE_PATH = Path(__file__).with_name("model_card_template.md")
+PAPER_URL = "https://arxiv.org/abs/2211.09799"
+PAPER_SOURCE = "Reported by the CAE v2 paper (Table 4, Table 5); not yet reproduced with this code"
+# What a folder holds, by the head class it was saved from (`config.architectures`).
+CONTENTS = {
+    "CAEv2Model": "the **encoder**",
+    "CAEv2ForPreTraining": "the **full pretraining model** (encoder, latent regressor and head; not the teacher)",
+    "CAEv2ForImageClassification": "the encoder with a **classification head**",
+}
+TAGS = ["caev2", "vision", "vit", "self-supervised-learning", "masked-image-modeling", "clip-distillation"]
+
+# How the Hub's model-index describes each result: (task type, task name, dataset id, dataset name, metric type,
+# metric name).
+RESULT_FIELDS = {
+    "imagenet_linear_probe_top1": (
+        "image-classification", "Linear probing", "ILSVRC/imagenet-1k", "ImageNet-1k", "accuracy", "Top-1 (LIN)"
+    ),
+    "imagenet_finetune_top1": (
+        "image-classification", "Fine-tuning", "ILSVRC/imagenet-1k", "ImageNet-1k", "accuracy", "Top-1 (FT)"
+    ),
+    "ade20k_miou": ("image-segmentation", "Semantic segmentation", "scene_parse_150", "ADE20K", "mean_iou", "mIoU"),
+    "coco_box_ap": ("object-detection", "Mask R-CNN 1x", "coco", "COCO", "map", "AP box"),
+    "coco_mask_ap": ("image-segmentation", "Mask R-CNN 1x", "coco", "COCO", "map", "AP mask"),
+}  # fmt: skip
+# SPEC §10: CAE v2+ (visible + masked supervision, the official recipe and presets), 300 epochs of ImageNet-1k.
+PAPER_RESULTS = {
+    "tiny": {"imagenet_linear_probe_top1": 69.3, "imagenet_finetune_top1": 77.8, "ade20k_miou": 44.7},
+    "small": {
+        "imagenet_linear_probe_top1": 77.5, "imagenet_finetune_top1": 83.1, "ade20k_miou": 49.7,
+        "coco_box_ap": 49.0, "coco_mask_ap": 42.2,
+    },
+    "base": {
+        "imagenet_linear_probe_top1": 80.6, "imagenet_finetune_top1": 85.3, "ade20k_miou": 52.9,
+        "coco_box_ap": 52.0, "coco_mask_ap": 44.9,
+    },
+    "large": {"imagenet_linear_probe_top1": 81.7, "imagenet_finetune_top1": 86.7, "ade20k_miou": 55.9},
+}  # fmt: skip
+# SPEC §10: CAE v2 with visible-only supervision (paper Table 1), for the card's prose only: another objective.
+PAPER_VISIBLE_ONLY_RESULTS = {
+    "tiny": {"imagenet_linear_probe_top1": 68.8, "imagenet_finetune_top1": 77.4, "ade20k_miou": 44.2},
+    "small": {"imagenet_linear_probe_top1": 77.3, "imagenet_finetune_top1": 82.8, "ade20k_miou": 49.1},
+    "base": {"imagenet_linear_probe_top1": 80.5, "imagenet_finetune_top1": 85.2, "ade20k_miou": 53.1},
+}
+
+
+def build_eval_results(results: dict[str, float], source_name: str | None, source_url: str | None) -> list[EvalResult]:
+    """Model-index entries for `results` (keys of `RESULT_FIELDS`); numbers not measured here name their source."""
+    unknown = sorted(set(results) - set(RESULT_FIELDS))
+    if unknown:
+        raise ValueError(f"Unknown result names {unknown}: use keys of RESULT_FIELDS ({sorted(RESULT_FIELDS)}).")
+    entries = []
+    for name, value in results.items():
+        task_type, task_name, dataset_type, dataset_name, metric_type, metric_name = RESULT_FIELDS[name]
+        entries.append(
+            EvalResult(
+                task_type=task_type,
+                task_name=task_name,
+                dataset_type=dataset_type,
+                dataset_name=dataset_name,
+                metric_type=metric_type,
+                metric_name=metric_name,
+                metric_value=value,
+                source_name=source_name,
+                source_url=source_url,
+            )
+        )
+    return entries
+
+
+def count_encoder_parameters(config: CAEv2Config) -> int:
+    """Trainable encoder parameters (fixed tables are buffers), counted on the meta device without memory."""
+    with torch.device("meta"):
+        return sum(parameter.numel() for parameter in CAEv2Model(config).parameters())
+
+
+def describe_supervised_tokens(config: CAEv2Config) -> str:
+    """`"[CLS], visible and masked"` for the supervised token groups (paper Eq. 1 switches)."""
+    groups = (
+        ("[CLS]", config.supervise_cls),
+        ("visible", config.supervise_visible),
+        ("masked", config.supervise_masked),
+    )
+    names = [name for name, supervised in groups if supervised]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def render_model_card(
+    config: CAEv2Config,
+    size: str | None = None,
+    model_id: str | None = None,
+    results: dict[str, float] | None = None,
+    base_model: str | None = None,
+    datasets: tuple[str, ...] | list[str] = ("ILSVRC/imagenet-1k",),
+    training_details: str | None = None,
+    license: str = "apache-2.0",
+) -> ModelCard:
+    """The card of one checkpoint, from the single template.
+
+    Args:
+        config: The checkpoint's configuration (architecture, mask count, teacher).
+        size: Official preset the checkpoint follows (`tiny|small|base|large`); adds the paper's results.
+        model_id: Hub id used in the usage snippets; defaults to `caev2-vit-{size}`.
+        results: Our own evaluations (keys of `RESULT_FIELDS`, values in %); they replace the paper's numbers in the
+            model-index, whose every entry names its source.
+        base_model: Hub id of the checkpoint this one was trained from, if any.
+        datasets: Hub ids of the pretraining data.
+        training_details: Free text on how this checkpoint was trained (steps, batch, data), shown under the recipe.
+        license: License id of the weights.
+    """
+    if size is not None and size not in CAEV2_PRESETS:
+        raise ValueError(f"Unknown size {size!r}: choose one of {sorted(CAEV2_PRESETS)}.")
+    model_id = model_id or (f"caev2-vit-{size}" if size else "caev2-vit")
+    if results:
+        eval_results = build_eval_results(results, None, None)
+    else:
+        eval_results = build_eval_results(PAPER_RESULTS.get(size, {}), PAPER_SOURCE, PAPER_URL)
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="image-feature-extraction",
+        license=license,
+        tags=list(TAGS),
+        datasets=list(datasets),
+        base_model=base_model,
+        model_name=model_id.split("/")[-1],
+        eval_results=eval_results or None,
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE_PATH),
+        model_id=model_id,
+        size=size,
+        config=config,
+        num_parameters=count_encoder_parameters(config),
+        contents=CONTENTS[(config.architectures or ["CAEv2Model"])[0]],
+        supervised_tokens=describe_supervised_tokens(config),
+        mask_percent=round(100 * config.num_masking_patches / config.num_patches),
+        datasets=list(datasets),
+        own_results=results,
+        paper_results=PAPER_RESULTS.get(size),
+        paper_visible_only_results=PAPER_VISIBLE_ONLY_RESULTS.get(size),
+        result_fields=RESULT_FIELDS,
+        training_details=training_details,
+        paper_url=PAPER_URL,
+    )
+
+
+def write_model_card(folder: str | Path, config: CAEv2Config, **kwargs) -> Path:
+    """Render the card (keyword arguments as `render_model_card`) to `folder/README.md`, the Hub's card file."""
+    path = Path(folder) / "README.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    render_model_card(config, **kwargs).save(path)
+    return path
+
+
+def write_size_cards(output_dir: str | Path, namespace: str | None = None) -> list[Path]:
+    """One card per official size, `caev2-vit-{size}.md`, with ids `{namespace}/caev2-vit-{size}`."""
+    paths = []
+    for size in CAEV2_PRESETS:
+        model_id = f"{namespace}/caev2-vit-{size}" if namespace else f"caev2-vit-{size}"
+        path = Path(output_dir) / f"caev2-vit-{size}.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        render_model_card(CAEv2Config.from_preset(size), size=size, model_id=model_id).save(path)
+        paths.append(path)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", default="model_cards", help="Folder for the per-size cards.")
+    parser.add_argument("--namespace", help="Hub user or organisation used in the cards' model ids.")
+    args = parser.parse_args(argv)
+    for path in write_size_cards(args.output_dir, args.namespace):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""Tests for caev2_hf/hub.py and caev2_hf/model_card.py: cards, ready-to-push folders, remote code, upload."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from huggingface_hub import ModelCard
+from transformers import AutoImageProcessor
+
+from caev2_hf import CAEv2Config, CAEv2Model
+from caev2_hf.hub import list_folder_files, main, prepare_from_weights, push_folder
+from caev2_hf.model_card import render_model_card, write_size_cards
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SIZES = ("tiny", "small", "base", "large")
+# SPEC §10, CAE v2+ (the official recipe): ImageNet-1k LIN / FT top-1, ADE20K mIoU, COCO Mask R-CNN 1x AP box / mask.
+SPEC_RESULTS = {
+    "tiny": {"Top-1 (LIN)": 69.3, "Top-1 (FT)": 77.8, "mIoU": 44.7},
+    "small": {"Top-1 (LIN)": 77.5, "Top-1 (FT)": 83.1, "mIoU": 49.7, "AP box": 49.0, "AP mask": 42.2},
+    "base": {"Top-1 (LIN)": 80.6, "Top-1 (FT)": 85.3, "mIoU": 52.9, "AP box": 52.0, "AP mask": 44.9},
+    "large": {"Top-1 (LIN)": 81.7, "Top-1 (FT)": 86.7, "mIoU": 55.9},
+}
+# SPEC §10, CAE v2 with visible-only supervision: LIN / FT / ADE20K, shown in the card's prose only.
+SPEC_VISIBLE_ONLY = {
+    "tiny": "| 68.8 | 77.4 | 44.2 |",
+    "small": "| 77.3 | 82.8 | 49.1 |",
+    "base": "| 80.5 | 85.2 | 53.1 |",
+}
+
+
+def yaml_header(text: str) -> dict:
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("\n---\n", 1)[0].removeprefix("---\n"))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_card_metadata_parses_as_hub_yaml(size):
+    card = render_model_card(CAEv2Config.from_preset(size), size=size, model_id=f"my-org/caev2-vit-{size}")
+    metadata = yaml_header(str(card))
+    assert metadata["library_name"] == "transformers"
+    assert metadata["pipeline_tag"] == "image-feature-extraction"
+    assert metadata["license"] == "apache-2.0"
+    assert metadata["datasets"] == ["ILSVRC/imagenet-1k"]
+    assert {"caev2", "masked-image-modeling"} <= set(metadata["tags"])
+    assert metadata["model-index"][0]["name"] == f"caev2-vit-{size}"
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_card_model_index_holds_the_paper_numbers_marked_as_reported(size):
+    card = ModelCard(str(render_model_card(CAEv2Config.from_preset(size), size=size)))
+    results = card.data.eval_results
+    assert {result.metric_name: result.metric_value for result in results} == SPEC_RESULTS[size]
+    assert all(result.source_url == "https://arxiv.org/abs/2211.09799" for result in results)
+    assert all(result.source_name.startswith("Reported by the CAE v2 paper") for result in results)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_card_body_shows_the_paper_tables_as_reported_not_reproduced(size):
+    text = str(render_model_card(CAEv2Config.from_preset(size), size=size, model_id=f"my-org/caev2-vit-{size}"))
+    assert "**Reported by the paper, not reproduced by this repository**" in text
+    assert (SPEC_VISIBLE_ONLY.get(size, "visible-only") in text) == (size != "large")
+    assert f'AutoModel.from_pretrained("my-org/caev2-vit-{size}", trust_remote_code=True)' in text
+    masking = {
+        "tiny": "30 of 196 patches (15%)",
+        "small": "49 of 196 patches (25%)",
+        "base": "98 of 196 patches (50%)",
+    }
+    assert f"block-wise, {masking.get(size, '98 of 196 patches (50%)')}" in text  # SPEC §2 / §6
+
+
+def test_card_counts_the_spec_encoder_parameters():
+    text = str(render_model_card(CAEv2Config.from_preset("base"), size="base"))
+    assert "| Encoder parameters | 85,656,576 |" in text  # SPEC §9
+
+
+@pytest.mark.parametrize(
+    ("architecture", "contents"),
+    [("CAEv2Model", "the **encoder**"), ("CAEv2ForPreTraining", "the **full pretraining model**")],
+)
+def test_card_says_what_the_folder_holds(architecture, contents):
+    config = CAEv2Config.from_preset("base", architectures=[architecture])
+    assert f"This repository holds {contents}" in str(render_model_card(config, size="base"))
+
+
+def test_own_results_replace_the_paper_numbers_in_the_model_index():
+    config = CAEv2Config.from_preset("tiny", supervise_cls=False)
+    card = render_model_card(config, results={"imagenet_linear_probe_top1": 68.1}, training_details="800 steps.")
+    (result,) = ModelCard(str(card)).data.eval_results
+    assert (result.metric_name, result.metric_value, result.source_url) == ("Top-1 (LIN)", 68.1, None)
+    assert "800 steps." in str(card) and "visible and masked tokens" in str(card)
+
+
+def test_unknown_result_name_is_refused():
+    with pytest.raises(ValueError, match=r"Unknown result names \['top5'\]"):
+        render_model_card(CAEv2Config.from_preset("tiny"), results={"top5": 90.0})
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_committed_size_cards_match_the_template(size, tmp_path):
+    write_size_cards(tmp_path)
+    committed = (REPO_ROOT / "model_cards" / f"caev2-vit-{size}.md").read_text(encoding="utf-8")
+    assert committed == (tmp_path / f"caev2-vit-{size}.md").read_text(encoding="utf-8"), "rerun model_cards/README.md"
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> Path:
+    """A randomly initialised CAE v2 ViT-Tiny encoder saved with save_pretrained."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("weights") / "caev2-vit-tiny"
+    CAEv2Model(CAEv2Config.from_preset("tiny")).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def prepared_folder(tiny_weights, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("hub") / "caev2-vit-tiny"
+    arguments = ["--size", "tiny", "--weights", str(tiny_weights), "--output_dir", str(folder)]
+    main(["prepare", *arguments, "--model_id", "my-org/caev2-vit-tiny"])
+    return folder
+
+
+PREPARED_FILES = [
+    "README.md",
+    "config.json",
+    "configuration_caev2.py",
+    "model.safetensors",
+    "modeling_caev2.py",
+    "preprocessor_config.json",
+]
+
+
+def test_prepare_assembles_weights_code_processor_and_card(prepared_folder):
+    assert list_folder_files(prepared_folder) == PREPARED_FILES
+    config = json.loads((prepared_folder / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"] == "modeling_caev2.CAEv2Model"
+    assert config["auto_map"]["AutoConfig"] == "configuration_caev2.CAEv2Config"
+    assert (
+        'AutoModel.from_pretrained("my-org/caev2-vit-tiny", trust_remote_code=True)'
+        in (prepared_folder / "README.md").read_text()
+    )
+
+
+def test_prepare_dry_run_lists_the_same_files_and_writes_nothing(tiny_weights, tmp_path):
+    files = prepare_from_weights(tiny_weights, tmp_path / "out", size="tiny", dry_run=True)
+    assert files == PREPARED_FILES
+    assert not (tmp_path / "out").exists()
+
+
+def test_prepare_refuses_weights_of_another_size(tiny_weights, tmp_path):
+    with pytest.raises(ValueError, match=r"not CAE v2 ViT-base: hidden_size=192 \(preset 768\)"):
+        main(["prepare", "--size", "base", "--weights", str(tiny_weights), "--output_dir", str(tmp_path / "out")])
+
+
+# Runs in a fresh interpreter that cannot import caev2_hf (installed editable, so a meta-path hook blocks it).
+REMOTE_CODE_CHILD = r"""
+import sys
+
+
+class BlockCaev2:
+    def find_spec(self, name, path=None, target=None):
+        if name == "caev2_hf" or name.startswith("caev2_hf."):
+            raise ImportError(f"{name} is blocked in this test")
+        return None
+
+
+sys.meta_path.insert(0, BlockCaev2())
+try:
+    import caev2_hf  # noqa: F401
+except ImportError:
+    pass
+else:
+    sys.exit("caev2_hf is importable: the test would not prove anything")
+import numpy as np
+import torch
+from transformers import AutoImageProcessor, AutoModel
+
+folder, output = sys.argv[1], sys.argv[2]
+image = np.random.default_rng(0).integers(0, 256, (180, 240, 3), dtype=np.uint8)
+pixel_values = AutoImageProcessor.from_pretrained(folder)(images=image, return_tensors="pt")["pixel_values"]
+model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+with torch.no_grad():
+    last_hidden_state = model(pixel_values).last_hidden_state
+outputs = {"module": type(model).__module__, "pixel_values": pixel_values, "last_hidden_state": last_hidden_state}
+torch.save(outputs, output)
+"""
+
+
+def test_prepared_folder_loads_with_remote_code_where_the_package_is_missing(prepared_folder, tmp_path):
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    command = [sys.executable, "-I", "-c", REMOTE_CODE_CHILD, str(prepared_folder), str(tmp_path / "outputs.pt")]
+    finished = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    remote = torch.load(tmp_path / "outputs.pt", weights_only=True)
+    assert remote["module"].startswith("transformers_modules.") and remote["module"].endswith("modeling_caev2")
+
+    image = np.random.default_rng(0).integers(0, 256, (180, 240, 3), dtype=np.uint8)
+    pixel_values = AutoImageProcessor.from_pretrained(prepared_folder)(images=image, return_tensors="pt")[
+        "pixel_values"
+    ]
+    with torch.no_grad():
+        local = CAEv2Model.from_pretrained(prepared_folder).eval()(pixel_values).last_hidden_state
+    torch.testing.assert_close(remote["pixel_values"], pixel_values, atol=0, rtol=0)
+    torch.testing.assert_close(remote["last_hidden_state"], local, atol=1e-6, rtol=1e-6)
+
+
+class RecordingHfApi:
+    """Stands in for `huggingface_hub.HfApi`: records calls and what the folder held at upload time."""
+
+    calls: list = []
+
+    def __init__(self, token: str | None = None) -> None:
+        self.calls.append(("init", {"token": token}))
+
+    def create_repo(self, **kwargs) -> None:
+        self.calls.append(("create_repo", kwargs))
+
+    def upload_folder(self, **kwargs) -> SimpleNamespace:
+        self.calls.append(("upload_folder", {**kwargs, "files": list_folder_files(kwargs["folder_path"])}))
+        return SimpleNamespace(commit_url=f"https://huggingface.co/{kwargs['repo_id']}/commit/0")
+
+
+def test_push_uploads_exactly_the_prepared_folder(prepared_folder, monkeypatch):
+    monkeypatch.setattr("caev2_hf.hub.HfApi", RecordingHfApi)
+    monkeypatch.setattr(RecordingHfApi, "calls", [])
+    monkeypatch.setenv("HF_TOKEN", "hf_from_environment")
+    main(["push", "--folder", str(prepared_folder), "--repo_id", "my-org/caev2-vit-tiny"])
+    (_, init), (_, create), (_, upload) = RecordingHfApi.calls
+    assert init == {"token": "hf_from_environment"}
+    assert create == {"repo_id": "my-org/caev2-vit-tiny", "repo_type": "model", "private": False, "exist_ok": True}
+    assert upload["folder_path"] == str(prepared_folder) and upload["repo_id"] == "my-org/caev2-vit-tiny"
+    assert upload["files"] == PREPARED_FILES and upload["repo_type"] == "model"
+
+
+def test_push_refuses_a_folder_that_is_not_prepared(tiny_weights, monkeypatch):
+    monkeypatch.setattr("caev2_hf.hub.HfApi", RecordingHfApi)
+    monkeypatch.setattr(RecordingHfApi, "calls", [])
+    with pytest.raises(ValueError, match="not a prepared CAE v2 folder; missing README.md"):
+        push_folder(tiny_weights, "my-org/caev2-vit-tiny")
+    assert RecordingHfApi.calls == []
