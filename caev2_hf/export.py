@@ -1,0 +1,92 @@
+# Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
+"""The end of a pretraining run: `final/` (encoder, image processor, model card) with `final/pretraining/` (the
+full CAEv2ForPreTraining, to continue pretraining), and its upload to the Hub in the background."""
+
+import os
+from concurrent.futures import Future
+
+import torch
+from accelerate import Accelerator
+from huggingface_hub import HfApi
+
+from .hub import check_matches_preset, push_folder
+from .model_card import write_model_card
+from .modeling_caev2 import CAEv2ForPreTraining
+
+
+PRETRAINING_SUBFOLDER = "pretraining"
+RANDOM_TEACHER_WARNING = (
+    "**Trained against a randomly initialised teacher** (`use_random_teacher=True`, e.g. the offline demo): the "
+    "targets carry no knowledge, so these features are not useful. This checkpoint only shows that the pipeline runs."
+)
+
+
+def describe_training(
+    size: str | None, numbers: dict, final_loss: float | None, data_source: str, use_random_teacher: bool
+) -> str:
+    """The card's "This checkpoint" paragraph: what ran, on what, and how the loss ended."""
+    text = (
+        f"Pretrained with `run_pretrain.py`{f' (ViT-{size.capitalize()})' if size else ''} on {data_source}: "
+        f"{numbers['max_steps']:,} updates at an effective batch of {numbers['effective_batch_size']:,} "
+        f"({numbers['num_processes']} process(es)), peak lr {numbers['learning_rate']:.3g} after "
+        f"{numbers['warmup_steps']:,} warmup updates, cosine decay."
+    )
+    if final_loss is not None:
+        text += f" Training loss at the end: {final_loss:.4f}."
+    return text + (f"\n\n{RANDOM_TEACHER_WARNING}" if use_random_teacher else "")
+
+
+def preset_of(config, preset: str | None) -> str | None:
+    """The preset name when the trained architecture is exactly that preset's (the card then quotes the paper)."""
+    if preset is None:
+        return None
+    try:
+        check_matches_preset(config, preset)
+    except ValueError:
+        return None
+    return preset
+
+
+def export_final_model(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    final_dir: str,
+    size: str | None,
+    model_id: str | None,
+    datasets: list[str],
+    training_details: str,
+) -> str:
+    """Saves the encoder + processor + card in `final_dir` and the pretraining model in its `pretraining/`.
+
+    `size` is an official preset the architecture matches exactly (see `preset_of`), or None. Called on every process: the full state dict is gathered first (needed under FSDP), the main process writes.
+    """
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        pretraining_model: CAEv2ForPreTraining = accelerator.unwrap_model(model)
+        prefix = pretraining_model.base_model_prefix + "."
+        encoder_state = {
+            key.removeprefix(prefix): value for key, value in state_dict.items() if key.startswith(prefix)
+        }  # before the next save: save_pretrained empties the state dict it is given as it writes
+        pretraining_model.save_pretrained(os.path.join(final_dir, PRETRAINING_SUBFOLDER), state_dict=state_dict)
+        encoder = pretraining_model.caev2
+        encoder.save_pretrained(final_dir, state_dict=encoder_state)
+        write_model_card(
+            final_dir,
+            encoder.config,
+            size=size,
+            model_id=model_id or os.path.basename(os.path.normpath(os.path.dirname(final_dir))),
+            datasets=datasets,
+            training_details=training_details,
+        )
+    accelerator.wait_for_everyone()
+    return final_dir
+
+
+def push_to_hub_in_background(folder: str, repo_id: str, private: bool) -> Future:
+    """Starts the upload of `folder` (with its `pretraining/`) on a background thread and returns its Future.
+
+    The token comes from the environment (`HF_TOKEN`) or a saved `huggingface-cli login`, never from an argument.
+    """
+    return HfApi().run_as_future(
+        push_folder, folder, repo_id, private=private, commit_message="Upload CAE v2 pretrained with run_pretrain.py"
+    )

@@ -1,0 +1,331 @@
+#!/usr/bin/env python
+# Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
+"""Pretrain CAE v2 with Accelerate on a stream of images (DESIGN §6, recipe in SPEC §8).
+
+    python run_pretrain.py --config configs/demo.yaml            # offline demo on a CPU, about a minute
+    accelerate launch --config_file configs/accelerate/ddp-8gpu.yaml run_pretrain.py --config configs/vit-base.yaml
+    accelerate launch --config_file configs/accelerate/ddp-8gpu.yaml run_pretrain.py --config configs/vit-base.yaml \
+        --resume_from_checkpoint latest                          # after a preemption: same command + resume
+    torchrun --nproc_per_node 2 run_pretrain.py --config configs/vit-tiny.yaml --per_device_train_batch_size 128
+
+Every key of the YAML file can be overridden on the command line (`--max_steps 100`). Outputs, under output_dir:
+checkpoints/ (atomic, last save_total_limit kept), logs/ (TensorBoard) and final/ (encoder + image processor +
+model card, with final/pretraining/ holding the regressor and head too).
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, send_to_device, set_seed
+from tqdm.auto import tqdm
+
+from caev2_hf import CAEv2Config, CAEv2ForPreTraining
+from caev2_hf.checkpointing import ResumableBatchStream, load_checkpoint, resolve_resume_checkpoint, save_checkpoint
+from caev2_hf.data import (
+    build_pretrain_dataloader,
+    build_pretrain_transform,
+    normalize_pixel_values,
+    open_image_dataset,
+    shard_for_process,
+    write_demo_image_folder,
+)
+from caev2_hf.export import describe_training, export_final_model, preset_of, push_to_hub_in_background
+from caev2_hf.masking import MaskingCollator, build_mask_generator
+from caev2_hf.optim import build_parameter_groups
+from caev2_hf.schedule import TrainingNumbers, build_lr_scheduler, compute_training_numbers
+from caev2_hf.step_tracking import StepTracker
+from caev2_hf.training_args import DataArguments, ModelArguments, PretrainingArguments, parse_pretraining_arguments
+
+
+logger = logging.getLogger("run_pretrain")
+
+
+def checkpoints_dir(output_dir: str) -> str:
+    return os.path.join(output_dir, "checkpoints")
+
+
+def build_accelerator(training_args: PretrainingArguments) -> Accelerator:
+    """Devices, precision, accumulation, compilation and TensorBoard; unset options come from `accelerate launch`."""
+    # Accelerate joins CPU processes into one group only when told (`accelerate launch --cpu`); without this,
+    # `torchrun` on a machine without GPUs starts independent runs that overwrite each other's checkpoints.
+    launched_processes = int(os.environ.get("WORLD_SIZE", "1"))
+    accelerator = Accelerator(
+        cpu=launched_processes > 1 and not torch.cuda.is_available(),
+        gradient_accumulation_steps=training_args.gradient_accumulation_steps,
+        mixed_precision=training_args.mixed_precision,
+        log_with=None if training_args.report_to == "none" else training_args.report_to,
+        project_config=ProjectConfiguration(
+            project_dir=training_args.output_dir, logging_dir=os.path.join(training_args.output_dir, "logs")
+        ),
+        dynamo_backend="inductor" if training_args.torch_compile else None,
+        step_scheduler_with_optimizer=False,  # we step it once per update; Accelerate would step it per process
+    )
+    if accelerator.num_processes != launched_processes:
+        raise RuntimeError(
+            f"The launcher started {launched_processes} processes but Accelerate joined {accelerator.num_processes}: "
+            "on a machine without CUDA, launch with `accelerate launch --cpu` (or set ACCELERATE_USE_CPU=1)."
+        )
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if accelerator.is_local_main_process else logging.WARNING,
+    )
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file is noise
+    return accelerator
+
+
+def compute_numbers(training_args: PretrainingArguments, num_processes: int) -> TrainingNumbers:
+    """Effective batch, scaled lr and step counts, logged once (they are saved in every checkpoint too)."""
+    numbers = compute_training_numbers(
+        training_args.per_device_train_batch_size,
+        training_args.gradient_accumulation_steps,
+        num_processes,
+        training_args.learning_rate,
+        training_args.learning_rate_batch_size,
+        max_steps=training_args.max_steps,
+        num_train_epochs=training_args.num_train_epochs,
+        num_train_examples=training_args.num_train_examples,
+        warmup_steps=training_args.warmup_steps,
+        warmup_epochs=training_args.warmup_epochs,
+    )
+    logger.info(
+        f"Effective batch {numbers.effective_batch_size} = {training_args.per_device_train_batch_size} per device x "
+        f"{training_args.gradient_accumulation_steps} accumulation x {num_processes} process(es); lr "
+        f"{numbers.learning_rate:.4g} = {training_args.learning_rate:g} x {numbers.effective_batch_size} / "
+        f"{training_args.learning_rate_batch_size}; {numbers.max_steps} updates, {numbers.warmup_steps} of warmup."
+    )
+    return numbers
+
+
+def build_model(model_args: ModelArguments, accelerator: Accelerator, seed: int) -> CAEv2ForPreTraining:
+    """The student from a preset (or a saved folder) with the same initial weights on every process, and its
+    teacher's weights unless a random teacher is intended."""
+    set_seed(seed)
+    if model_args.model_name_or_path:
+        model = CAEv2ForPreTraining.from_pretrained(model_args.model_name_or_path)
+    else:
+        config = CAEv2Config.from_preset(model_args.model_preset, **(model_args.config_overrides or {}))
+        model = CAEv2ForPreTraining(config)
+    if not model.config.use_random_teacher:
+        with accelerator.main_process_first():  # one download; the other processes then read the cache
+            model.load_teacher(dtype=torch.bfloat16 if accelerator.device.type == "cuda" else None)
+    return model
+
+
+def write_demo_images_once(data_args: DataArguments, image_size: int, accelerator: Accelerator) -> None:
+    """The offline demo's images: crops of scikit-learn's sample photos, written once (to a temporary name first)."""
+    if not (data_args.num_demo_images and data_args.train_dir):
+        return
+    with accelerator.main_process_first():
+        if accelerator.is_main_process and not os.path.isdir(data_args.train_dir):
+            temporary = data_args.train_dir.rstrip("/") + ".incomplete"
+            shutil.rmtree(temporary, ignore_errors=True)
+            write_demo_image_folder(temporary, num_images=data_args.num_demo_images, image_size=2 * image_size)
+            os.replace(temporary, data_args.train_dir)
+            logger.info(f"Wrote {data_args.num_demo_images} demo images to {data_args.train_dir}.")
+
+
+def open_train_stream(
+    data_args: DataArguments,
+    config: CAEv2Config,
+    seed: int,
+    batch_size: int,
+    process_index: int,
+    num_processes: int,
+    position: dict[str, int] | None = None,
+) -> ResumableBatchStream:
+    """This process's part of the data as uint8 crops with masks, from `position` (a checkpoint's) on."""
+    dataset = open_image_dataset(
+        dataset_name=data_args.dataset_name,
+        dataset_config_name=data_args.dataset_config_name,
+        split=data_args.train_split,
+        train_dir=data_args.train_dir,
+        data_files=data_args.data_files,
+        image_column=data_args.image_column,
+    )
+    dataset = shard_for_process(dataset, process_index, num_processes)
+    transform = build_pretrain_transform(
+        config.image_size, scale=(data_args.crop_min_scale, 1.0), color_jitter=data_args.color_jitter
+    )
+    collator = MaskingCollator(build_mask_generator(config), seed=seed, process_index=process_index)
+    dataloader = build_pretrain_dataloader(
+        dataset, transform, collator, batch_size, data_args.dataloader_num_workers, seed,
+        shuffle_buffer_size=data_args.shuffle_buffer_size, process_index=process_index,
+    )  # fmt: skip
+    return ResumableBatchStream(dataloader, **(position or {}))
+
+
+def build_optimizer_and_scheduler(
+    model: CAEv2ForPreTraining, training_args: PretrainingArguments, numbers: TrainingNumbers
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW without decay on 1-D tensors, fused on every device: besides being the fastest AdamW, the fused kernel
+    lets StepTracker skip a non-finite update on the device (no host sync)."""
+    optimizer = torch.optim.AdamW(
+        build_parameter_groups(model, training_args.weight_decay),
+        lr=numbers.learning_rate,
+        betas=(training_args.adam_beta1, training_args.adam_beta2),
+        eps=training_args.adam_epsilon,
+        fused=True,
+    )
+    return optimizer, build_lr_scheduler(optimizer, numbers, training_args.min_learning_rate)
+
+
+def resume(
+    accelerator: Accelerator, resume_from_checkpoint: str | None, output_dir: str, numbers: TrainingNumbers
+) -> dict:
+    """Restores a checkpoint's states when asked; returns its step, counters and this process's data position."""
+    checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, checkpoints_dir(output_dir))
+    if checkpoint is None:
+        return {"step": 0, "skipped_steps": 0, "skipped_images": 0, "data_position": None}
+    state = load_checkpoint(accelerator, checkpoint)
+    logger.info(f"Resumed from {checkpoint} at update {state['step']}, data position {state['data_position']}.")
+    if state["numbers"] != numbers.to_dict():
+        logger.warning(f"The run's numbers changed since the checkpoint: {state['numbers']} -> {numbers.to_dict()}.")
+    return state
+
+
+def train_step(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    batch: dict[str, torch.Tensor],
+    tracker: StepTracker,
+    max_grad_norm: float,
+    config: CAEv2Config,
+) -> None:
+    """One micro-batch. Optimizer, scheduler and zero_grad act on the last micro-batch of an update only."""
+    inputs = {key: batch[key] for key in ("pixel_values", "bool_masked_pos")}  # labels stay on the host
+    inputs = send_to_device(inputs, accelerator.device, non_blocking=True)  # uint8: a quarter of float's bytes
+    pixel_values = normalize_pixel_values(inputs["pixel_values"], config.image_mean, config.image_std)
+    with accelerator.accumulate(model):
+        outputs = model(pixel_values=pixel_values, bool_masked_pos=inputs["bool_masked_pos"])
+        accelerator.backward(outputs.loss)
+        if accelerator.sync_gradients:
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
+            tracker.skip_update_if_nonfinite(optimizer, grad_norm)
+        optimizer.step()  # a no-op before the last micro-batch (Accelerate), or when the guard found NaN/inf
+        if accelerator.sync_gradients:
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    tracker.record_batch(outputs, batch["num_skipped_images"])
+
+
+def train(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    stream: ResumableBatchStream,
+    tracker: StepTracker,
+    training_args: PretrainingArguments,
+    numbers: TrainingNumbers,
+    start_step: int,
+    checkpoint_state: dict,
+) -> dict[str, float]:
+    """Updates `start_step + 1 .. max_steps`; every process runs exactly that many, so none waits for another.
+    Returns the last logged metrics."""
+    progress = tqdm(
+        total=numbers.max_steps, initial=start_step, desc="pretraining", disable=not accelerator.is_local_main_process
+    )
+    config = accelerator.unwrap_model(model).config
+    metrics = {}
+    model.train()
+    for step in range(start_step + 1, numbers.max_steps + 1):
+        for _ in range(training_args.gradient_accumulation_steps):
+            batch = next(stream)
+            train_step(accelerator, model, optimizer, scheduler, batch, tracker, training_args.max_grad_norm, config)
+        progress.update(1)
+        is_last = step == numbers.max_steps
+        if step % training_args.logging_steps == 0 or is_last:
+            metrics = {**tracker.summarize(accelerator), "learning_rate": scheduler.get_last_lr()[0]}
+            accelerator.log({f"train/{name}": value for name, value in metrics.items()}, step=step)
+            progress.set_postfix(
+                loss=f"{metrics['loss']:.4f}", lr=f"{metrics['learning_rate']:.3g}",
+                images_per_s=f"{metrics['images_per_second']:.1f}",
+            )  # fmt: skip
+        if step % training_args.save_steps == 0 or is_last:
+            state = {**checkpoint_state, **tracker.totals(accelerator)}
+            save_checkpoint(
+                accelerator, checkpoints_dir(training_args.output_dir), step, stream.position(), state,
+                training_args.save_total_limit,
+            )  # fmt: skip
+    progress.close()
+    return metrics
+
+
+def flat_hyperparameters(arguments: dict) -> dict[str, int | float | str | bool]:
+    """TensorBoard's hparams take scalars and strings only."""
+    return {name: value if isinstance(value, int | float | str | bool) else json.dumps(value)
+            for name, value in arguments.items()}  # fmt: skip
+
+
+def finish(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    arguments: dict,
+    numbers: TrainingNumbers,
+    final_loss: float | None,
+) -> None:
+    """Exports final/ (+ pretraining/), starts the Hub upload in the background, says where everything is."""
+    output_dir, preset = arguments["output_dir"], arguments["model_preset"]
+    data_source = arguments["dataset_name"] or arguments["train_dir"] or ", ".join(arguments["data_files"] or [])
+    config = accelerator.unwrap_model(model).config
+    size = preset_of(config, preset)  # named in the card only when the architecture is exactly the preset's
+    details = describe_training(size, numbers.to_dict(), final_loss, data_source, config.use_random_teacher)
+    datasets = [arguments["dataset_name"]] if arguments["dataset_name"] else []
+    final_dir = os.path.join(output_dir, "final")
+    export_final_model(accelerator, model, final_dir, size, arguments["hub_model_id"], datasets, details)
+    upload = None
+    if arguments["push_to_hub"] and accelerator.is_main_process:
+        upload = push_to_hub_in_background(final_dir, arguments["hub_model_id"], arguments["hub_private_repo"])
+    logger.info(
+        f"Done. Final loss {final_loss}.\n  checkpoints: {checkpoints_dir(output_dir)}\n"
+        f"  TensorBoard: tensorboard --logdir {os.path.join(output_dir, 'logs')}\n"
+        f"  final model: {final_dir} (encoder + image processor + card; pretraining/ holds regressor and head)"
+    )
+    if upload is not None:
+        logger.info(f"Uploaded to https://huggingface.co/{arguments['hub_model_id']}: {upload.result()}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    model_args, data_args, training_args = parse_pretraining_arguments(argv)
+    arguments = {
+        **dataclasses.asdict(model_args),
+        **dataclasses.asdict(data_args),
+        **dataclasses.asdict(training_args),
+    }
+    accelerator = build_accelerator(training_args)
+    try:
+        numbers = compute_numbers(training_args, accelerator.num_processes)
+        model = build_model(model_args, accelerator, training_args.seed)
+        config = model.config
+        write_demo_images_once(data_args, config.image_size, accelerator)
+        optimizer, scheduler = build_optimizer_and_scheduler(model, training_args, numbers)
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+        state = resume(accelerator, training_args.resume_from_checkpoint, training_args.output_dir, numbers)
+        stream = open_train_stream(
+            data_args, config, training_args.seed, training_args.per_device_train_batch_size,
+            accelerator.process_index, accelerator.num_processes, state["data_position"],
+        )  # fmt: skip
+        tracker = StepTracker(
+            accelerator.device, numbers.effective_batch_size, training_args.max_consecutive_skipped_steps,
+            state["skipped_steps"], state["skipped_images"],
+        )  # fmt: skip
+        accelerator.init_trackers("caev2-pretraining", config=flat_hyperparameters(arguments))
+        checkpoint_state = {"numbers": numbers.to_dict(), "arguments": arguments}
+        metrics = train(
+            accelerator, model, optimizer, scheduler, stream, tracker, training_args, numbers, state["step"],
+            checkpoint_state,
+        )  # fmt: skip
+        finish(accelerator, model, arguments, numbers, metrics.get("loss"))
+    finally:
+        accelerator.end_training()  # closes the trackers and destroys the process group
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""Tests for caev2_hf/checkpointing.py: atomic saves, latest discovery, resume checks, and the data-position replay."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+
+from caev2_hf.checkpointing import (
+    ResumableBatchStream,
+    list_checkpoints,
+    load_checkpoint,
+    read_training_state,
+    resolve_resume_checkpoint,
+    save_checkpoint,
+)
+from caev2_hf.data import build_eval_transform, build_pretrain_dataloader, open_image_dataset
+from caev2_hf.masking import MaskingCollator, RandomMaskGenerator
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps its state in process-wide singletons: start and leave each test with none."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def prepared_linear(accelerator: Accelerator) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    model = torch.nn.Linear(3, 2)
+    return accelerator.prepare(model, torch.optim.AdamW(model.parameters(), lr=0.1))
+
+
+def write_checkpoint_folder(folder: Path, step: int | None) -> None:
+    folder.mkdir(parents=True)
+    if step is not None:
+        (folder / "training_state.json").write_text(json.dumps({"step": step, "data_positions": [{}]}))
+
+
+def test_save_checkpoint_renames_complete_folders_and_keeps_the_last_ones(tmp_path, fresh_accelerate_state) -> None:
+    accelerator = Accelerator(cpu=True)
+    prepared_linear(accelerator)
+    for step in (1, 2, 3):
+        position = {"epoch": 0, "batches_in_epoch": step}
+        save_checkpoint(accelerator, str(tmp_path), step, position, {"skipped_steps": 0}, save_total_limit=2)
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-00000002", "checkpoint-00000003"]
+    state = read_training_state(str(tmp_path / "checkpoint-00000003"))
+    assert state == {"skipped_steps": 0, "step": 3, "data_positions": [{"epoch": 0, "batches_in_epoch": 3}]}
+    assert {"model.safetensors", "optimizer.bin", "random_states_0.pkl"} <= set(
+        os.listdir(tmp_path / "checkpoint-00000003")
+    )
+
+
+def test_save_checkpoint_replaces_a_checkpoint_of_the_same_step(tmp_path, fresh_accelerate_state) -> None:
+    accelerator = Accelerator(cpu=True)
+    prepared_linear(accelerator)
+    for skipped_steps in (0, 1):
+        save_checkpoint(accelerator, str(tmp_path), 4, {}, {"skipped_steps": skipped_steps}, save_total_limit=2)
+    assert os.listdir(tmp_path) == ["checkpoint-00000004"]
+    assert read_training_state(str(tmp_path / "checkpoint-00000004"))["skipped_steps"] == 1
+
+
+def test_list_checkpoints_ignores_half_written_folders(tmp_path: Path) -> None:
+    write_checkpoint_folder(tmp_path / ".incomplete-checkpoint-00000009", step=9)  # killed before the rename
+    write_checkpoint_folder(tmp_path / "checkpoint-00000008", step=None)  # no state file: not ours or damaged
+    write_checkpoint_folder(tmp_path / "checkpoint-00000010", step=10)
+    write_checkpoint_folder(tmp_path / "checkpoint-00000005", step=5)
+    assert list_checkpoints(str(tmp_path)) == [
+        str(tmp_path / "checkpoint-00000005"),
+        str(tmp_path / "checkpoint-00000010"),
+    ]
+    assert resolve_resume_checkpoint("latest", str(tmp_path)) == str(tmp_path / "checkpoint-00000010")
+
+
+def test_resolve_resume_checkpoint_starts_fresh_or_refuses_a_missing_path(tmp_path: Path) -> None:
+    assert resolve_resume_checkpoint(None, str(tmp_path)) is None
+    assert resolve_resume_checkpoint("latest", str(tmp_path / "not-yet-created")) is None
+    with pytest.raises(FileNotFoundError, match="'/no/such/checkpoint' is not a complete checkpoint"):
+        resolve_resume_checkpoint("/no/such/checkpoint", str(tmp_path))
+
+
+def test_load_checkpoint_restores_weights_and_rng(tmp_path: Path, fresh_accelerate_state) -> None:
+    accelerator = Accelerator(cpu=True)
+    model, _ = prepared_linear(accelerator)
+    saved_weight = model.weight.detach().clone()
+    torch.manual_seed(123)
+    path = save_checkpoint(accelerator, str(tmp_path), 7, {"epoch": 1, "batches_in_epoch": 2}, {}, save_total_limit=1)
+    expected_draw = torch.rand(2)
+    with torch.no_grad():
+        model.weight.zero_()
+    state = load_checkpoint(accelerator, path)
+    assert torch.equal(model.weight.detach(), saved_weight) and torch.equal(torch.rand(2), expected_draw)
+    assert state["step"] == 7 and state["data_position"] == {"epoch": 1, "batches_in_epoch": 2}
+
+
+def test_load_checkpoint_refuses_another_number_of_processes(tmp_path: Path, fresh_accelerate_state) -> None:
+    write_checkpoint_folder(tmp_path / "checkpoint-00000003", step=3)
+    state_file = tmp_path / "checkpoint-00000003" / "training_state.json"
+    state_file.write_text(json.dumps({"step": 3, "data_positions": [{}, {}]}))
+    with pytest.raises(ValueError, match="written by 2 process\\(es\\) but this run has 1"):
+        load_checkpoint(Accelerator(cpu=True), str(tmp_path / "checkpoint-00000003"))
+
+
+def build_loader(tar_paths: list[str]) -> torch.utils.data.DataLoader:
+    """One shard of 8 images, batches of 3: two batches per epoch (the incomplete third is dropped)."""
+    collator = MaskingCollator(RandomMaskGenerator((2, 2), 1), seed=0)
+    dataset = open_image_dataset(data_files=tar_paths[:1])
+    return build_pretrain_dataloader(dataset, build_eval_transform(16, 16), collator, 3, num_workers=0, seed=0)
+
+
+def test_resumable_batch_stream_tracks_its_position_across_epochs(demo_tar_shards: list[str]) -> None:
+    stream = ResumableBatchStream(build_loader(demo_tar_shards))
+    positions = []
+    for _ in range(5):
+        next(stream)
+        positions.append(stream.position())
+    assert positions == [
+        {"epoch": 0, "batches_in_epoch": 1},
+        {"epoch": 0, "batches_in_epoch": 2},
+        {"epoch": 1, "batches_in_epoch": 1},
+        {"epoch": 1, "batches_in_epoch": 2},
+        {"epoch": 2, "batches_in_epoch": 1},
+    ]
+
+
+def test_resumable_batch_stream_replays_to_a_saved_position(demo_tar_shards: list[str]) -> None:
+    uninterrupted = ResumableBatchStream(build_loader(demo_tar_shards))
+    batches = [next(uninterrupted) for _ in range(5)]
+    resumed = ResumableBatchStream(build_loader(demo_tar_shards), epoch=1, batches_in_epoch=1)  # after batch 3
+    assert resumed.position() == {"epoch": 1, "batches_in_epoch": 1}
+    for expected in batches[3:]:
+        batch = next(resumed)
+        assert all(torch.equal(batch[key], expected[key]) for key in expected)
+    assert not torch.equal(batches[0]["bool_masked_pos"], batches[2]["bool_masked_pos"])  # epochs differ
+
+
+def test_resumable_batch_stream_warns_when_the_epoch_got_shorter(demo_tar_shards: list[str], caplog) -> None:
+    stream = ResumableBatchStream(build_loader(demo_tar_shards), epoch=0, batches_in_epoch=3)  # epochs hold 2
+    assert stream.position() == {"epoch": 1, "batches_in_epoch": 1}
+    assert "the data changed" in caplog.text

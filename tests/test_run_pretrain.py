@@ -1,0 +1,387 @@
+"""Tests for run_pretrain.py: the real entry point on tiny models and local images, offline, a few CPU steps each."""
+
+import importlib.util
+import io
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+from conftest import build_tiny_config
+from PIL import Image
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_checkpointing import fresh_accelerate_state  # noqa: F401  (a fixture, used by every test below)
+from transformers import AutoImageProcessor, AutoModel
+
+import caev2_hf.hub
+from caev2_hf import CAEv2Config, CAEv2ForPreTraining, CAEv2Model
+from caev2_hf.checkpointing import read_training_state
+from caev2_hf.data import write_demo_image_folder
+from caev2_hf.training_args import parse_pretraining_arguments
+
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SPEC = importlib.util.spec_from_file_location("run_pretrain", REPO_ROOT / "run_pretrain.py")
+run_pretrain = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(run_pretrain)
+
+
+def tiny_model_overrides() -> dict:
+    """conftest's tiny model (one regressor block) as overrides of the "base" preset, whose values are the defaults."""
+    overrides = build_tiny_config(regressor_num_hidden_layers=1).to_diff_dict()
+    for key in ("model_type", "transformers_version"):
+        overrides.pop(key, None)
+    return overrides
+
+
+def write_config(tmp_path: Path, name: str = "config", **arguments) -> str:
+    values = {
+        "model_preset": "base",
+        "config_overrides": tiny_model_overrides(),
+        "output_dir": str(tmp_path / name),
+        "dataloader_num_workers": 0,
+        "shuffle_buffer_size": 8,
+        "per_device_train_batch_size": 4,
+        "learning_rate": 1e-3,
+        "learning_rate_batch_size": 4,
+        "max_steps": 4,
+        "warmup_steps": 1,
+        "logging_steps": 1,
+        "save_steps": 2,
+        "save_total_limit": 2,
+        "mixed_precision": "no",
+        "report_to": "none",
+        **arguments,
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return str(path)
+
+
+def final_weights(output_dir: str | Path) -> dict[str, torch.Tensor]:
+    return load_file(os.path.join(output_dir, "final", "pretraining", "model.safetensors"))
+
+
+def checkpoint_state(output_dir: str | Path, step: int) -> dict:
+    return read_training_state(os.path.join(output_dir, "checkpoints", f"checkpoint-{step:08d}"))
+
+
+def test_demo_config_runs_end_to_end_and_its_final_folder_loads(tmp_path: Path) -> None:
+    output_dir, image_dir = tmp_path / "demo_output", tmp_path / "demo_images"
+    run_pretrain.main(
+        ["--config", str(REPO_ROOT / "configs" / "demo.yaml"), "--output_dir", str(output_dir),
+         "--train_dir", str(image_dir), "--num_demo_images", "16", "--per_device_train_batch_size", "4",
+         "--max_steps", "3", "--warmup_steps", "1", "--logging_steps", "1", "--save_steps", "1"]
+    )  # fmt: skip
+    assert len(list(image_dir.rglob("*.jpg"))) == 16
+    assert sorted(os.listdir(output_dir / "checkpoints")) == ["checkpoint-00000002", "checkpoint-00000003"]
+    encoder = AutoModel.from_pretrained(output_dir / "final")
+    assert isinstance(encoder, CAEv2Model)
+    trained = final_weights(output_dir)
+    for name, parameter in encoder.state_dict().items():
+        torch.testing.assert_close(parameter, trained[f"caev2.{name}"], rtol=0, atol=0)
+    processor = AutoImageProcessor.from_pretrained(output_dir / "final")
+    assert processor.crop_size == {"height": 64, "width": 64}
+    card = (output_dir / "final" / "README.md").read_text()
+    assert "randomly initialised teacher" in card and "3 updates at an effective batch of 4" in card
+    events = EventAccumulator(str(output_dir / "logs" / "caev2-pretraining"))
+    events.Reload()
+    for name in ("loss", "visible_loss", "masked_loss", "cls_loss", "learning_rate", "grad_norm",
+                 "images_per_second", "skipped_images", "skipped_steps"):  # fmt: skip
+        values = [event.value for event in events.Scalars(f"train/{name}")]
+        assert len(values) == 3 and all(value == value for value in values), name
+    assert [event.value for event in events.Scalars("train/skipped_steps")] == [0, 0, 0]
+    assert 0 < events.Scalars("train/loss")[-1].value < 2  # cosine distance lies in [0, 2]
+
+
+@pytest.mark.parametrize("source, num_workers", [("folder", 0), ("shards", 2)])
+def test_resume_matches_uninterrupted_run(
+    tmp_path: Path, demo_image_folder: str, demo_tar_shards: list[str], monkeypatch, source: str, num_workers: int
+) -> None:
+    # 16 (folder) or 32 (shards) images, 2 micro-batches of 4 per update: update 3 ends inside the second epoch
+    # (folder) or first epoch (shards), and the crash below hits the middle of update 4's accumulation.
+    data = {"train_dir": demo_image_folder} if source == "folder" else {"data_files": demo_tar_shards}
+    arguments = dict(gradient_accumulation_steps=2, max_steps=6, save_steps=3, dataloader_num_workers=num_workers)
+    uninterrupted = write_config(tmp_path, "uninterrupted", **data, **arguments)
+    interrupted = write_config(tmp_path, "interrupted", **data, **arguments)
+    run_pretrain.main(["--config", uninterrupted])
+
+    original_step, calls = run_pretrain.train_step, itertools.count()
+
+    def crash_during_update_4(*args, **kwargs):
+        if next(calls) == 7:
+            raise KeyboardInterrupt("simulated preemption")
+        return original_step(*args, **kwargs)
+
+    monkeypatch.setattr(run_pretrain, "train_step", crash_during_update_4)
+    with pytest.raises(KeyboardInterrupt):
+        run_pretrain.main(["--config", interrupted])
+    monkeypatch.setattr(run_pretrain, "train_step", original_step)
+    run_pretrain.main(["--config", interrupted, "--resume_from_checkpoint", "latest"])
+
+    expected, resumed = final_weights(tmp_path / "uninterrupted"), final_weights(tmp_path / "interrupted")
+    assert expected.keys() == resumed.keys()
+    for name in expected:  # tolerance: none, the resumed run recomputes the same operations in the same order
+        torch.testing.assert_close(resumed[name], expected[name], rtol=0, atol=0, msg=name)
+    positions = checkpoint_state(tmp_path / "interrupted", 6)["data_positions"]
+    assert positions == checkpoint_state(tmp_path / "uninterrupted", 6)["data_positions"]
+    assert positions == (
+        [{"epoch": 2, "batches_in_epoch": 4}] if source == "folder" else [{"epoch": 1, "batches_in_epoch": 4}]
+    )
+
+
+def find_free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class ConcatenatedStreams:
+    """One process's view of a two-process run: each batch is rank 0's batch followed by rank 1's."""
+
+    def __init__(self, streams: list) -> None:
+        self.streams = streams
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        batches = [next(stream) for stream in self.streams]
+        merged = {key: torch.cat([batch[key] for batch in batches]) for key in ("pixel_values", "bool_masked_pos")}
+        return {**merged, "num_skipped_images": sum(batch["num_skipped_images"] for batch in batches)}
+
+    def position(self) -> dict[str, int]:
+        return self.streams[0].position()
+
+
+def raw_image_bytes(stream) -> set[bytes]:
+    """The encoded images a rank's stream reads (before decoding), from the sharded, shuffled dataset it wraps."""
+    return {example["image"]["bytes"] for example in stream.dataloader.dataset.dataset}
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(
+    tmp_path: Path, demo_tar_shards: list[str], monkeypatch
+) -> None:
+    # Exactly comparable: rank r's crops and masks depend only on (seed, r, epoch, position), so the one-process
+    # run below can be fed the very batches the two ranks drew; no dropout, drop path 0, no BatchNorm.
+    two = write_config(tmp_path, "two_processes", data_files=demo_tar_shards, per_device_train_batch_size=2,
+                       max_steps=3, save_steps=3)  # fmt: skip
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(find_free_port()), str(REPO_ROOT / "run_pretrain.py"), "--config", two]  # fmt: skip
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert checkpoint_state(tmp_path / "two_processes", 3)["data_positions"] == [
+        {"epoch": 0, "batches_in_epoch": 3},
+        {"epoch": 0, "batches_in_epoch": 3},
+    ]  # both ranks ran the same number of updates on the same number of batches
+
+    model_args, data_args, training_args = parse_pretraining_arguments(["--config", two])
+    config = CAEv2Config.from_preset("base", **model_args.config_overrides)
+    streams = [run_pretrain.open_train_stream(data_args, config, 0, 2, rank, 2) for rank in (0, 1)]
+    rank_images = [raw_image_bytes(stream) for stream in streams]
+    assert not rank_images[0] & rank_images[1] and len(rank_images[0] | rank_images[1]) == 32
+    monkeypatch.setattr(run_pretrain, "open_train_stream", lambda *args, **kwargs: ConcatenatedStreams(streams))
+    run_pretrain.main(["--config", two, "--per_device_train_batch_size", "4", "--output_dir", str(tmp_path / "one")])
+
+    one_process, two_processes = final_weights(tmp_path / "one"), final_weights(tmp_path / "two_processes")
+    # The regressor's key-LayerNorm bias shifts every key alike, to which softmax is blind: its true gradient is 0
+    # and Adam turns the rounding noise left in it into steps of +-lr, different for any summation order.
+    compared = [name for name in one_process if not name.endswith("layernorm_key.bias")]
+    assert len(compared) == len(one_process) - 1
+    for name in compared:  # tolerance: float32 sums in another order (DDP averages two half-batch gradients)
+        torch.testing.assert_close(two_processes[name], one_process[name], rtol=0, atol=1e-6, msg=name)
+
+
+def nan_losses(monkeypatch, bad_calls: set[int] | None) -> None:
+    """Makes the loss NaN on the given forward calls (every call when None)."""
+    original_forward, calls = CAEv2ForPreTraining.forward, itertools.count()
+
+    def forward(self, *args, **kwargs):
+        outputs = original_forward(self, *args, **kwargs)
+        if bad_calls is None or next(calls) in bad_calls:
+            outputs.loss = outputs.loss * float("nan")
+        return outputs
+
+    monkeypatch.setattr(CAEv2ForPreTraining, "forward", forward)
+
+
+def test_nonfinite_loss_skips_the_update_and_counts_it(tmp_path: Path, demo_image_folder: str, monkeypatch) -> None:
+    nan_losses(monkeypatch, bad_calls={1})
+    run_pretrain.main(["--config", write_config(tmp_path, train_dir=demo_image_folder, max_steps=3, save_steps=3)])
+    assert checkpoint_state(tmp_path / "config", 3)["skipped_steps"] == 1
+    optimizer_state = torch.load(tmp_path / "config" / "checkpoints" / "checkpoint-00000003" / "optimizer.bin")
+    assert {int(state["step"]) for state in optimizer_state["state"].values()} == {2}  # 3 updates, 1 skipped
+    assert all(torch.isfinite(tensor).all() for tensor in final_weights(tmp_path / "config").values())
+
+
+def test_nonfinite_losses_in_a_row_stop_the_run(tmp_path: Path, demo_image_folder: str, monkeypatch) -> None:
+    nan_losses(monkeypatch, bad_calls=None)
+    config = write_config(tmp_path, train_dir=demo_image_folder, max_steps=4, max_consecutive_skipped_steps=2)
+    with pytest.raises(RuntimeError, match="2 updates in a row had a non-finite loss"):
+        run_pretrain.main(["--config", config])
+
+
+def encode(image: Image.Image, image_format: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format)
+    return buffer.getvalue()
+
+
+def test_unusable_images_are_skipped_and_counted(tmp_path: Path, caplog) -> None:
+    folder = Path(write_demo_image_folder(str(tmp_path / "images"), num_images=5, image_size=32))
+    photo = Image.open(next(folder.rglob("*.jpg")))
+    files = {  # names sort the unusable ones first, so they are counted on the first usable image of the pass
+        "a_truncated.jpg": encode(photo, "JPEG")[:200],
+        "b_not_an_image.jpg": b"not an image",
+        "c_tiny.png": encode(Image.new("RGB", (4, 4)), "PNG"),
+        "d_cmyk.jpg": encode(photo.convert("CMYK"), "JPEG"),
+        "e_gray.png": encode(photo.convert("L"), "PNG"),
+        "f_rgba.png": encode(photo.convert("RGBA"), "PNG"),
+    }
+    for name, payload in files.items():
+        (folder / "china" / name).write_bytes(payload)
+    config = write_config(tmp_path, train_dir=str(folder), shuffle_buffer_size=1, max_steps=2, save_steps=2)
+    run_pretrain.main(["--config", config])
+    assert checkpoint_state(tmp_path / "config", 2)["skipped_images"] == 3  # 8 usable images = 2 batches of 4
+    skips = [record.getMessage() for record in caplog.records if "Skipping an unusable image" in record.getMessage()]
+    assert len(skips) == 3 and any("smaller than" in message for message in skips)
+
+
+def test_empty_dataset_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(Exception, match="doesn't contain any data files"):
+        run_pretrain.main(["--config", write_config(tmp_path, train_dir=str(tmp_path / "empty"))])
+
+
+def test_dataset_of_only_unreadable_images_is_reported(tmp_path: Path) -> None:
+    for index in range(3):
+        (tmp_path / "broken" / "class").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "broken" / "class" / f"{index}.jpg").write_bytes(b"not an image")
+    with pytest.raises(RuntimeError, match="gave no batch"):
+        run_pretrain.main(["--config", write_config(tmp_path, train_dir=str(tmp_path / "broken"))])
+
+
+def test_column_without_images_is_reported(tmp_path: Path) -> None:
+    pq.write_table(pa.Table.from_pylist([{"text": "a caption"}] * 4), tmp_path / "captions.parquet")
+    config = write_config(tmp_path, data_files=[str(tmp_path / "captions.parquet")])
+    with pytest.raises(ValueError, match=r"No image column among the dataset's columns \['text'\]"):
+        run_pretrain.main(["--config", config])
+
+
+def test_fewer_shards_than_processes_is_reported(tmp_path: Path, demo_tar_shards: list[str]) -> None:
+    model_args, data_args, _ = parse_pretraining_arguments(["--config", write_config(tmp_path)])
+    data_args.data_files = demo_tar_shards[:1]
+    config = CAEv2Config.from_preset("base", **model_args.config_overrides)
+    with pytest.raises(ValueError, match="1 shards cannot feed 2 processes"):
+        run_pretrain.open_train_stream(data_args, config, 0, 4, process_index=0, num_processes=2)
+
+
+def test_resume_from_a_missing_checkpoint_is_reported(tmp_path: Path, demo_image_folder: str) -> None:
+    config = write_config(tmp_path, train_dir=demo_image_folder)
+    with pytest.raises(FileNotFoundError, match="is not a complete checkpoint"):
+        run_pretrain.main(["--config", config, "--resume_from_checkpoint", str(tmp_path / "no-such-checkpoint")])
+
+
+class RecordingHfApi:
+    """Stands in for huggingface_hub.HfApi inside caev2_hf.hub: records the repo and the files of each upload."""
+
+    instances: list["RecordingHfApi"] = []
+
+    def __init__(self, token: str | None = None) -> None:
+        self.token, self.created, self.uploaded = token, None, None
+        RecordingHfApi.instances.append(self)
+
+    def create_repo(self, repo_id: str, repo_type: str, private: bool, exist_ok: bool) -> None:
+        self.created = {"repo_id": repo_id, "private": private}
+
+    def upload_folder(self, folder_path: str, repo_id: str, repo_type: str, commit_message: str) -> str:
+        self.uploaded = sorted(
+            str(path.relative_to(folder_path)) for path in Path(folder_path).rglob("*") if path.is_file()
+        )
+        return f"https://huggingface.co/{repo_id}/commit/0"
+
+
+def test_push_to_hub_uploads_the_final_folder_with_the_token_from_the_environment(
+    tmp_path: Path, demo_image_folder: str, monkeypatch
+) -> None:
+    monkeypatch.setenv("HF_TOKEN", "hf_from_environment")
+    monkeypatch.setattr(caev2_hf.hub, "HfApi", RecordingHfApi)
+    RecordingHfApi.instances.clear()
+    config = write_config(tmp_path, train_dir=demo_image_folder, max_steps=1)
+    run_pretrain.main(["--config", config, "--push_to_hub", "--hub_model_id", "me/caev2-test", "--hub_private_repo"])
+    (api,) = RecordingHfApi.instances
+    assert api.token == "hf_from_environment" and api.created == {"repo_id": "me/caev2-test", "private": True}
+    assert {"README.md", "config.json", "model.safetensors", "preprocessor_config.json", "modeling_caev2.py",
+            "pretraining/model.safetensors", "pretraining/config.json"} <= set(api.uploaded)  # fmt: skip
+    assert not any("checkpoint" in name or "logs" in name for name in api.uploaded)
+
+
+def test_model_name_or_path_starts_from_saved_weights(tmp_path: Path, demo_image_folder: str) -> None:
+    run_pretrain.main(["--config", write_config(tmp_path, "first", train_dir=demo_image_folder, max_steps=1)])
+    start = str(tmp_path / "first" / "final" / "pretraining")
+    # One update inside a 1-update warmup runs at lr 0 (decay is scaled by lr too): the weights stay where they
+    # started, and the ignored preset "large" does not change the architecture read from the folder.
+    second = write_config(tmp_path, "second", train_dir=demo_image_folder, max_steps=1, model_name_or_path=start,
+                          model_preset="large")  # fmt: skip
+    run_pretrain.main(["--config", second])
+    started, ended = final_weights(tmp_path / "first"), final_weights(tmp_path / "second")
+    for name in started:
+        torch.testing.assert_close(ended[name], started[name], rtol=0, atol=0, msg=name)
+
+
+def test_open_train_stream_passes_hub_dataset_arguments(tmp_path: Path, demo_tar_shards, monkeypatch) -> None:
+    recorded = {}
+    open_local = run_pretrain.open_image_dataset
+
+    def open_hub_stand_in(**kwargs):
+        recorded.update(kwargs)
+        return open_local(data_files=demo_tar_shards)
+
+    monkeypatch.setattr(run_pretrain, "open_image_dataset", open_hub_stand_in)
+    config = write_config(tmp_path, dataset_name="timm/imagenet-1k-wds", dataset_config_name="default",
+                          train_split="validation", image_column="jpg")  # fmt: skip
+    model_args, data_args, _ = parse_pretraining_arguments(["--config", config])
+    model_config = CAEv2Config.from_preset("base", **model_args.config_overrides)
+    batch = next(run_pretrain.open_train_stream(data_args, model_config, 0, 4, 0, 1))
+    assert recorded == {"dataset_name": "timm/imagenet-1k-wds", "dataset_config_name": "default",
+                        "split": "validation", "train_dir": None, "data_files": None, "image_column": "jpg"}  # fmt: skip
+    assert batch["pixel_values"].shape == (4, 3, 32, 32) and batch["bool_masked_pos"].sum(dim=1).tolist() == [6] * 4
+
+
+@pytest.mark.parametrize("torch_compile, mixed_precision, backend", [(True, "bf16", "INDUCTOR"), (False, "no", "NO")])
+def test_build_accelerator_applies_compile_and_precision(
+    tmp_path: Path, torch_compile: bool, mixed_precision: str, backend: str
+) -> None:
+    _, _, training_args = parse_pretraining_arguments(
+        [
+            "--config",
+            write_config(tmp_path),
+            "--mixed_precision",
+            mixed_precision,
+            "--torch_compile",
+            str(torch_compile),
+        ]
+    )
+    accelerator = run_pretrain.build_accelerator(training_args)
+    assert accelerator.mixed_precision == mixed_precision
+    assert accelerator.state.dynamo_plugin.backend.value == backend
+
+
+def test_training_state_records_numbers_and_arguments(tmp_path: Path, demo_image_folder: str) -> None:
+    run_pretrain.main(["--config", write_config(tmp_path, train_dir=demo_image_folder, max_steps=2)])
+    state = checkpoint_state(tmp_path / "config", 2)
+    assert state["numbers"] == {"num_processes": 1, "effective_batch_size": 4, "learning_rate": 1e-3, "max_steps": 2,
+                                "warmup_steps": 1, "steps_per_epoch": None}  # fmt: skip
+    assert state["arguments"]["train_dir"] == demo_image_folder and state["step"] == 2
+    assert json.dumps(state)  # plain JSON all the way down
