@@ -1,0 +1,192 @@
+"""Tests for run_finetune.py and caev2_hf.finetune: Trainer fine-tuning of a tiny CAE v2, offline, on the CPU."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import build_tiny_config
+from PIL import Image
+from transformers import TrainingArguments, pipeline
+
+from caev2_hf import CAEv2ForImageClassification, CAEv2ForPreTraining
+from caev2_hf.finetune import (
+    build_classification_loss,
+    build_finetune_trainer,
+    build_finetune_transforms,
+    build_mixup,
+    load_finetune_model,
+)
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SPEC = importlib.util.spec_from_file_location("run_finetune", REPO_ROOT / "run_finetune.py")
+run_finetune = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(run_finetune)
+
+COLOURS = {"blue": (40, 60, 200), "green": (40, 180, 60), "red": (210, 50, 40)}
+# No timm in CI: mixup and cutmix off; no RandAugment or erasing, so a few steps visibly lower the loss.
+QUICK_RECIPE = ["--mixup", "0", "--cutmix", "0", "--rand_augment_magnitude", "0", "--random_erasing", "0"]
+QUICK_RECIPE += ["--label_smoothing", "0", "--drop_path_rate", "0", "--report_to", "none", "--save_strategy", "no"]
+QUICK_RECIPE += ["--dataloader_num_workers", "0", "--per_device_train_batch_size", "8", "--seed", "0"]
+
+
+def write_colours(root: Path, per_class: int, seed: int) -> str:
+    """Noisy images whose class is their colour: learnable under any crop, flip or resize."""
+    rng = np.random.default_rng(seed)
+    for name, colour in COLOURS.items():
+        (root / name).mkdir(parents=True)
+        for index in range(per_class):
+            pixels = np.clip(np.array(colour) + rng.normal(0, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{index:03d}.png")
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("colours")
+    return {"train": write_colours(root / "train", 24, seed=0), "validation": write_colours(root / "val", 8, seed=1)}
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny pretraining checkpoint whose final norm is not the identity, so copying it into fc_norm shows."""
+    torch.manual_seed(0)
+    model = CAEv2ForPreTraining(build_tiny_config())
+    with torch.no_grad():
+        model.caev2.layernorm.weight.uniform_(0.5, 1.5)
+        model.caev2.layernorm.bias.uniform_(-0.5, 0.5)
+    folder = tmp_path_factory.mktemp("encoder") / "tiny"
+    model.save_pretrained(folder)
+    return str(folder)
+
+
+def finetune_arguments(model: str, colours: dict[str, str], output_dir: Path, *extra: str) -> list[str]:
+    data = ["--train_dir", colours["train"], "--validation_dir", colours["validation"]]
+    return ["--model", model, *data, "--output_dir", str(output_dir), *QUICK_RECIPE, *extra]
+
+
+def test_finetuning_lowers_the_loss_and_writes_a_classifier(encoder_dir: str, colours: dict, tmp_path: Path):
+    arguments = finetune_arguments(encoder_dir, colours, tmp_path, "--max_steps", "24", "--learning_rate", "2e-3")
+    results = run_finetune.main([*arguments, "--logging_steps", "1", "--warmup_steps", "2"])
+    losses = [entry["loss"] for entry in json.loads((tmp_path / "trainer_state.json").read_text())["log_history"]
+              if "loss" in entry]  # fmt: skip
+    assert len(losses) == 24
+    assert np.mean(losses[-6:]) < np.mean(losses[:6]) - 0.2
+    assert json.loads((tmp_path / "results.json").read_text()) == results
+    assert results["top5_accuracy"] == 1.0 and results["top1_accuracy"] >= 1 / 3  # 3 classes
+    predictions = pipeline("image-classification", model=str(tmp_path))(Image.new("RGB", (32, 32), COLOURS["red"]))
+    assert sorted(prediction["label"] for prediction in predictions) == sorted(COLOURS)
+
+
+def test_epochs_become_steps_for_a_stream(encoder_dir: str, colours: dict, tmp_path: Path):
+    # 72 training images, 2 epochs, batch 8 x accumulation 3 = 24 per step: 6 optimizer steps. The data is prepared
+    # in the Arrow cache first (streaming false), as multi-worker runs on image folders would.
+    arguments = finetune_arguments(encoder_dir, colours, tmp_path, "--num_train_epochs", "2")
+    results = run_finetune.main([*arguments, "--gradient_accumulation_steps", "3", "--streaming", "false"])
+    assert (results["max_steps"], results["num_train_examples"], results["num_classes"]) == (6, 72, 3)
+
+
+def train_one_step(batch_size: int, accumulation: int, output_dir: Path) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    examples = [{"pixel_values": torch.randn(3, 32, 32, generator=generator), "label": i % 3} for i in range(16)]
+    torch.manual_seed(0)
+    model = CAEv2ForImageClassification(build_tiny_config(num_labels=3))
+    # adam_epsilon=1 makes AdamW's step about lr x gradient for these small gradients, so a wrongly scaled
+    # accumulated gradient shows (with the usual 1e-8, Adam's step would not depend on the gradient's scale).
+    args = TrainingArguments(
+        output_dir=str(output_dir), per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
+        max_steps=2, learning_rate=1e-2, weight_decay=0.05, adam_epsilon=1.0, report_to="none", save_strategy="no",
+        seed=0,
+    )  # fmt: skip
+    trainer = build_finetune_trainer(model, args, examples, None, 0.75, mixup=0, cutmix=0, label_smoothing=0.1)
+    trainer.train()
+    return {name: tensor.clone() for name, tensor in model.state_dict().items()}
+
+
+def test_gradient_accumulation_of_two_batches_matches_one_double_batch(tmp_path: Path):
+    accumulated = train_one_step(batch_size=4, accumulation=2, output_dir=tmp_path / "accumulated")
+    double = train_one_step(batch_size=8, accumulation=1, output_dir=tmp_path / "double")
+    torch.manual_seed(0)
+    initial = CAEv2ForImageClassification(build_tiny_config(num_labels=3)).state_dict()
+    assert not torch.allclose(double["classifier.weight"], initial["classifier.weight"])
+    for name, tensor in double.items():
+        torch.testing.assert_close(accumulated[name], tensor, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_finetune_transforms_give_normalised_crops_and_erase_with_noise():
+    train, evaluate = build_finetune_transforms(32, 37, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25], 0, random_erasing=1.0)
+    grey = Image.new("RGB", (40, 48), (153, 153, 153))  # 0.6 after scaling: (0.6 - 0.5) / 0.25 = 0.4
+    torch.testing.assert_close(evaluate(grey), torch.full((3, 32, 32), 0.4), atol=1e-5, rtol=0)
+    erased = train(grey)
+    assert erased.shape == (3, 32, 32) and erased.dtype == torch.float32
+    assert 0.02 * 32 * 32 <= (erased - 0.4).abs().gt(1e-4).any(0).sum() <= 0.34 * 32 * 32  # one noise rectangle
+    augmented, _ = build_finetune_transforms(32, 37, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25], 9, random_erasing=0.0)
+    assert augmented(grey).shape == (3, 32, 32)
+
+
+def test_classification_loss_matches_hand_computed_values():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    log_probabilities = logits.log_softmax(-1)
+    loss = build_classification_loss(label_smoothing=0.0)
+    hard = loss({"logits": logits}, torch.tensor([0, 2]), num_items_in_batch=4)
+    torch.testing.assert_close(hard, -(log_probabilities[0, 0] + log_probabilities[1, 2]) / 4)
+    soft_targets = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
+    soft = loss({"logits": logits}, soft_targets)
+    torch.testing.assert_close(soft, -(log_probabilities[0, :2].sum() / 2 + log_probabilities[1, 2]) / 2)
+
+
+def test_finetune_model_starts_fc_norm_as_the_encoder_final_norm(encoder_dir: str):
+    model = load_finetune_model(encoder_dir, ["a", "b", "c"], drop_path_rate=0.0, ignore_mismatched_sizes=False)
+    final_norm = CAEv2ForPreTraining.from_pretrained(encoder_dir).caev2.layernorm
+    torch.testing.assert_close(model.pooler.fc_norm.weight, final_norm.weight, rtol=0, atol=0)
+    torch.testing.assert_close(model.pooler.fc_norm.bias, final_norm.bias, rtol=0, atol=0)
+    assert not model.caev2.layernorm.weight.requires_grad  # unused by mean pooling
+    assert model.config.id2label == {0: "a", 1: "b", 2: "c"} and model.config.classifier_pooling == "mean"
+    assert model.classifier.weight.abs().max() < 1e-3  # the official init scaled by 0.001
+
+
+def test_finetuning_refuses_a_head_with_another_class_count(colours: dict, tmp_path: Path):
+    CAEv2ForImageClassification(build_tiny_config(num_labels=5)).save_pretrained(tmp_path / "classifier")
+    with pytest.raises(ValueError, match="head has 5 classes but the dataset has 3"):
+        run_finetune.main(finetune_arguments(str(tmp_path / "classifier"), colours, tmp_path / "out"))
+    replaced = load_finetune_model(str(tmp_path / "classifier"), ["a", "b", "c"], 0.0, ignore_mismatched_sizes=True)
+    assert replaced.classifier.weight.shape == (3, 32)
+
+
+def test_mixup_without_timm_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setitem(sys.modules, "timm", None)
+    monkeypatch.setitem(sys.modules, "timm.data", None)
+    with pytest.raises(ImportError, match="pip install timm"):
+        build_mixup(0.8, 1.0, 0.1, num_classes=3)
+    assert build_mixup(0.0, 0.0, 0.1, num_classes=3) is None
+
+
+def test_mixup_refuses_uneven_batches(encoder_dir: str, colours: dict, tmp_path: Path):
+    arguments = finetune_arguments(encoder_dir, colours, tmp_path, "--max_steps", "1", "--mixup", "0.8")
+    with pytest.raises(ValueError, match="dataloader_drop_last true"):
+        run_finetune.main(arguments)
+
+
+@pytest.mark.parametrize(
+    "size, learning_rate, layer_decay, mixup, warmup",
+    [("tiny", 4e-3, 0.85, 0.2, 0.05), ("small", 4e-4, 0.75, 0.8, 0.1), ("base", 2e-4, 0.75, 0.8, 0.05)],
+)
+def test_finetune_config_is_read_and_overridden_by_flags(size, learning_rate, layer_decay, mixup, warmup, tmp_path):
+    config = str(REPO_ROOT / "configs" / f"finetune-vit-{size}.yaml")
+    model_args, data_args, augmentation_args, training_args = run_finetune.parse_script_arguments(
+        (run_finetune.ModelArguments, run_finetune.ImageDataArguments, run_finetune.AugmentationArguments,
+         TrainingArguments),
+        [config, "--output_dir", str(tmp_path), "--bf16", "false", "--report_to", "none"],
+    )  # fmt: skip
+    assert (training_args.learning_rate, model_args.layer_decay, augmentation_args.mixup) == (
+        learning_rate, layer_decay, mixup,
+    )  # fmt: skip
+    assert (training_args.warmup_steps, training_args.weight_decay, training_args.max_grad_norm) == (warmup, 0.05, 0)
+    assert training_args.lr_scheduler_kwargs == {"min_lr": 1e-6}
+    assert (training_args.output_dir, training_args.bf16, data_args.dataset_name) == (
+        str(tmp_path), False, "ILSVRC/imagenet-1k",
+    )  # fmt: skip

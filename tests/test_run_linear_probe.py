@@ -1,0 +1,253 @@
+"""Tests for run_linear_probe.py: both protocols end to end on scikit-learn's digits, offline, on a tiny encoder."""
+
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+from conftest import build_tiny_config
+from huggingface_hub import ModelCard
+from PIL import Image
+from safetensors.torch import load_file
+from sklearn.datasets import load_digits
+from transformers import AutoModelForImageClassification, CLIPVisionModel, pipeline
+
+from caev2_hf import CAEv2ForPreTraining
+from caev2_hf.data import build_eval_transform, normalize_pixel_values
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SPEC = importlib.util.spec_from_file_location("run_linear_probe", REPO_ROOT / "run_linear_probe.py")
+run_linear_probe = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(run_linear_probe)
+
+# Short runs: 15 epochs of 10 steps. LARS moves a matrix by lr x 0.001 of its norm per step, so a batch of 50
+# needs a larger base lr than ImageNet's 0.1 at 8192 to train in 150 steps.
+RUN_SETTINGS = ["--batch_size", "50", "--epochs", "15", "--warmup_epochs", "2", "--encoder_batch_size", "32"]
+RUN_SETTINGS += ["--num_workers", "0", "--base_learning_rate", "100", "--fast_base_learning_rates", "10", "30", "100"]
+
+
+def write_digits(root: Path, start: int, stop: int) -> str:
+    """Digits start..stop as 32 px RGB PNGs in an image folder (one subfolder per class)."""
+    digits = load_digits()
+    for index in range(start, stop):
+        folder = root / str(digits.target[index])
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = (digits.images[index] * 255 / 16).astype(np.uint8)
+        image = Image.fromarray(pixels).resize((32, 32), Image.Resampling.BICUBIC).convert("RGB")
+        image.save(folder / f"{index:04d}.png")
+    return str(root)
+
+
+def write_encoder(folder: Path, seed: int) -> str:
+    """A randomly initialised tiny CAE v2 pretraining checkpoint: its [CLS] already separates digits linearly."""
+    torch.manual_seed(seed)
+    CAEv2ForPreTraining(build_tiny_config()).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("digits")
+    return {"train": write_digits(root / "train", 0, 500), "validation": write_digits(root / "validation", 500, 700)}
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return write_encoder(tmp_path_factory.mktemp("encoder") / "tiny", seed=0)
+
+
+def probe_arguments(model: str, digits: dict[str, str], output_dir: Path, *extra: str) -> list[str]:
+    data = ["--train_dir", digits["train"], "--validation_dir", digits["validation"]]
+    return ["--model", model, *data, "--output_dir", str(output_dir), *RUN_SETTINGS, *extra]
+
+
+@pytest.fixture(scope="module")
+def official_run(encoder_dir: str, digits: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One official run, recording the encoder object the script loaded and its weights before probing."""
+    recorded = {}
+
+    def load_and_record(model_name_or_path: str):
+        encoder = load_frozen_encoder(model_name_or_path)
+        recorded.update(encoder=encoder, weights={k: v.clone() for k, v in encoder.state_dict().items()})
+        return encoder
+
+    output_dir = tmp_path_factory.mktemp("official")
+    load_frozen_encoder = run_linear_probe.load_frozen_encoder
+    run_linear_probe.load_frozen_encoder = load_and_record
+    try:
+        results = run_linear_probe.main(probe_arguments(encoder_dir, digits, output_dir, "--protocol", "official"))
+    finally:
+        run_linear_probe.load_frozen_encoder = load_frozen_encoder
+        AcceleratorState._reset_state(reset_partial_state=True)
+    return {"results": results, "output_dir": output_dir, **recorded}
+
+
+@pytest.fixture(scope="module")
+def fast_run(encoder_dir: str, digits: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict:
+    output_dir, cache_dir = tmp_path_factory.mktemp("fast"), tmp_path_factory.mktemp("cache")
+    arguments = probe_arguments(encoder_dir, digits, output_dir, "--protocol", "fast", "--cache_dir", str(cache_dir))
+    results = run_linear_probe.main(arguments)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    return {"results": results, "output_dir": output_dir, "cache_dir": cache_dir, "arguments": arguments}
+
+
+def test_official_probe_reaches_well_above_chance_on_digits(official_run: dict):
+    written = json.loads((official_run["output_dir"] / "results.json").read_text())
+    assert written["top1_accuracy"] == official_run["results"]["top1_accuracy"]
+    assert written["top1_accuracy"] > 0.25  # chance is 0.1
+    assert written["top5_accuracy"] >= written["top1_accuracy"]
+    assert (written["num_classes"], written["num_validation_examples"], written["steps"]) == (10, 200, 150)
+    assert written["learning_rate"] == pytest.approx(100 * 50 / 256)
+
+
+def test_official_probe_leaves_encoder_weights_bit_identical(official_run: dict):
+    after = official_run["encoder"].state_dict()
+    assert after.keys() == official_run["weights"].keys()
+    assert all(torch.equal(after[name], before) for name, before in official_run["weights"].items())
+    assert not any(parameter.requires_grad for parameter in official_run["encoder"].parameters())
+
+
+def test_official_probe_output_holds_the_unchanged_encoder(official_run: dict):
+    classifier = AutoModelForImageClassification.from_pretrained(official_run["output_dir"])
+    saved = classifier.caev2.state_dict()
+    assert all(torch.equal(saved[name], weight) for name, weight in official_run["weights"].items())
+    assert classifier.config.classifier_pooling == "cls"
+
+
+def test_fast_probe_reaches_well_above_chance_on_digits(fast_run: dict):
+    results = fast_run["results"]
+    assert results["top1_accuracy"] > 0.5  # centre crops, no augmentation: easier than the official run
+    assert [entry["base_learning_rate"] for entry in results["grid"]] == [10.0, 30.0, 100.0]
+    best = max(results["grid"], key=lambda entry: entry["holdout_top1_accuracy"])
+    assert results["base_learning_rate"] == best["base_learning_rate"]
+    assert not results["feature_cache"]["train"]["reused"]
+
+
+def test_fast_probe_reuses_its_feature_cache(fast_run: dict, tmp_path: Path):
+    paths = [fast_run["results"]["feature_cache"][split]["path"] for split in ("train", "validation")]
+    modified = [os.stat(path).st_mtime_ns for path in paths]
+    results = run_linear_probe.main([*fast_run["arguments"], "--output_dir", str(tmp_path)])
+    assert [results["feature_cache"][split] for split in ("train", "validation")] == [
+        {"path": path, "reused": True} for path in paths
+    ]
+    assert [os.stat(path).st_mtime_ns for path in paths] == modified
+    assert results["top1_accuracy"] == fast_run["results"]["top1_accuracy"]
+
+
+def test_fast_probe_rebuilds_its_cache_when_the_model_changes(fast_run: dict, digits: dict, tmp_path: Path):
+    changed = write_encoder(tmp_path / "changed", seed=1)
+    arguments = probe_arguments(changed, digits, tmp_path / "out", "--protocol", "fast")
+    results = run_linear_probe.main([*arguments, "--cache_dir", str(fast_run["cache_dir"])])
+    old_path = fast_run["results"]["feature_cache"]["train"]["path"]
+    assert results["feature_cache"]["train"]["reused"] is False
+    assert results["feature_cache"]["train"]["path"] != old_path
+    assert os.path.isfile(old_path)
+
+
+def test_fast_probe_refuses_a_cache_written_by_another_model(fast_run: dict, digits: dict, tmp_path: Path):
+    changed = write_encoder(tmp_path / "changed", seed=2)
+    cache_dir = tmp_path / "cache"
+    arguments = [
+        *probe_arguments(changed, digits, tmp_path / "out", "--protocol", "fast"),
+        "--cache_dir",
+        str(cache_dir),
+    ]
+    own_path = run_linear_probe.main(arguments)["feature_cache"]["train"]["path"]
+    shutil.copy(fast_run["results"]["feature_cache"]["train"]["path"], own_path)  # another model's features
+    AcceleratorState._reset_state(reset_partial_state=True)
+    with pytest.raises(ValueError, match="was written by another model"):
+        run_linear_probe.main(arguments)
+
+
+def test_probe_output_runs_in_the_image_classification_pipeline(fast_run: dict, digits: dict):
+    classify = pipeline("image-classification", model=str(fast_run["output_dir"]))
+    image_path = next(Path(digits["validation"]).glob("3/*.png"))
+    predictions = classify(Image.open(image_path), top_k=10)
+    assert sorted(prediction["label"] for prediction in predictions) == [str(digit) for digit in range(10)]
+    assert sum(prediction["score"] for prediction in predictions) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_probe_output_reproduces_the_reported_accuracy(fast_run: dict, digits: dict):
+    classifier = AutoModelForImageClassification.from_pretrained(fast_run["output_dir"]).eval()
+    transform = build_eval_transform(32, 37)
+    correct = total = 0
+    for path in sorted(Path(digits["validation"]).glob("*/*.png")):
+        pixels = normalize_pixel_values(transform(Image.open(path).convert("RGB"))[None], [0.485, 0.456, 0.406],
+                                        [0.229, 0.224, 0.225])  # fmt: skip
+        with torch.no_grad():
+            prediction = classifier(pixels).logits.argmax(-1).item()
+        correct += classifier.config.id2label[prediction] == path.parent.name
+        total += 1
+    assert total == 200
+    assert correct / total == pytest.approx(fast_run["results"]["top1_accuracy"], abs=1.5 / total)
+
+
+def test_update_model_card_adds_the_probe_results(fast_run: dict, encoder_dir: str, tmp_path: Path):
+    model_dir = shutil.copytree(encoder_dir, tmp_path / "model")
+    ModelCard("---\nlicense: apache-2.0\n---\n# My encoder\n").save(model_dir / "README.md")
+    overrides = ["--model", str(model_dir), "--output_dir", str(tmp_path / "out"), "--update_model_card", "true"]
+    results = run_linear_probe.main([*fast_run["arguments"], *overrides])
+    card = ModelCard.load(model_dir / "README.md")
+    values = {result.metric_name: result.metric_value for result in card.data.eval_results}
+    assert values == {
+        "Top-1 (LIN, fast protocol)": round(100 * results["top1_accuracy"], 2),
+        "Top-5 (LIN, fast protocol)": round(100 * results["top5_accuracy"], 2),
+    }
+    assert card.data.license == "apache-2.0" and "# My encoder" in card.text
+
+
+def test_fast_probe_compares_another_transformers_encoder(digits: dict, tmp_path: Path):
+    torch.manual_seed(0)
+    CLIPVisionModel(build_tiny_config().teacher_config).save_pretrained(tmp_path / "clip")  # pooler: CLS after LN
+    arguments = probe_arguments(str(tmp_path / "clip"), digits, tmp_path / "out", "--protocol", "fast")
+    results = run_linear_probe.main([*arguments, "--cache_dir", str(tmp_path / "cache")])
+    assert results["top1_accuracy"] > 0.3
+    head = load_file(tmp_path / "out" / "probe_head.safetensors")
+    assert head["head.1.weight"].shape == (10, 32) and head["head.0.running_var"].shape == (32,)
+    assert not (tmp_path / "out" / "config.json").exists()  # no CAE v2 encoder, so no classifier folder
+
+
+def test_probe_refuses_a_folder_without_an_encoder(digits: dict, tmp_path: Path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no model"):
+        run_linear_probe.main(probe_arguments(str(tmp_path / "empty"), digits, tmp_path / "out"))
+    build_tiny_config().save_pretrained(tmp_path / "config_only")
+    with pytest.raises(ValueError, match="No encoder weights could be loaded"):
+        run_linear_probe.main(probe_arguments(str(tmp_path / "config_only"), digits, tmp_path / "out"))
+
+
+def test_probe_refuses_a_dataset_without_labels(encoder_dir: str, digits: dict, tmp_path: Path):
+    unlabelled = tmp_path / "unlabelled"
+    unlabelled.mkdir()
+    for path in list(Path(digits["train"]).glob("*/*.png"))[:20]:
+        shutil.copy(path, unlabelled / path.name)  # no class subfolders, so no label column
+    arguments = probe_arguments(encoder_dir, {"train": str(unlabelled), "validation": digits["validation"]}, tmp_path)
+    with pytest.raises(ValueError, match="has no label column"):
+        run_linear_probe.main(arguments)
+
+
+def test_probe_refuses_validation_classes_the_head_does_not_have(encoder_dir: str, digits: dict, tmp_path: Path):
+    validation = shutil.copytree(digits["validation"], tmp_path / "validation")
+    (validation / "extra").mkdir()
+    shutil.copy(next(Path(digits["validation"]).glob("3/*.png")), validation / "extra" / "x.png")
+    arguments = probe_arguments(encoder_dir, {"train": digits["train"], "validation": str(validation)}, tmp_path)
+    with pytest.raises(ValueError, match="head's classes differ from the dataset's"):
+        run_linear_probe.main([*arguments, "--protocol", "fast", "--cache_dir", str(tmp_path / "cache")])
+
+
+@pytest.mark.parametrize("size, batch_size", [("tiny", 16384), ("small", 8192), ("base", 8192)])
+def test_linear_probe_config_is_read_and_overridden_by_flags(size: str, batch_size: int):
+    config = str(REPO_ROOT / "configs" / f"linear-probe-vit-{size}.yaml")
+    model_args, data_args, probe_args = run_linear_probe.parse_script_arguments(
+        (run_linear_probe.ModelArguments, run_linear_probe.ImageDataArguments, run_linear_probe.ProbeArguments),
+        [config, "--epochs", "3", "--protocol", "fast"],
+    )
+    assert (probe_args.batch_size, probe_args.base_learning_rate, probe_args.warmup_epochs) == (batch_size, 0.1, 10)
+    assert (probe_args.epochs, probe_args.protocol) == (3, "fast")
+    assert (model_args.model, data_args.dataset_name) == (f"outputs/caev2-vit-{size}/final", "ILSVRC/imagenet-1k")
