@@ -226,7 +226,9 @@ class PretrainImageStream(torch.utils.data.IterableDataset):
         # torchvision draws from the global torch RNG: fork it (CPU only, microseconds) so that loading in the
         # main process (num_workers=0) leaves the training RNG untouched.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(np.random.SeedSequence(position).generate_state(1, np.uint64)[0]))
+            torch.random.default_generator.manual_seed(
+                int(np.random.SeedSequence(position).generate_state(1, np.uint64)[0])
+            )
             return self.transform(image)
 
     def __iter__(self) -> Iterator[dict]:

@@ -718,6 +718,8 @@ class CAEv2ForPreTraining(CAEv2PreTrainedModel):
     torch.Size([2, 17, 512])
     ```"""
 
+    # forward() takes **kwargs but computes a mean loss: Trainer must still divide it for gradient accumulation.
+    accepts_loss_kwargs = False
     _keys_to_ignore_on_load_missing = [r"^teacher\."]
     _keys_to_ignore_on_load_unexpected = [r"^teacher\."]
 
@@ -859,7 +861,11 @@ class CAEv2ForPreTraining(CAEv2PreTrainedModel):
 
 
 class CAEv2MeanPooler(nn.Module):
-    """Fine-tuning features: mean of the patch tokens before the final norm, then `fc_norm` (official BEiT head)."""
+    """Fine-tuning features: mean of the patch tokens before the final norm, then `fc_norm` (official BEiT head).
+
+    The encoder's final LayerNorm is then unused (the official model replaces it by an identity); it is kept so a
+    pretrained encoder loads unchanged, and `fc_norm` starts as a copy of it.
+    """
 
     def __init__(self, config: CAEv2Config) -> None:
         super().__init__()
@@ -913,6 +919,7 @@ class CAEv2ForImageClassification(CAEv2PreTrainedModel):
     torch.Size([2, 3])
     ```"""
 
+    accepts_loss_kwargs = False  # see CAEv2ForPreTraining
     _keys_to_ignore_on_load_unexpected = PRETRAINING_ONLY_KEYS
 
     def __init__(self, config: CAEv2Config) -> None:

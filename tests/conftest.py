@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+from accelerate.state import AcceleratorState, GradientState
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -82,3 +83,13 @@ def demo_tar_shards(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 
     output_dir = str(tmp_path_factory.mktemp("demo_tar_shards"))
     return write_demo_tar_shards(output_dir, num_shards=4, images_per_shard=8, image_size=32)
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Accelerate keeps its state in process-wide singletons: every test starts and ends with none."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()

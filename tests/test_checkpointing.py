@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
 
 from caev2_hf.checkpointing import (
     ResumableBatchStream,
@@ -19,16 +18,6 @@ from caev2_hf.checkpointing import (
 )
 from caev2_hf.data import build_eval_transform, build_pretrain_dataloader, open_image_dataset
 from caev2_hf.masking import MaskingCollator, RandomMaskGenerator
-
-
-@pytest.fixture
-def fresh_accelerate_state():
-    """Accelerate keeps its state in process-wide singletons: start and leave each test with none."""
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
 
 
 def prepared_linear(accelerator: Accelerator) -> tuple[torch.nn.Module, torch.optim.Optimizer]:

@@ -5,7 +5,6 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from conftest import build_tiny_config
-from test_checkpointing import fresh_accelerate_state  # noqa: F401  (a fixture)
 from transformers import AutoImageProcessor, AutoModel
 
 from caev2_hf import CAEv2Config, CAEv2ForPreTraining, CAEv2Model
@@ -18,7 +17,7 @@ NUMBERS = {"max_steps": 1200, "effective_batch_size": 2048, "num_processes": 8, 
 
 def test_export_final_model_writes_the_encoder_and_the_pretraining_model(
     tmp_path: Path,
-    fresh_accelerate_state,  # noqa: F811
+    fresh_accelerate_state,
 ) -> None:
     accelerator = Accelerator(cpu=True)
     model = accelerator.prepare(CAEv2ForPreTraining(build_tiny_config()))

@@ -19,7 +19,6 @@ from conftest import build_tiny_config
 from PIL import Image
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_checkpointing import fresh_accelerate_state  # noqa: F401  (a fixture, used by every test below)
 from transformers import AutoImageProcessor, AutoModel
 
 import caev2_hf.hub

@@ -1,0 +1,132 @@
+"""The benchmark harness (issue 6): FLOP count of a step, and both scripts running on CPU and writing their JSON.
+
+Nothing here asserts a speed: timings belong to BENCHMARKS.md, not to tests.
+"""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from caev2_hf import CAEv2Config
+
+
+BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS_DIR))
+
+import bench_data  # noqa: E402
+import bench_pretrain  # noqa: E402
+
+
+def test_transformer_layer_flops_equal_hand_count():
+    # 2 queries, 3 keys, width 4, MLP 8: q,o 2*(2*2*4*4)=128; k,v 2*(2*3*4*4)=192; MLP 2*(2*2*4*8)=256;
+    # scores and weighted sum 2*(2*2*3*4)=96.
+    assert bench_pretrain.transformer_layer_flops(2, 3, 4, 8) == 128 + 192 + 256 + 96
+
+
+@pytest.mark.parametrize(("regressor_layers", "expected_gflops"), [(1, 93.0), (4, 108.1)])
+def test_step_flops_match_vit_base_reference(regressor_layers: int, expected_gflops: float):
+    """ViT-B/16 at 50% mask: about 93 GFLOPs per image with a 1-layer regressor, 108 with 4 (issue 6), within 0.5%."""
+    config = CAEv2Config.from_preset("base", regressor_num_hidden_layers=regressor_layers)
+    flops = bench_pretrain.count_step_flops(config)
+    assert flops["total"] / 1e9 == pytest.approx(expected_gflops, rel=0.005)
+    assert flops["teacher_forward"] / 1e9 == pytest.approx(35.28, abs=0.01)  # CLIP ViT-B/16 on 197 tokens
+    assert flops["total"] == 3 * flops["student_forward"] + flops["teacher_forward"]
+
+
+def test_step_flops_without_teacher_count_only_the_student():
+    config = CAEv2Config.from_preset("tiny")
+    flops = bench_pretrain.count_step_flops(config, use_teacher=False)
+    assert flops["teacher_forward"] == 0
+    assert flops["total"] == 3 * sum(bench_pretrain.count_student_forward_flops(config).values())
+    assert bench_pretrain.count_student_forward_flops(config)["latent_projection"] == 2 * 167 * 192 * 96
+
+
+def run_bench_pretrain(tmp_path: Path, *extra: str) -> dict:
+    output = tmp_path / "pretrain.json"
+    argv = ["--preset", "tiny", "--device", "cpu", "--precision", "fp32", "--batch_size", "1", "--warmup_steps", "1"]
+    bench_pretrain.main([*argv, "--steps", "2", "--output_json", str(output), *extra])
+    return json.loads(output.read_text())
+
+
+@pytest.mark.parametrize(("teacher", "optimizer_step"), [("on", "off"), ("off", "on")])
+def test_bench_pretrain_writes_json_for_two_cpu_steps(tmp_path: Path, teacher: str, optimizer_step: str):
+    result = run_bench_pretrain(
+        tmp_path, "--teacher", teacher, "--optimizer_step", optimizer_step, "--peak_tflops", "2"
+    )
+    config = CAEv2Config.from_preset("tiny")
+    assert (result["preset"], result["steps"], result["teacher"], result["optimizer_step"]) == (
+        "tiny",
+        2,
+        teacher,
+        optimizer_step,
+    )
+    assert result["flops_per_image"] == bench_pretrain.count_step_flops(config, use_teacher=teacher == "on")
+    assert result["images_per_second"] == pytest.approx(1000 / result["step_ms"])  # batch 1
+    achieved = result["flops_per_image"]["total"] * result["images_per_second"]
+    assert result["achieved_tflops"] == pytest.approx(achieved / 1e12)
+    assert result["mfu"] == pytest.approx(achieved / 2e12)
+    assert result["peak_memory_mib"] is None and result["host_syncs_in_step"] == []  # CPU: no device counters
+    assert result["loss_is_finite"] and 0 < result["final_loss"] < 2  # cosine distance of unit vectors
+    assert result["dynamo"]["graphs_built_in_timed_steps"] == 0
+
+
+def test_bench_pretrain_without_known_peak_reports_no_mfu(tmp_path: Path):
+    result = run_bench_pretrain(tmp_path, "--teacher", "off")
+    assert result["peak_tflops"] is None and result["mfu"] is None
+    assert math.isfinite(result["achieved_tflops"]) and result["achieved_tflops"] > 0
+
+
+def test_bench_data_writes_json_per_worker_count(tmp_path: Path):
+    output = tmp_path / "data.json"
+    argv = ["--num_workers", "0", "1", "--num_shards", "2", "--images_per_shard", "4", "--batch_size", "4"]
+    argv += ["--batches_per_worker", "1", "--source_image_size", "64", "--output_json", str(output)]
+    bench_data.main(argv)
+    result = json.loads(output.read_text())
+    assert [measured["num_workers"] for measured in result["loader"]] == [0, 1]
+    assert [measured["num_images"] for measured in result["loader"]] == [4, 4]  # one timed batch of 4 each
+    assert all(measured["images_per_second"] > 0 for measured in result["loader"])
+    assert result["shard_megabytes"] > 0 and "batched_decode_result" not in result
+
+
+def test_batched_decode_returns_augmented_batches(tmp_path: Path):
+    """The decode-on-device path (nvJPEG with --batched_decode cuda), run here through torchvision's CPU decoder."""
+    data = bench_data.import_data_module()
+    shards = data.write_demo_tar_shards(str(tmp_path), num_shards=1, images_per_shard=3, image_size=40)
+    args = bench_data.parse_args(["--batch_size", "2", "--batches_per_worker", "1", "--num_shards", "2"])
+    measured = bench_data.measure_batched_decode(args, CAEv2Config.from_preset("base"), shards, "cpu")
+    assert measured["batch_shape"] == [2, 3, 224, 224] and measured["num_images"] == 8  # 4 timed batches of 2
+    assert measured["images_per_second"] > 0
+
+
+def test_tar_shard_stream_reads_every_example_of_each_pass(tmp_path: Path):
+    data = bench_data.import_data_module()
+    shards = data.write_demo_tar_shards(str(tmp_path), num_shards=2, images_per_shard=3, image_size=16)
+    examples = list(bench_data.TarShardStream(shards, num_passes=2))
+    assert len(examples) == 12
+    assert [example["label"] for example in examples[:6]] == [0, 1, 0, 1, 0, 1]  # the demo alternates its 2 photos
+    assert all(example["image"]["bytes"][:2] == b"\xff\xd8" for example in examples)  # JPEG start marker
+
+
+def test_import_data_module_works_without_datasets_installed():
+    """The GPU image has no `datasets`: the benchmarks still import data.py and normalise on the device."""
+    code = (
+        "import sys; sys.modules['datasets'] = None\n"  # makes `import datasets` fail as if it were not installed
+        f"sys.path.insert(0, {str(BENCHMARKS_DIR)!r})\n"
+        "import torch, bench_data\n"
+        "data = bench_data.import_data_module()\n"
+        "pixels = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)\n"
+        "print(data.normalize_pixel_values(pixels, [0.5] * 3, [0.25] * 3).flatten().tolist()[0])\n"
+        "print(type(sys.modules['datasets']).__name__)\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.split() == ["2.0", "_PlaceholderModule"]  # (1 - 0.5) / 0.25
+
+
+def test_gpu_suite_script_parses():
+    completed = subprocess.run(["bash", "-n", str(BENCHMARKS_DIR / "gpu_suite.sh")], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr
