@@ -4,6 +4,7 @@ Host work stays cheap: one decode, one crop-and-resize, colour jitter on the sma
 Bad images are converted (CMYK, grayscale, alpha, palette) or skipped and counted, never fatal and never silent.
 """
 
+import functools
 import io
 import os
 import tarfile
@@ -247,6 +248,15 @@ class PretrainImageStream(torch.utils.data.IterableDataset):
             yield output
 
 
+@functools.lru_cache(maxsize=8)
+def _channel_statistics(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Built once per device: `torch.tensor(..., device="cuda")` at every step is a blocking copy (a host sync)."""
+    as_column = lambda values: torch.tensor(values, dtype=torch.float32, device=device).view(-1, 1, 1)  # noqa: E731
+    return as_column(mean), as_column(std)
+
+
 def normalize_pixel_values(
     pixel_values: torch.Tensor, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
@@ -254,8 +264,7 @@ def normalize_pixel_values(
 
     Call it after the uint8 batch is on the accelerator: the copy is 4x smaller and the arithmetic runs there.
     """
-    mean = torch.tensor(mean, dtype=torch.float32, device=pixel_values.device).view(-1, 1, 1)
-    std = torch.tensor(std, dtype=torch.float32, device=pixel_values.device).view(-1, 1, 1)
+    mean, std = _channel_statistics(tuple(mean), tuple(std), pixel_values.device)
     return ((pixel_values.float() / 255.0 - mean) / std).to(dtype)
 
 

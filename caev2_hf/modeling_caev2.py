@@ -70,15 +70,15 @@ def build_2d_sincos_position_embedding(
 def check_mask_counts(bool_masked_pos: torch.Tensor, num_masked: int) -> None:
     """Every image must mask exactly `num_masked` patches, so visible tokens stack into one tensor (SPEC §2).
 
-    On the CPU the check is free and raises a readable error; on an accelerator it is queued asynchronously so the
-    training step keeps no host sync.
+    On the CPU the check is free and raises a readable error; on an accelerator (or under torch.compile) it is
+    queued asynchronously, so the training step keeps no host sync and compiles to one graph.
     """
     if bool_masked_pos.ndim != 2:
         raise ValueError(
             f"bool_masked_pos has shape {tuple(bool_masked_pos.shape)}: expected (batch_size, num_patches)."
         )
     counts = bool_masked_pos.sum(dim=1)
-    if bool_masked_pos.device.type != "cpu":
+    if bool_masked_pos.device.type != "cpu" or torch.compiler.is_compiling():
         torch._assert_async(torch.all(counts == num_masked), "bool_masked_pos has a wrong number of masked patches")
         return
     if bool(torch.any(counts != counts[0])):

@@ -83,6 +83,7 @@ def test_recipe_files_give_the_official_numbers_on_eight_processes(size: str) ->
     assert (numbers.steps_per_epoch, numbers.max_steps, numbers.warmup_steps) == (625, 187_500, 6_250)
     assert (training_args.adam_beta1, training_args.adam_beta2, training_args.weight_decay) == (0.9, 0.999, 0.05)
     assert (training_args.min_learning_rate, training_args.max_grad_norm) == (1e-5, 3.0)
+    assert training_args.torch_compile and training_args.mixed_precision == "bf16"  # the measured fast path
 
 
 def test_demo_file_asks_for_a_random_teacher_and_offline_images() -> None:

@@ -1,0 +1,334 @@
+#!/usr/bin/env python
+# Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
+"""Throughput, peak memory and MFU of one CAE v2 pretraining step on synthetic batches (issue 6).
+
+One step is what `run_pretrain.py` does per batch: a pinned uint8 batch and its block masks copied to the device
+without blocking, normalised there, the student forward (encoder on [CLS] + visible patches, regressor, head) and
+the frozen teacher forward under autocast, backward, and optionally grad-norm clipping plus an AdamW step.
+Run from the repository root (the package need not be installed):
+
+    PYTHONPATH=. python benchmarks/bench_pretrain.py --preset base --batch_size 256 --precision bf16 \
+        --attn_implementation sdpa --output_json base_bf16_sdpa.json
+    PYTHONPATH=. python benchmarks/bench_pretrain.py --preset tiny --device cpu --precision fp32 --batch_size 8
+"""
+
+import argparse
+import importlib.util
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: no install needed
+sys.path.insert(1, str(Path(__file__).resolve().parent))  # bench_data, for its `datasets`-free import of data.py
+
+import transformers  # noqa: E402
+from bench_data import import_data_module, write_json  # noqa: E402
+
+from caev2_hf import CAEV2_PRESETS, CAEv2Config, CAEv2ForPreTraining  # noqa: E402
+from caev2_hf.masking import build_mask_generator  # noqa: E402
+from caev2_hf.optim import build_parameter_groups  # noqa: E402
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Dense (no 2:4 sparsity) tensor-core peaks from NVIDIA's datasheets, by device-name fragment, first match wins.
+# "fp32" is plain fp32 arithmetic: PyTorch keeps TF32 off for matmuls by default.
+DEVICE_PEAK_FLOPS = (
+    ("H100 PCIe", {"bf16": 756e12, "fp16": 756e12, "fp32": 51.2e12}),
+    ("H100", {"bf16": 989.4e12, "fp16": 989.4e12, "fp32": 66.9e12}),
+    ("H200", {"bf16": 989.4e12, "fp16": 989.4e12, "fp32": 66.9e12}),
+)
+GRAD_CLIP_NORM = 3.0  # the official recipe (SPEC §8)
+
+
+# ---- FLOP count of one step. Matmuls only (2 * m * n * k per product); norms, softmax, GELU and the loss are left
+# out, as in the usual MFU convention. Backward costs twice the forward, so a step costs 3 x the student forward;
+# the frozen teacher only runs forward. For ViT-B/16 at 50% mask this gives 93.0 GFLOPs per image with a 1-layer
+# regressor and 108.1 with the preset's 4 layers (student forward 19.2 / 24.3 GFLOPs, teacher 35.3).
+
+
+def linear_flops(num_tokens: int, in_features: int, out_features: int) -> int:
+    return 2 * num_tokens * in_features * out_features
+
+
+def attention_flops(num_queries: int, num_keys: int, width: int) -> int:
+    """Scores `Q K^T` and the weighted sum `A V`, all heads together: two products of `q x k x width`."""
+    return 2 * linear_flops(num_queries, num_keys, width)
+
+
+def transformer_layer_flops(num_queries: int, num_keys: int, width: int, intermediate_size: int) -> int:
+    """q and o projections and the MLP run on the queries; k and v projections on the key/value tokens."""
+    projections = 2 * linear_flops(num_queries, width, width) + 2 * linear_flops(num_keys, width, width)
+    mlp = linear_flops(num_queries, width, intermediate_size) + linear_flops(num_queries, intermediate_size, width)
+    return projections + mlp + attention_flops(num_queries, num_keys, width)
+
+
+def count_student_forward_flops(config: CAEv2Config) -> dict[str, int]:
+    """Per-image forward FLOPs of the student, by module (SPEC §1-4)."""
+    num_patches, num_masked = config.num_patches, config.num_masking_patches
+    encoder_tokens = 1 + num_patches - num_masked  # [CLS] + visible
+    width, regressor_width = config.hidden_size, config.regressor_hidden_size
+    patch_dim = config.num_channels * config.patch_size**2
+    encoder_layer = transformer_layer_flops(encoder_tokens, encoder_tokens, width, config.intermediate_size)
+    # Mask queries attend to visible latents + queries (all patches, no [CLS]).
+    regressor_layer = transformer_layer_flops(
+        num_masked, num_patches, regressor_width, config.regressor_intermediate_size
+    )
+    projected = width != regressor_width
+    return {
+        "patch_embedding": linear_flops(num_patches, patch_dim, width),  # every patch is embedded, then gathered
+        "encoder": config.num_hidden_layers * encoder_layer,
+        "latent_projection": linear_flops(encoder_tokens, width, regressor_width) if projected else 0,
+        "regressor": config.regressor_num_hidden_layers * regressor_layer,
+        "head": linear_flops(1 + num_patches, regressor_width, config.target_hidden_size),
+    }
+
+
+def count_teacher_forward_flops(teacher_config) -> dict[str, int]:
+    """Per-image forward FLOPs of the CLIP vision tower, with the projection applied to every token (SPEC §4)."""
+    num_patches = (teacher_config.image_size // teacher_config.patch_size) ** 2
+    tokens, width = 1 + num_patches, teacher_config.hidden_size
+    patch_dim = teacher_config.num_channels * teacher_config.patch_size**2
+    layer = transformer_layer_flops(tokens, tokens, width, teacher_config.intermediate_size)
+    return {
+        "patch_embedding": linear_flops(num_patches, patch_dim, width),
+        "encoder": teacher_config.num_hidden_layers * layer,
+        "projection": linear_flops(tokens, width, teacher_config.projection_dim),
+    }
+
+
+def count_step_flops(config: CAEv2Config, use_teacher: bool = True) -> dict[str, int]:
+    """Per-image FLOPs of a training step: 3 x student forward (forward + backward) + 1 x teacher forward."""
+    student = sum(count_student_forward_flops(config).values())
+    teacher = sum(count_teacher_forward_flops(config.teacher_config).values()) if use_teacher else 0
+    return {"student_forward": student, "teacher_forward": teacher, "total": 3 * student + teacher}
+
+
+def detect_peak_flops(device: torch.device, precision: str) -> float | None:
+    """The datasheet dense peak of a known GPU for `precision`, else None (pass --peak_tflops)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peaks[precision] for fragment, peaks in DEVICE_PEAK_FLOPS if fragment in name), None)
+
+
+# ---- The benchmark.
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=sorted(CAEV2_PRESETS), default="base")
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--precision", choices=sorted(DTYPES), default="bf16", help="autocast dtype and teacher dtype")
+    parser.add_argument("--attn_implementation", choices=["eager", "sdpa", "flash_attention_2"], default="sdpa")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (warm-up includes compiling)")
+    parser.add_argument("--teacher", choices=["on", "off"], default="on", help="off: pass random target_features")
+    parser.add_argument("--optimizer_step", choices=["on", "off"], default="off", help="on: clip + fused AdamW step")
+    parser.add_argument("--warmup_steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument(
+        "--peak_tflops", type=float, default=None, help="dense peak TFLOP/s for MFU (default: H100/H200)"
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--sync_debug", choices=["on", "off"], default="on", help="count host syncs in one CUDA step")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output_json", default=None)
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.warmup_steps < 0 or args.batch_size < 1:
+        parser.error("--steps and --batch_size must be at least 1, --warmup_steps at least 0.")
+    if args.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        parser.error("--attn_implementation flash_attention_2 needs the flash_attn package, which is not installed.")
+    if args.precision == "fp16" and torch.device(args.device).type == "cpu":
+        parser.error("--precision fp16 runs on CUDA only (CPU autocast and GradScaler are bf16/fp32 paths).")
+    return args
+
+
+def build_model(args: argparse.Namespace, device: torch.device) -> CAEv2ForPreTraining:
+    """The preset with a random teacher kept in the step's precision, as `load_teacher(dtype=...)` leaves it."""
+    config = CAEv2Config.from_preset(
+        args.preset, use_random_teacher=True, attn_implementation=args.attn_implementation
+    )
+    model = CAEv2ForPreTraining(config)
+    model.teacher.model.to(DTYPES[args.precision])
+    return model.to(device).train()
+
+
+def build_synthetic_batches(config: CAEv2Config, batch_size: int, device: torch.device, seed: int) -> list[dict]:
+    """Two loader-like batches (random uint8 pixels, block masks), pinned when the device is a GPU."""
+    generator, rng = torch.Generator().manual_seed(seed), np.random.default_rng(seed)
+    mask_generator = build_mask_generator(config)
+    shape = (batch_size, config.num_channels, config.image_size, config.image_size)
+    batches = []
+    for _ in range(2):
+        batch = {
+            "pixel_values": torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator),
+            "bool_masked_pos": torch.from_numpy(np.stack([mask_generator(rng) for _ in range(batch_size)])),
+        }
+        batches.append({k: v.pin_memory() if device.type == "cuda" else v for k, v in batch.items()})
+    return batches
+
+
+def build_optimizer(model: CAEv2ForPreTraining, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW as the recipe sets it (SPEC §8), fused on CUDA: one kernel per step instead of one per tensor."""
+    groups = build_parameter_groups(model, weight_decay=0.05)
+    return torch.optim.AdamW(groups, lr=1.5e-3, betas=(0.9, 0.999), fused=device.type == "cuda")
+
+
+class PretrainingStep:
+    """One training step; holds what the step needs so the timed loop stays a plain call."""
+
+    def __init__(self, model, args: argparse.Namespace, device: torch.device) -> None:
+        self.model = model
+        self.forward = torch.compile(model) if args.compile else model
+        self.device, self.precision = device, args.precision
+        self.data = import_data_module()
+        self.optimizer = build_optimizer(model, device) if args.optimizer_step == "on" else None
+        self.scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
+        self.target_features = None
+        if args.teacher == "off":
+            config = model.config
+            shape = (args.batch_size, 1 + config.num_patches, config.target_hidden_size)
+            self.target_features = F.normalize(torch.randn(shape, device=device), dim=-1)
+
+    def __call__(self, batch: dict) -> torch.Tensor:
+        config = self.model.config
+        pixel_values = batch["pixel_values"].to(self.device, non_blocking=True)
+        pixel_values = self.data.normalize_pixel_values(pixel_values, config.image_mean, config.image_std)
+        bool_masked_pos = batch["bool_masked_pos"].to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=DTYPES[self.precision], enabled=self.precision != "fp32"):
+            outputs = self.forward(pixel_values, bool_masked_pos=bool_masked_pos, target_features=self.target_features)
+        self.scaler.scale(outputs.loss).backward()
+        if self.optimizer is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), GRAD_CLIP_NORM)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self.model.zero_grad(set_to_none=True)
+        return outputs.loss.detach()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def count_host_syncs(step: PretrainingStep, batch: dict) -> list[str]:
+    """Runs one step under CUDA's sync debug mode; one `file:line: message` per host synchronisation in it."""
+    if step.device.type != "cuda":
+        return []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step(batch)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    # The mode announces itself once ("... is a prototype feature ..."): that notice is not a sync of the step.
+    syncs = [w for w in caught if "synchroniz" in str(w.message) and "prototype feature" not in str(w.message)]
+    return [f"{Path(w.filename).name}:{w.lineno}: {str(w.message).splitlines()[0]}" for w in syncs]
+
+
+def count_dynamo_graphs() -> dict[str, int]:
+    """Graphs torch.compile has built and graph breaks it has met so far, in this process."""
+    counters = torch._dynamo.utils.counters
+    return {"graphs": counters["stats"]["unique_graphs"], "graph_breaks": sum(counters["graph_break"].values())}
+
+
+def time_steps(step: PretrainingStep, batches: list[dict], warmup_steps: int, steps: int) -> dict:
+    """Warm-up (compilation, allocator, cuDNN choices), then `steps` steps between two device synchronisations.
+
+    With --compile, graphs built during the timed steps would mean recompilation (shapes are meant to be static).
+    """
+    started = time.perf_counter()
+    for index in range(warmup_steps):
+        step(batches[index % len(batches)])
+    synchronize(step.device)
+    warmup_seconds, graphs_after_warmup = time.perf_counter() - started, count_dynamo_graphs()["graphs"]
+    started = time.perf_counter()
+    for index in range(steps):
+        loss = step(batches[index % len(batches)])
+    synchronize(step.device)
+    elapsed = time.perf_counter() - started
+    dynamo = {
+        **count_dynamo_graphs(),
+        "graphs_built_in_timed_steps": count_dynamo_graphs()["graphs"] - graphs_after_warmup,
+    }
+    return {"warmup_seconds": warmup_seconds, "elapsed_seconds": elapsed, "final_loss": float(loss), "dynamo": dynamo}
+
+
+def peak_memory_mib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+
+def run_benchmark(args: argparse.Namespace) -> dict:
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = True  # fixed shapes every step: let cuDNN pick the patch-embedding kernel once
+    model = build_model(args, device)
+    batches = build_synthetic_batches(model.config, args.batch_size, device, args.seed)
+    step = PretrainingStep(model, args, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    timing = time_steps(step, batches, args.warmup_steps, args.steps)
+    host_syncs = count_host_syncs(step, batches[0]) if args.sync_debug == "on" else None
+    flops = count_step_flops(model.config, use_teacher=args.teacher == "on")
+    images_per_second = args.steps * args.batch_size / timing["elapsed_seconds"]
+    peak_flops = args.peak_tflops * 1e12 if args.peak_tflops else detect_peak_flops(device, args.precision)
+    achieved_flops = flops["total"] * images_per_second
+    return {
+        **{key: value for key, value in vars(args).items() if key != "output_json"},
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "images_per_second": images_per_second,
+        "step_ms": 1000 * timing["elapsed_seconds"] / args.steps,
+        "warmup_seconds": timing["warmup_seconds"],
+        "peak_memory_mib": peak_memory_mib(device),
+        "flops_per_image": flops,
+        "achieved_tflops": achieved_flops / 1e12,
+        "peak_tflops": peak_flops / 1e12 if peak_flops else None,
+        "mfu": achieved_flops / peak_flops if peak_flops else None,
+        "final_loss": timing["final_loss"],
+        "loss_is_finite": math.isfinite(timing["final_loss"]),
+        "host_syncs_in_step": host_syncs,
+        "dynamo": timing["dynamo"],
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": sys.version.split()[0],
+        },
+    }
+
+
+def format_summary(result: dict) -> str:
+    memory = f"{result['peak_memory_mib'] / 1024:.1f} GiB" if result["peak_memory_mib"] is not None else "n/a"
+    mfu = f"{100 * result['mfu']:.1f}%" if result["mfu"] is not None else "n/a"
+    return (
+        f"{result['preset']} {result['precision']} {result['attn_implementation']} compile={result['compile']} "
+        f"teacher={result['teacher']} optimizer_step={result['optimizer_step']} batch={result['batch_size']} on "
+        f"{result['device_name']}: {result['images_per_second']:.1f} images/s, {result['step_ms']:.1f} ms/step, "
+        f"peak memory {memory}, MFU {mfu} ({result['flops_per_image']['total'] / 1e9:.1f} GFLOPs/image, "
+        f"{result['achieved_tflops']:.1f} TFLOP/s), loss {result['final_loss']:.4f}, "
+        f"warm-up {result['warmup_seconds']:.1f} s"
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    result = run_benchmark(args)
+    print(format_summary(result))
+    if result["host_syncs_in_step"]:
+        print(f"host syncs in one step: {result['host_syncs_in_step']}")
+    write_json(args.output_json, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
