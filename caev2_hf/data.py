@@ -330,7 +330,13 @@ def iterate_forever(
 
 def _demo_crops(num_images: int, image_size: int, seed: int) -> Iterator[tuple[Image.Image, int, str]]:
     """Random crops and flips of the two photos shipped with scikit-learn: (image, label, class name)."""
-    from sklearn.datasets import load_sample_images  # optional dependency, only for the offline demo
+    try:
+        from sklearn.datasets import load_sample_images  # optional dependency, only for the offline demo
+    except ImportError as error:
+        raise ImportError(
+            "The offline demo cuts its images from the two photos shipped with scikit-learn: "
+            "`pip install scikit-learn` (or `pip install -e '.[dev]'`)."
+        ) from error
 
     sample = load_sample_images()
     class_names = [os.path.splitext(os.path.basename(name))[0] for name in sample.filenames]

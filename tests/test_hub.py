@@ -245,3 +245,9 @@ def test_push_refuses_a_folder_that_is_not_prepared(tiny_weights, monkeypatch):
     with pytest.raises(ValueError, match="not a prepared CAE v2 folder; missing README.md"):
         push_folder(tiny_weights, "my-org/caev2-vit-tiny")
     assert RecordingHfApi.calls == []
+
+
+def test_card_of_a_demo_run_says_the_teacher_was_random_and_the_data_local():
+    card = str(render_model_card(CAEv2Config.from_preset("tiny", use_random_teacher=True), datasets=[]))
+    assert "a randomly initialised CLIP vision tower" in card and "openai/clip-vit-base-patch16`, frozen" not in card
+    assert "Pretrained on local data" in card
