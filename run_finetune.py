@@ -14,8 +14,9 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from transformers import TrainingArguments, set_seed
+from transformers import Trainer, TrainingArguments, set_seed
 
+from caev2_hf.arguments import parse_arguments_with_config
 from caev2_hf.finetune import (
     build_finetune_trainer,
     build_finetune_transforms,
@@ -23,12 +24,8 @@ from caev2_hf.finetune import (
     compute_max_steps,
     load_finetune_model,
 )
-from caev2_hf.probe import (
-    ImageDataArguments,
-    open_labelled_datasets,
-    parse_script_arguments,
-    read_preprocessing,
-)
+from caev2_hf.frozen_encoder import read_preprocessing
+from caev2_hf.labelled_data import ImageDataArguments, open_labelled_datasets
 
 
 @dataclass
@@ -51,7 +48,7 @@ class AugmentationArguments:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    model_args, data_args, augmentation_args, training_args = parse_script_arguments(
+    model_args, data_args, augmentation_args, training_args = parse_arguments_with_config(
         (ModelArguments, ImageDataArguments, AugmentationArguments, TrainingArguments), argv
     )
     set_seed(training_args.seed)
@@ -79,6 +76,13 @@ def main(argv: list[str] | None = None) -> dict:
         model, training_args, train_stream, eval_stream, model_args.layer_decay, augmentation_args.mixup,
         augmentation_args.cutmix, augmentation_args.label_smoothing,
     )  # fmt: skip
+    return train_and_evaluate(trainer, training_args, len(class_names), num_examples)
+
+
+def train_and_evaluate(
+    trainer: Trainer, training_args: TrainingArguments, num_classes: int, num_examples: int
+) -> dict:
+    """Trains (resuming if asked), evaluates, saves model and state; writes and returns `results.json`'s values."""
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = trainer.evaluate()
     trainer.save_model()
@@ -87,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
         "top1_accuracy": metrics["eval_top1_accuracy"],
         "top5_accuracy": metrics["eval_top5_accuracy"],
         "eval_loss": metrics["eval_loss"],
-        "num_classes": len(class_names),
+        "num_classes": num_classes,
         "num_train_examples": num_examples,
         "max_steps": training_args.max_steps,
     }

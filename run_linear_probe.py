@@ -17,19 +17,15 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from accelerate import Accelerator
-from transformers import set_seed
+from transformers import PreTrainedModel, set_seed
 
-from caev2_hf.probe import (
-    ImageDataArguments,
-    add_results_to_model_card,
-    compute_topk_accuracy,
-    load_frozen_encoder,
-    parse_script_arguments,
-    read_preprocessing,
-    run_fast_probe,
-    run_official_probe,
-    save_probe_outputs,
-)
+from caev2_hf.arguments import parse_arguments_with_config
+from caev2_hf.classification_metrics import compute_topk_accuracy
+from caev2_hf.frozen_encoder import EncoderPreprocessing, load_frozen_encoder, read_preprocessing
+from caev2_hf.labelled_data import ImageDataArguments
+from caev2_hf.model_card import add_eval_results
+from caev2_hf.probe import run_fast_probe, run_official_probe
+from caev2_hf.probe_outputs import build_probe_eval_results, save_probe_outputs
 
 
 @dataclass
@@ -66,8 +62,34 @@ class ProbeArguments:
     seed: int = field(default=0, metadata={"help": "Seed of the head init, shuffling and crops."})
 
 
+def run_protocol(
+    accelerator: Accelerator,
+    encoder: PreTrainedModel,
+    model_name: str,
+    preprocessing: EncoderPreprocessing,
+    data_args: ImageDataArguments,
+    probe_args: ProbeArguments,
+) -> tuple:
+    """The chosen protocol end to end: (head, ranked validation predictions, labels, class names, report)."""
+    train_source, validation_source = data_args.data_sources()
+    if probe_args.protocol == "official":
+        return run_official_probe(
+            accelerator, encoder, preprocessing, train_source, validation_source, probe_args.batch_size,
+            probe_args.base_learning_rate, probe_args.epochs, probe_args.warmup_epochs,
+            probe_args.encoder_batch_size, probe_args.num_workers, probe_args.seed,
+        )  # fmt: skip
+    if accelerator.num_processes > 1:
+        raise ValueError("The fast protocol runs in one process: launch it with python, not accelerate launch.")
+    return run_fast_probe(
+        encoder, model_name, preprocessing, train_source, validation_source,
+        os.path.expanduser(probe_args.cache_dir), probe_args.fast_base_learning_rates, probe_args.batch_size,
+        probe_args.epochs, probe_args.warmup_epochs, probe_args.holdout_fraction, probe_args.encoder_batch_size,
+        probe_args.num_workers, probe_args.seed,
+    )  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> dict:
-    model_args, data_args, probe_args = parse_script_arguments(
+    model_args, data_args, probe_args = parse_arguments_with_config(
         (ModelArguments, ImageDataArguments, ProbeArguments), argv
     )
     if model_args.update_model_card and not os.path.isdir(model_args.model):
@@ -76,23 +98,10 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(probe_args.seed)
     encoder = load_frozen_encoder(model_args.model).to(accelerator.device)
     preprocessing = read_preprocessing(encoder, model_args.model)
-    train_source, validation_source = data_args.data_sources()
     start = time.perf_counter()
-    if probe_args.protocol == "fast":
-        if accelerator.num_processes > 1:
-            raise ValueError("The fast protocol runs in one process: launch it with python, not accelerate launch.")
-        head, ranked, labels, class_names, report = run_fast_probe(
-            encoder, model_args.model, preprocessing, train_source, validation_source,
-            os.path.expanduser(probe_args.cache_dir), probe_args.fast_base_learning_rates, probe_args.batch_size,
-            probe_args.epochs, probe_args.warmup_epochs, probe_args.holdout_fraction, probe_args.encoder_batch_size,
-            probe_args.num_workers, probe_args.seed,
-        )  # fmt: skip
-    else:
-        head, ranked, labels, class_names, report = run_official_probe(
-            accelerator, encoder, preprocessing, train_source, validation_source, probe_args.batch_size,
-            probe_args.base_learning_rate, probe_args.epochs, probe_args.warmup_epochs,
-            probe_args.encoder_batch_size, probe_args.num_workers, probe_args.seed,
-        )  # fmt: skip
+    head, ranked, labels, class_names, report = run_protocol(
+        accelerator, encoder, model_args.model, preprocessing, data_args, probe_args
+    )
     results = {
         "protocol": probe_args.protocol,
         "model": model_args.model,
@@ -110,7 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
         save_probe_outputs(probe_args.output_dir, encoder, head, class_names, results)
         if model_args.update_model_card:
             split = data_args.validation_split if data_args.dataset_name else "validation"
-            add_results_to_model_card(model_args.model, results, data_args.dataset_id, split, probe_args.protocol)
+            eval_results = build_probe_eval_results(results, data_args.dataset_id, split, probe_args.protocol)
+            add_eval_results(model_args.model, eval_results)
     return results
 
 

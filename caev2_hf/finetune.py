@@ -10,10 +10,11 @@ from torch.utils.data import default_collate
 from torchvision.transforms import v2
 from transformers import AutoConfig, AutoModelForImageClassification, EvalPrediction, Trainer, TrainingArguments
 
+from .classification_metrics import compute_topk_accuracy, rank_predictions
 from .data import PretrainImageStream, build_eval_transform
+from .labelled_data import build_label_mappings
 from .modeling_caev2 import CAEv2ForImageClassification
 from .optim import build_parameter_groups
-from .probe import compute_topk_accuracy, rank_predictions
 
 
 SHUFFLE_BUFFER_SIZE = 10_000  # examples held for shuffling a stream, as in pretraining
@@ -162,8 +163,7 @@ def load_finetune_model(
         model_name_or_path,
         classifier_pooling="mean",
         drop_path_rate=drop_path_rate,
-        id2label=dict(enumerate(class_names)),
-        label2id={name: index for index, name in enumerate(class_names)},
+        **build_label_mappings(class_names),
         problem_type="single_label_classification",
         ignore_mismatched_sizes=ignore_mismatched_sizes,
     )

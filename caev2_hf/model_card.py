@@ -168,6 +168,27 @@ def write_model_card(folder: str | Path, config: CAEv2Config, **kwargs) -> Path:
     return path
 
 
+def add_eval_results(folder: str | Path, eval_results: list[EvalResult]) -> Path:
+    """Adds `eval_results` to the model-index of `folder/README.md`, creating a bare card when there is none.
+
+    An entry replaces one of the same task, dataset and metric name (e.g. the paper's number once it is reproduced);
+    the rest of the card is kept as it was.
+    """
+    path = Path(folder) / "README.md"
+    name = Path(folder).resolve().name
+    card = ModelCard.load(path) if path.is_file() else ModelCard.from_template(ModelCardData(model_name=name))
+    card.data.model_name = card.data.model_name or name
+    replaced = {(result.task_name, result.dataset_type, result.metric_name) for result in eval_results}
+    kept = [
+        result
+        for result in card.data.eval_results or []
+        if (result.task_name, result.dataset_type, result.metric_name) not in replaced
+    ]
+    card.data.eval_results = kept + list(eval_results)
+    card.save(path)
+    return path
+
+
 def write_size_cards(output_dir: str | Path, namespace: str | None = None) -> list[Path]:
     """One card per official size, `caev2-vit-{size}.md`, with ids `{namespace}/caev2-vit-{size}`."""
     paths = []

@@ -1,18 +1,14 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
 """Arguments of `run_pretrain.py`: model, data and training dataclasses read from a YAML file plus command-line overrides.
 
-Precedence: command line > YAML file (`--config`) > the defaults below. The YAML file is one flat mapping whose keys
-are the field names of the three dataclasses (see `configs/*.yaml`).
+Precedence: command line > YAML file (`--config`) > the defaults below; `caev2_hf.arguments` reads them. The YAML file
+is one flat mapping whose keys are the field names of the three dataclasses (see `configs/*.yaml`).
 """
 
-import argparse
-import dataclasses
-import difflib
 import json
 from dataclasses import dataclass, field
 
-import yaml
-from transformers import HfArgumentParser
+from .arguments import parse_arguments_with_config
 
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
@@ -162,30 +158,8 @@ class PretrainingArguments:
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, PretrainingArguments)
 
 
-def read_yaml_arguments(path: str) -> dict:
-    """The YAML file as a flat mapping, with unknown keys refused (a typo would otherwise be silently ignored)."""
-    with open(path, encoding="utf-8") as file:
-        values = yaml.safe_load(file) or {}
-    if not isinstance(values, dict):
-        raise ValueError(f"{path} must hold a mapping of argument names to values, not a {type(values).__name__}.")
-    known = [item.name for cls in ARGUMENT_CLASSES for item in dataclasses.fields(cls)]
-    unknown = [key for key in values if key not in known]
-    if unknown:
-        hints = [f"{key} (did you mean {difflib.get_close_matches(key, known, 1) or '?'})" for key in unknown]
-        raise ValueError(f"{path}: unknown argument(s) {', '.join(hints)}.")
-    return values
-
-
 def parse_pretraining_arguments(
     argv: list[str] | None = None,
 ) -> tuple[ModelArguments, DataArguments, PretrainingArguments]:
-    """`--config file.yaml` sets the defaults, then every other `--name value` overrides them."""
-    config_parser = argparse.ArgumentParser(add_help=False)
-    config_parser.add_argument("--config")
-    known, remaining = config_parser.parse_known_args(argv)
-    parser = HfArgumentParser(ARGUMENT_CLASSES)
-    parser.add_argument("--config", help="YAML file of arguments (configs/*.yaml); the command line overrides it.")
-    if known.config:
-        parser.set_defaults(**read_yaml_arguments(known.config))
-    model_args, data_args, training_args, _ = parser.parse_args_into_dataclasses(args=remaining)
-    return model_args, data_args, training_args
+    """`--config file.yaml` sets the values, then every other `--name value` overrides them."""
+    return parse_arguments_with_config(ARGUMENT_CLASSES, argv)

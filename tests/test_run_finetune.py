@@ -177,7 +177,7 @@ def test_mixup_refuses_uneven_batches(encoder_dir: str, colours: dict, tmp_path:
 )
 def test_finetune_config_is_read_and_overridden_by_flags(size, learning_rate, layer_decay, mixup, warmup, tmp_path):
     config = str(REPO_ROOT / "configs" / f"finetune-vit-{size}.yaml")
-    model_args, data_args, augmentation_args, training_args = run_finetune.parse_script_arguments(
+    model_args, data_args, augmentation_args, training_args = run_finetune.parse_arguments_with_config(
         (run_finetune.ModelArguments, run_finetune.ImageDataArguments, run_finetune.AugmentationArguments,
          TrainingArguments),
         [config, "--output_dir", str(tmp_path), "--bf16", "false", "--report_to", "none"],

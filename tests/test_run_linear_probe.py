@@ -244,7 +244,7 @@ def test_probe_refuses_validation_classes_the_head_does_not_have(encoder_dir: st
 @pytest.mark.parametrize("size, batch_size", [("tiny", 16384), ("small", 8192), ("base", 8192)])
 def test_linear_probe_config_is_read_and_overridden_by_flags(size: str, batch_size: int):
     config = str(REPO_ROOT / "configs" / f"linear-probe-vit-{size}.yaml")
-    model_args, data_args, probe_args = run_linear_probe.parse_script_arguments(
+    model_args, data_args, probe_args = run_linear_probe.parse_arguments_with_config(
         (run_linear_probe.ModelArguments, run_linear_probe.ImageDataArguments, run_linear_probe.ProbeArguments),
         [config, "--epochs", "3", "--protocol", "fast"],
     )
