@@ -12,8 +12,6 @@ Run from the repository root (the package need not be installed; `datasets` is o
 """
 
 import argparse
-import importlib.abc
-import importlib.machinery
 import json
 import math
 import os
@@ -21,7 +19,6 @@ import sys
 import tarfile
 import tempfile
 import time
-import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -30,54 +27,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: no install needed
 
-from caev2_hf import CAEV2_PRESETS, CAEv2Config  # noqa: E402
+from caev2_hf import (  # noqa: E402
+    CAEV2_PRESETS,
+    CAEv2Config,
+    data,  # imports `datasets` only to open streams: the GPU image has none
+)
 from caev2_hf.masking import MaskingCollator, build_mask_generator  # noqa: E402
-
-
-class _PlaceholderModule(types.ModuleType):
-    """Stands in for `datasets` and its submodules: every attribute is an empty class, enough for imports,
-    annotations and `except` clauses. The paths measured here never call into it."""
-
-    def __getattr__(self, name: str) -> type:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        placeholder = type(name, (Exception,), {"__module__": self.__name__})
-        setattr(self, name, placeholder)
-        return placeholder
-
-
-class _PlaceholderFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Serves `_PlaceholderModule`s for `datasets` and `datasets.*` (registered only once importing it failed)."""
-
-    def find_spec(self, fullname: str, path=None, target=None) -> importlib.machinery.ModuleSpec | None:
-        if fullname.split(".")[0] != "datasets":
-            return None
-        return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
-
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
-        return _PlaceholderModule(spec.name)
-
-    def exec_module(self, module: types.ModuleType) -> None:
-        pass
-
-
-def import_data_module() -> types.ModuleType:
-    """`caev2_hf.data`, also where `datasets` is not installed (the GPU image has none).
-
-    data.py imports `datasets` at module level for opening streams, which these benchmarks do not need; when that
-    import fails for want of the package, a placeholder takes its place so decoding, transforms and normalisation
-    stay importable. An installed but broken `datasets` still raises.
-    """
-    try:
-        from caev2_hf import data
-    except ModuleNotFoundError as error:
-        if (error.name or "").split(".")[0] != "datasets":
-            raise
-        for name in [name for name in sys.modules if name.split(".")[0] == "datasets"]:
-            del sys.modules[name]
-        sys.meta_path.insert(0, _PlaceholderFinder())
-        from caev2_hf import data
-    return data
 
 
 def read_tar_shard(path: str) -> Iterator[dict]:
@@ -113,13 +68,12 @@ def open_stream(args: argparse.Namespace, shards: list[str], num_passes: int):
     """The example stream: our tar reader, or the package's `datasets` path (`open_image_dataset`)."""
     if args.reader == "tar":
         return TarShardStream(shards, num_passes)
-    dataset = import_data_module().open_image_dataset(data_files=shards)
+    dataset = data.open_image_dataset(data_files=shards)
     return dataset.repeat(num_passes) if num_passes > 1 else dataset
 
 
 def build_loader(args: argparse.Namespace, config: CAEv2Config, shards: list[str], num_workers: int):
     """The training loader's pipeline on a stream long enough for warm-up plus the timed batches."""
-    data = import_data_module()
     examples_per_pass = args.images_per_shard * max(1, len(shards) // max(1, num_workers))
     needed = (args.batches_per_worker + 1) * args.batch_size
     stream = open_stream(args, shards, math.ceil(needed / examples_per_pass))
@@ -159,7 +113,7 @@ def measure_batched_decode(args: argparse.Namespace, config: CAEv2Config, shards
     the same device: the alternative to decoding in loader workers. Masks are left out (workers draw them cheaply)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    transform = import_data_module().build_pretrain_transform(config.image_size)
+    transform = data.build_pretrain_transform(config.image_size)
     encoded = [torch.frombuffer(bytearray(ex["image"]["bytes"]), dtype=torch.uint8) for ex in TarShardStream(shards)]
 
     def run_batch(index: int) -> torch.Tensor:
@@ -238,7 +192,7 @@ def run_benchmark(args: argparse.Namespace, shard_dir: str) -> dict:
     """Writes the shards, then measures each worker count (the JSON is rewritten after each, in case of a kill)."""
     config = CAEv2Config.from_preset(args.preset)
     started = time.perf_counter()
-    shards = import_data_module().write_demo_tar_shards(
+    shards = data.write_demo_tar_shards(
         shard_dir,
         num_shards=args.num_shards,
         images_per_shard=args.images_per_shard,

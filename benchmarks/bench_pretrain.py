@@ -26,12 +26,13 @@ import torch.nn.functional as F
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: no install needed
-sys.path.insert(1, str(Path(__file__).resolve().parent))  # bench_data, for its `datasets`-free import of data.py
+sys.path.insert(1, str(Path(__file__).resolve().parent))  # bench_data, for write_json
 
 import transformers  # noqa: E402
-from bench_data import import_data_module, write_json  # noqa: E402
+from bench_data import write_json  # noqa: E402
 
 from caev2_hf import CAEV2_PRESETS, CAEv2Config, CAEv2ForPreTraining  # noqa: E402
+from caev2_hf import data as caev2_data  # noqa: E402
 from caev2_hf.masking import build_mask_generator  # noqa: E402
 from caev2_hf.optim import build_parameter_groups  # noqa: E402
 
@@ -187,7 +188,7 @@ class PretrainingStep:
         self.model = model
         self.forward = torch.compile(model) if args.compile else model
         self.device, self.precision = device, args.precision
-        self.data = import_data_module()
+        self.data = caev2_data
         self.optimizer = build_optimizer(model, device) if args.optimizer_step == "on" else None
         self.scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
         self.target_features = None

@@ -4,23 +4,25 @@ Host work stays cheap: one decode, one crop-and-resize, colour jitter on the sma
 Bad images are converted (CMYK, grayscale, alpha, palette) or skipped and counted, never fatal and never silent.
 """
 
+from __future__ import annotations
+
 import functools
 import io
 import os
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
-import datasets
 import numpy as np
 import torch
-from datasets import load_dataset
-from datasets.distributed import split_dataset_by_node
-from datasets.exceptions import DatasetNotFoundError
 from huggingface_hub.errors import GatedRepoError
 from PIL import Image
 from torchvision.transforms import v2
 from transformers.utils import logging
 
+
+if TYPE_CHECKING:  # `datasets` is imported where a stream is opened: decoding and transforms work without it
+    import datasets
 
 logger = logging.get_logger(__name__)
 
@@ -36,8 +38,11 @@ def _load_from_hub(
     dataset_name: str, dataset_config_name: str | None, split: str, streaming: bool
 ) -> datasets.Dataset | datasets.IterableDataset:
     """`load_dataset` from the Hub; access errors come back saying how to get access."""
+    import datasets
+    from datasets.exceptions import DatasetNotFoundError
+
     try:
-        return load_dataset(dataset_name, dataset_config_name, split=split, streaming=streaming)
+        return datasets.load_dataset(dataset_name, dataset_config_name, split=split, streaming=streaming)
     except (DatasetNotFoundError, GatedRepoError) as error:
         raise DatasetNotFoundError(
             f"{error}\nIf '{dataset_name}' is gated (ImageNet is), accept its terms on "
@@ -84,6 +89,8 @@ def open_image_dataset(
     crashing the iterator. With `streaming=False` the data is first prepared in the local Arrow cache, then
     streamed from 64 shards (divisible by common world sizes).
     """
+    import datasets
+
     if sum(source is not None for source in (dataset_name, train_dir, data_files)) != 1:
         raise ValueError(
             "Give exactly one of dataset_name (Hub), train_dir (image folder) or data_files (.tar/.parquet)."
@@ -91,9 +98,10 @@ def open_image_dataset(
     if dataset_name is not None:
         dataset = _load_from_hub(dataset_name, dataset_config_name, split, streaming)
     elif train_dir is not None:
-        dataset = load_dataset("imagefolder", data_dir=train_dir, split=split, streaming=streaming)
+        dataset = datasets.load_dataset("imagefolder", data_dir=train_dir, split=split, streaming=streaming)
     else:
-        dataset = load_dataset(_builder_for_files(data_files), data_files=data_files, split=split, streaming=streaming)
+        builder = _builder_for_files(data_files)
+        dataset = datasets.load_dataset(builder, data_files=data_files, split=split, streaming=streaming)
     if not streaming:
         dataset = _as_stream(dataset)
     columns = dataset.column_names or list(next(iter(dataset), {}))  # some Hub streams only know them after a read
@@ -127,6 +135,8 @@ def shard_for_process(
             f"and keeps 1/{num_processes} of the examples (no duplicates, no drops, but {num_processes}x the "
             "reading). Write a multiple of the process count to read each shard once."
         )
+    from datasets.distributed import split_dataset_by_node
+
     return split_dataset_by_node(dataset, rank=process_index, world_size=num_processes)
 
 

@@ -135,7 +135,7 @@ def hub_like_stream():
 
 def test_open_image_dataset_reads_a_hub_stream_without_features(monkeypatch: pytest.MonkeyPatch) -> None:
     stream = datasets.IterableDataset.from_generator(hub_like_stream)
-    monkeypatch.setattr(data, "load_dataset", lambda *args, **kwargs: stream)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: stream)
     (example,) = list(open_image_dataset(dataset_name="timm/imagenet-1k-wds"))
     assert sorted(example) == ["image", "label"] and example["label"] == 3
     assert to_rgb_image(example["image"]).getpixel((0, 0)) == (4, 5, 6)
@@ -156,7 +156,7 @@ def test_open_image_dataset_explains_gated_hub_datasets(monkeypatch: pytest.Monk
     def refuse(*args, **kwargs):
         raise DatasetNotFoundError("Dataset 'ILSVRC/imagenet-1k' is a gated dataset on the Hub.")
 
-    monkeypatch.setattr(data, "load_dataset", refuse)
+    monkeypatch.setattr(datasets, "load_dataset", refuse)
     with pytest.raises(DatasetNotFoundError, match=r"(?s)gated.*accept its terms.*huggingface-cli login.*HF_TOKEN"):
         open_image_dataset(dataset_name="ILSVRC/imagenet-1k")
 
@@ -350,6 +350,6 @@ def test_iterate_forever_raises_when_every_image_is_unreadable(tmp_path, monkeyp
 
 
 def test_open_image_dataset_without_streaming_refuses_an_empty_split(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "load_dataset", lambda *args, **kwargs: datasets.Dataset.from_dict({"image": []}))
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: datasets.Dataset.from_dict({"image": []}))
     with pytest.raises(ValueError, match="The dataset has no examples"):
         open_image_dataset(train_dir="unused", streaming=False)
