@@ -2,7 +2,7 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
 """Pretrain CAE v2 with Accelerate on a stream of images (DESIGN §6, recipe in SPEC §8).
 
-    python run_pretrain.py --config configs/demo.yaml            # offline demo on a CPU, about a minute
+    python run_pretrain.py --config configs/demo.yaml            # offline demo on a CPU, well under a minute
     accelerate launch --config_file configs/accelerate/ddp-8gpu.yaml run_pretrain.py --config configs/vit-base.yaml
     accelerate launch --config_file configs/accelerate/ddp-8gpu.yaml run_pretrain.py --config configs/vit-base.yaml \
         --resume_from_checkpoint latest                          # after a preemption: same command + resume
@@ -113,6 +113,7 @@ def build_model(model_args: ModelArguments, accelerator: Accelerator, seed: int)
     if not model.config.use_random_teacher:
         with accelerator.main_process_first():  # one download; the other processes then read the cache
             model.load_teacher(dtype=torch.bfloat16 if accelerator.device.type == "cuda" else None)
+    set_seed(seed, device_specific=True)  # same initial weights everywhere, but each process its own drop-path draws
     return model
 
 

@@ -13,6 +13,7 @@ time only, at most one epoch of this process's share of the data.
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 
@@ -77,7 +78,8 @@ def list_checkpoints(checkpoints_dir: str) -> list[str]:
     if not os.path.isdir(checkpoints_dir):
         return []
     folders = [os.path.join(checkpoints_dir, name) for name in os.listdir(checkpoints_dir)]
-    complete = [path for path in folders if os.path.basename(path).startswith(CHECKPOINT_PREFIX)
+    # Exact names only: a `.replaced` folder left by a crash inside `_replace_directory` is stale, not complete.
+    complete = [path for path in folders if re.fullmatch(rf"{CHECKPOINT_PREFIX}\d+", os.path.basename(path))
                 and os.path.isfile(os.path.join(path, TRAINING_STATE_NAME))]  # fmt: skip
     return sorted(complete, key=lambda path: read_training_state(path)["step"])
 

@@ -133,6 +133,12 @@ class CAEv2FineTuningTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training and self.mixup_fn is not None:
+            even = inputs["pixel_values"].shape[0] // 2 * 2
+            if even != inputs["pixel_values"].shape[0]:
+                # timm's Mixup pairs images and needs an even batch; the Trainer keeps a stream's short last batch
+                # (dataloader_drop_last applies to map-style datasets only), so its odd image is left out.
+                inputs = {**inputs, "pixel_values": inputs["pixel_values"][:even], "labels": inputs["labels"][:even]}
+                num_items_in_batch = None if num_items_in_batch is None else num_items_in_batch - 1
             pixel_values, labels = self.mixup_fn(inputs["pixel_values"], inputs["labels"])
             inputs = {**inputs, "pixel_values": pixel_values, "labels": labels}
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -187,9 +193,10 @@ def build_finetune_trainer(
     label_smoothing: float,
 ) -> CAEv2FineTuningTrainer:
     """The Trainer of the official recipe: layer-decay AdamW, mixup / cutmix or label smoothing, top-k metrics."""
-    if (mixup > 0 or cutmix > 0) and not args.dataloader_drop_last:
+    if args.label_smoothing_factor > 0 or args.optim_args:
         raise ValueError(
-            "mixup / cutmix pair the images of a batch, so batches must be even: set --dataloader_drop_last true."
+            "--label_smoothing_factor and --optim_args are not used here (the loss and the layer-decay AdamW are the "
+            "recipe's own): use --label_smoothing and the --learning_rate / --weight_decay / --adam_* options."
         )
     optimizer = build_layer_decay_optimizer(
         model,

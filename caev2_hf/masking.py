@@ -57,6 +57,7 @@ class BlockMaskGenerator:
     """
 
     max_attempts_per_block = 10  # SPEC §6: up to 10 tries to place one block
+    max_stalled_rounds = 10  # blocks in a row that add nothing before the random top-up
 
     def __init__(
         self,
@@ -87,11 +88,11 @@ class BlockMaskGenerator:
 
     def _place_block(self, mask: np.ndarray, remaining: int, rng: np.random.Generator) -> int:
         """Masks one random block adding 1..remaining new patches; returns how many it added (0 after 10 misses)."""
-        # Below min_num_patches the target area shrinks to what is left, so the last blocks stay small blocks
-        # instead of large ones that can only be accepted where they overlap earlier blocks.
-        min_area = min(self.min_num_patches, remaining)
+        # Area ~ U(min_num_patches, remaining) as in the official generator: below min_num_patches the draw lies in
+        # (remaining, min_num_patches], so the last blocks grow existing ones (they fit only where they overlap)
+        # instead of scattering small separate blobs.
         for _ in range(self.max_attempts_per_block):
-            target_area = rng.uniform(min_area, remaining)
+            target_area = self.min_num_patches + (remaining - self.min_num_patches) * rng.random()
             aspect = math.exp(rng.uniform(*self.log_aspect_range))
             block_height = round(math.sqrt(target_area * aspect))
             block_width = round(math.sqrt(target_area / aspect))
@@ -110,13 +111,14 @@ class BlockMaskGenerator:
         """Draws one mask: bool array of shape (height * width,), row-major, True = masked."""
         mask = np.zeros((self.height, self.width), dtype=bool)
         num_masked = 0
-        # Each round adds at least one patch or stops, so the loop ends after at most num_masking_patches rounds
-        # (the official loop retries forever and can spin at high ratios, SPEC §6).
-        for _ in range(self.num_masking_patches):
+        # Bounded: at most num_masking_patches productive rounds and max_stalled_rounds rounds in a row that add
+        # nothing (the official loop retries forever and can spin at high ratios, SPEC §6); a random top-up or trim
+        # then makes the count exact.
+        stalled_rounds = 0
+        while num_masked < self.num_masking_patches and stalled_rounds < self.max_stalled_rounds:
             num_added = self._place_block(mask, self.num_masking_patches - num_masked, rng)
             num_masked += num_added
-            if num_added == 0 or num_masked == self.num_masking_patches:
-                break
+            stalled_rounds = stalled_rounds + 1 if num_added == 0 else 0
         return _adjust_to_count(mask, self.num_masking_patches, rng)
 
 

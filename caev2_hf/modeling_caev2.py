@@ -428,6 +428,7 @@ class CAEv2Teacher(nn.Module):
         input_scale, input_shift = self.renormalisation(config)
         self.register_buffer("input_scale", input_scale, False)
         self.register_buffer("input_shift", input_shift, False)
+        self.train(False)  # eval from the start, not only after the student's first train()/eval()
 
     @staticmethod
     def renormalisation(config: CAEv2Config) -> tuple[torch.Tensor, torch.Tensor]:

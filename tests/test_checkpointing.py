@@ -132,3 +132,10 @@ def test_resumable_batch_stream_warns_when_the_epoch_got_shorter(demo_tar_shards
     stream = ResumableBatchStream(build_loader(demo_tar_shards), epoch=0, batches_in_epoch=3)  # epochs hold 2
     assert stream.position() == {"epoch": 1, "batches_in_epoch": 1}
     assert "the data changed" in caplog.text
+
+
+def test_list_checkpoints_ignores_folders_left_by_a_crash(tmp_path: Path) -> None:
+    write_checkpoint_folder(tmp_path / "checkpoint-00000004", step=4)
+    write_checkpoint_folder(tmp_path / "checkpoint-00000004.replaced", step=4)  # crash inside a replacement
+    write_checkpoint_folder(tmp_path / ".incomplete-checkpoint-00000005", step=5)  # crash while writing
+    assert list_checkpoints(str(tmp_path)) == [str(tmp_path / "checkpoint-00000004")]

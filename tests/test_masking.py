@@ -192,3 +192,29 @@ def test_masking_collator_stacks_uint8_without_changing_values() -> None:
 def test_masking_collator_omits_labels_when_examples_have_none() -> None:
     examples = [{"pixel_values": example["pixel_values"]} for example in make_examples()]
     assert "labels" not in MaskingCollator(RandomMaskGenerator(GRID, 10))(examples)
+
+
+def count_connected_regions(mask: np.ndarray) -> int:
+    """4-connected regions of True in a 2-D boolean grid."""
+    seen, regions = np.zeros_like(mask), 0
+    for start in zip(*np.nonzero(mask), strict=True):
+        if seen[start]:
+            continue
+        regions, stack = regions + 1, [start]
+        while stack:
+            row, col = stack.pop()
+            if 0 <= row < mask.shape[0] and 0 <= col < mask.shape[1] and mask[row, col] and not seen[row, col]:
+                seen[row, col] = True
+                stack += [(row + 1, col), (row - 1, col), (row, col + 1), (row, col - 1)]
+    return regions
+
+
+def test_block_masks_are_as_connected_as_the_official_generator():
+    """Areas ~ U(16, remaining) even below 16 grow existing blocks: a faithful official loop gives 1.66 regions on
+    average for Small's 49 patches and 1.33 for Base's 98 (2,000 masks each); scattering small last blocks gave
+    2.26 and 1.88."""
+    rng = np.random.default_rng(0)
+    for count, official_mean in ((49, 1.66), (98, 1.33)):
+        generator = BlockMaskGenerator((14, 14), count)
+        regions = [count_connected_regions(generator(rng).reshape(14, 14)) for _ in range(500)]
+        assert np.mean(regions) < official_mean + 0.15

@@ -134,6 +134,13 @@ def test_teacher_targets_are_projected_post_norm_tokens(pixel_values):
     torch.testing.assert_close(model.compute_target_features(pixel_values), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_teacher_is_in_eval_mode_from_construction_and_loading(tmp_path):
+    model = CAEv2ForPreTraining(build_tiny_config())
+    assert model.caev2.training and not model.teacher.model.training
+    model.save_pretrained(tmp_path)
+    assert not CAEv2ForPreTraining.from_pretrained(tmp_path).teacher.model.training
+
+
 def test_teacher_stays_frozen_in_train_mode(pixel_values, fixed_mask):
     model = build_model().train()
     assert not model.teacher.training and not model.teacher.model.training

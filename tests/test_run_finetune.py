@@ -4,16 +4,18 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 import pytest
 import torch
 from conftest import build_tiny_config
 from PIL import Image
-from transformers import TrainingArguments, pipeline
+from transformers import Trainer, TrainingArguments, pipeline
 
 from caev2_hf import CAEv2ForImageClassification, CAEv2ForPreTraining
 from caev2_hf.finetune import (
+    CAEv2FineTuningTrainer,
     build_classification_loss,
     build_finetune_trainer,
     build_finetune_transforms,
@@ -165,10 +167,29 @@ def test_mixup_without_timm_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch):
     assert build_mixup(0.0, 0.0, 0.1, num_classes=3) is None
 
 
-def test_mixup_refuses_uneven_batches(encoder_dir: str, colours: dict, tmp_path: Path):
-    arguments = finetune_arguments(encoder_dir, colours, tmp_path, "--max_steps", "1", "--mixup", "0.8")
-    with pytest.raises(ValueError, match="dataloader_drop_last true"):
+def test_trainer_refuses_options_the_recipe_does_not_read(encoder_dir: str, colours: dict, tmp_path: Path):
+    arguments = finetune_arguments(
+        encoder_dir, colours, tmp_path, "--max_steps", "1", "--label_smoothing_factor", "0.1"
+    )
+    with pytest.raises(ValueError, match="use --label_smoothing"):
         run_finetune.main(arguments)
+
+
+def test_mixup_leaves_the_odd_image_of_a_short_last_batch_out():
+    seen = []
+
+    def pairwise_mixup(pixel_values, labels):  # timm's Mixup raises on an odd batch; this records what it got
+        assert pixel_values.shape[0] % 2 == 0
+        seen.append(labels.tolist())
+        return pixel_values, labels
+
+    trainer = CAEv2FineTuningTrainer.__new__(CAEv2FineTuningTrainer)  # only compute_loss is exercised
+    trainer.mixup_fn = pairwise_mixup
+    model = torch.nn.Module()
+    model.training = True
+    with patch.object(Trainer, "compute_loss", lambda self, model, inputs, *args: inputs["labels"].numel()):
+        count = trainer.compute_loss(model, {"pixel_values": torch.zeros(3, 3, 4, 4), "labels": torch.arange(3)})
+    assert seen == [[0, 1]] and count == 2
 
 
 @pytest.mark.parametrize(
