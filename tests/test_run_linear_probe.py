@@ -251,3 +251,19 @@ def test_linear_probe_config_is_read_and_overridden_by_flags(size: str, batch_si
     assert (probe_args.batch_size, probe_args.base_learning_rate, probe_args.warmup_epochs) == (batch_size, 0.1, 10)
     assert (probe_args.epochs, probe_args.protocol) == (3, "fast")
     assert (model_args.model, data_args.dataset_name) == (f"outputs/caev2-vit-{size}/final", "ILSVRC/imagenet-1k")
+
+
+def test_fast_probe_reads_tar_shards_and_holds_out_part_of_train(encoder_dir: str, tmp_path: Path):
+    """--train_files / --validation_files (webdataset shards) and --holdout_fraction, as the README documents."""
+    from caev2_hf.data import write_demo_tar_shards
+
+    train = write_demo_tar_shards(str(tmp_path / "train"), num_shards=2, images_per_shard=30, image_size=40, seed=0)
+    validation = write_demo_tar_shards(str(tmp_path / "val"), num_shards=1, images_per_shard=20, image_size=40, seed=1)
+    arguments = ["--model", encoder_dir, "--train_files", *train, "--validation_files", *validation]
+    arguments += ["--output_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache"), *RUN_SETTINGS]
+    arguments += ["--batch_size", "16", "--epochs", "60", "--fast_base_learning_rates", "1", "3", "10", "30", "100"]
+    results = run_linear_probe.main([*arguments, "--protocol", "fast", "--holdout_fraction", "0.2"])
+    assert results["num_train_examples"] == 60
+    for entry in results["grid"]:  # 20 % of 60 held out: every hold-out accuracy is a multiple of 1/12
+        assert abs(entry["holdout_top1_accuracy"] * 12 - round(entry["holdout_top1_accuracy"] * 12)) < 1e-4
+    assert results["num_classes"] == 2 and results["top1_accuracy"] > 0.7  # the two sample photos, chance 0.5
