@@ -58,7 +58,8 @@ def export_final_model(
 ) -> str:
     """Saves the encoder + processor + card in `final_dir` and the pretraining model in its `pretraining/`.
 
-    `size` is an official preset the architecture matches exactly (see `preset_of`), or None. Called on every process: the full state dict is gathered first (needed under FSDP), the main process writes.
+    `size` is an official preset the architecture matches exactly (see `preset_of`), or None. Called on every
+    process: the full state dict is gathered first (needed under FSDP), the main process writes.
     """
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
