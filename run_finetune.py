@@ -16,20 +16,20 @@ from dataclasses import dataclass, field
 
 from transformers import Trainer, TrainingArguments, set_seed
 
-from caev2_hf.arguments import parse_arguments_with_config
-from caev2_hf.finetune import (
+from caev2_hf.cli import parse_arguments_with_config
+from caev2_hf.evaluation.finetune import (
     build_finetune_trainer,
     build_finetune_transforms,
     build_training_streams,
     compute_max_steps,
     load_finetune_model,
 )
-from caev2_hf.frozen_encoder import read_preprocessing
-from caev2_hf.labelled_data import ImageDataArguments, open_labelled_datasets
+from caev2_hf.evaluation.frozen_encoder import read_preprocessing
+from caev2_hf.evaluation.labelled_data import ImageDataArguments, open_labelled_datasets
 
 
 @dataclass
-class ModelArguments:
+class FineTuningModelArguments:
     model: str = field(metadata={"help": "Hub id or folder of a CAE v2 checkpoint (any head) to fine-tune."})
     layer_decay: float = field(default=0.75, metadata={"help": "lr scale decay per block from the head down."})
     drop_path_rate: float = field(default=0.1, metadata={"help": "Stochastic depth at the last block."})
@@ -49,7 +49,7 @@ class AugmentationArguments:
 
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, augmentation_args, training_args = parse_arguments_with_config(
-        (ModelArguments, ImageDataArguments, AugmentationArguments, TrainingArguments), argv
+        (FineTuningModelArguments, ImageDataArguments, AugmentationArguments, TrainingArguments), argv
     )
     set_seed(training_args.seed)
     train_source, validation_source = data_args.data_sources()

@@ -19,17 +19,17 @@ from typing import Literal
 from accelerate import Accelerator
 from transformers import PreTrainedModel, set_seed
 
-from caev2_hf.arguments import parse_arguments_with_config
-from caev2_hf.classification_metrics import compute_topk_accuracy
-from caev2_hf.frozen_encoder import EncoderPreprocessing, load_frozen_encoder, read_preprocessing
-from caev2_hf.labelled_data import ImageDataArguments
-from caev2_hf.model_card import add_eval_results
-from caev2_hf.probe import run_fast_probe, run_official_probe
-from caev2_hf.probe_outputs import build_probe_eval_results, save_probe_outputs
+from caev2_hf.cli import parse_arguments_with_config
+from caev2_hf.evaluation.frozen_encoder import EncoderPreprocessing, load_frozen_encoder, read_preprocessing
+from caev2_hf.evaluation.labelled_data import ImageDataArguments
+from caev2_hf.evaluation.metrics import compute_topk_accuracy
+from caev2_hf.evaluation.probe import run_fast_probe, run_official_probe
+from caev2_hf.evaluation.probe_outputs import build_probe_eval_results, save_probe_outputs
+from caev2_hf.hub.model_card import add_eval_results
 
 
 @dataclass
-class ModelArguments:
+class ProbeModelArguments:
     model: str = field(
         metadata={"help": "Hub id or folder: a CAE v2 checkpoint of any head, or any transformers vision encoder."}
     )
@@ -90,7 +90,7 @@ def run_protocol(
 
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, probe_args = parse_arguments_with_config(
-        (ModelArguments, ImageDataArguments, ProbeArguments), argv
+        (ProbeModelArguments, ImageDataArguments, ProbeArguments), argv
     )
     if model_args.update_model_card and not os.path.isdir(model_args.model):
         raise ValueError(f"--update_model_card edits README.md in a local folder; {model_args.model} is not one.")

@@ -21,25 +21,34 @@ import shutil
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, send_to_device, set_seed
+from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from caev2_hf import CAEv2Config, CAEv2ForPreTraining
-from caev2_hf.checkpointing import ResumableBatchStream, load_checkpoint, resolve_resume_checkpoint, save_checkpoint
-from caev2_hf.data import (
+from caev2_hf.data.images import (
     build_pretrain_dataloader,
     build_pretrain_transform,
-    normalize_pixel_values,
     open_image_dataset,
     shard_for_process,
     write_demo_image_folder,
 )
-from caev2_hf.export import describe_training, export_final_model, preset_of, push_to_hub_in_background
-from caev2_hf.masking import MaskingCollator, build_mask_generator
-from caev2_hf.optim import build_parameter_groups
-from caev2_hf.schedule import TrainingNumbers, build_lr_scheduler, compute_training_numbers
-from caev2_hf.step_tracking import StepTracker
-from caev2_hf.training_args import DataArguments, ModelArguments, PretrainingArguments, parse_pretraining_arguments
+from caev2_hf.data.masking import MaskingCollator, build_mask_generator
+from caev2_hf.pretraining.arguments import (
+    PretrainingArguments,
+    PretrainingDataArguments,
+    PretrainingModelArguments,
+    parse_pretraining_arguments,
+)
+from caev2_hf.pretraining.checkpointing import (
+    ResumableBatchStream,
+    load_checkpoint,
+    resolve_resume_checkpoint,
+    save_checkpoint,
+)
+from caev2_hf.pretraining.export import describe_training, export_final_model, preset_of, push_to_hub_in_background
+from caev2_hf.pretraining.schedule import TrainingNumbers, compute_training_numbers
+from caev2_hf.pretraining.step import PretrainingStep, build_accelerator, build_optimizer_and_scheduler
+from caev2_hf.pretraining.step_tracking import StepTracker
 
 
 logger = logging.getLogger("run_pretrain")
@@ -49,27 +58,9 @@ def checkpoints_dir(output_dir: str) -> str:
     return os.path.join(output_dir, "checkpoints")
 
 
-def build_accelerator(training_args: PretrainingArguments) -> Accelerator:
-    """Devices, precision, accumulation, compilation and TensorBoard; unset options come from `accelerate launch`."""
-    # Accelerate joins CPU processes into one group only when told (`accelerate launch --cpu`); without this,
-    # `torchrun` on a machine without GPUs starts independent runs that overwrite each other's checkpoints.
-    launched_processes = int(os.environ.get("WORLD_SIZE", "1"))
-    accelerator = Accelerator(
-        cpu=launched_processes > 1 and not torch.cuda.is_available(),
-        gradient_accumulation_steps=training_args.gradient_accumulation_steps,
-        mixed_precision=training_args.mixed_precision,
-        log_with=None if training_args.report_to == "none" else training_args.report_to,
-        project_config=ProjectConfiguration(
-            project_dir=training_args.output_dir, logging_dir=os.path.join(training_args.output_dir, "logs")
-        ),
-        dynamo_backend="inductor" if training_args.torch_compile else None,
-        step_scheduler_with_optimizer=False,  # we step it once per update; Accelerate would step it per process
-    )
-    if accelerator.num_processes != launched_processes:
-        raise RuntimeError(
-            f"The launcher started {launched_processes} processes but Accelerate joined {accelerator.num_processes}: "
-            "on a machine without CUDA, launch with `accelerate launch --cpu` (or set ACCELERATE_USE_CPU=1)."
-        )
+def build_logged_accelerator(training_args: PretrainingArguments) -> Accelerator:
+    """The Accelerator, with INFO logs on the local main process only."""
+    accelerator = build_accelerator(training_args)
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         level=logging.INFO if accelerator.is_local_main_process else logging.WARNING,
@@ -101,7 +92,7 @@ def compute_numbers(training_args: PretrainingArguments, num_processes: int) -> 
     return numbers
 
 
-def build_model(model_args: ModelArguments, accelerator: Accelerator, seed: int) -> CAEv2ForPreTraining:
+def build_model(model_args: PretrainingModelArguments, accelerator: Accelerator, seed: int) -> CAEv2ForPreTraining:
     """The student from a preset (or a saved folder) with the same initial weights on every process, and its
     teacher's weights unless a random teacher is intended."""
     set_seed(seed)
@@ -117,7 +108,7 @@ def build_model(model_args: ModelArguments, accelerator: Accelerator, seed: int)
     return model
 
 
-def write_demo_images_once(data_args: DataArguments, image_size: int, accelerator: Accelerator) -> None:
+def write_demo_images_once(data_args: PretrainingDataArguments, image_size: int, accelerator: Accelerator) -> None:
     """The offline demo's images: crops of scikit-learn's sample photos, written once (to a temporary name first)."""
     if not (data_args.num_demo_images and data_args.train_dir):
         return
@@ -131,7 +122,7 @@ def write_demo_images_once(data_args: DataArguments, image_size: int, accelerato
 
 
 def open_train_stream(
-    data_args: DataArguments,
+    data_args: PretrainingDataArguments,
     config: CAEv2Config,
     seed: int,
     batch_size: int,
@@ -160,21 +151,6 @@ def open_train_stream(
     return ResumableBatchStream(dataloader, **(position or {}))
 
 
-def build_optimizer_and_scheduler(
-    model: CAEv2ForPreTraining, training_args: PretrainingArguments, numbers: TrainingNumbers
-) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW without decay on 1-D tensors, fused on every device: besides being the fastest AdamW, the fused kernel
-    lets StepTracker skip a non-finite update on the device (no host sync)."""
-    optimizer = torch.optim.AdamW(
-        build_parameter_groups(model, training_args.weight_decay),
-        lr=numbers.learning_rate,
-        betas=(training_args.adam_beta1, training_args.adam_beta2),
-        eps=training_args.adam_epsilon,
-        fused=True,
-    )
-    return optimizer, build_lr_scheduler(optimizer, numbers, training_args.min_learning_rate)
-
-
 def resume(
     accelerator: Accelerator, resume_from_checkpoint: str | None, output_dir: str, numbers: TrainingNumbers
 ) -> dict:
@@ -189,40 +165,9 @@ def resume(
     return state
 
 
-def train_step(
-    accelerator: Accelerator,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    batch: dict[str, torch.Tensor],
-    tracker: StepTracker,
-    max_grad_norm: float,
-    config: CAEv2Config,
-) -> None:
-    """One micro-batch. Optimizer, scheduler and zero_grad act on the last micro-batch of an update only."""
-    inputs = {key: batch[key] for key in ("pixel_values", "bool_masked_pos")}  # labels stay on the host
-    inputs = send_to_device(inputs, accelerator.device, non_blocking=True)  # uint8: a quarter of float's bytes
-    pixel_values = normalize_pixel_values(inputs["pixel_values"], config.image_mean, config.image_std)
-    with accelerator.accumulate(model):
-        outputs = model(pixel_values=pixel_values, bool_masked_pos=inputs["bool_masked_pos"])
-        accelerator.backward(outputs.loss)
-        if accelerator.sync_gradients:
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm or float("inf"))
-            tracker.skip_update_if_nonfinite(optimizer, grad_norm)
-        optimizer.step()  # a no-op before the last micro-batch (Accelerate), or when the guard found NaN/inf
-        if accelerator.sync_gradients:
-            scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-    tracker.record_batch(outputs, batch["num_skipped_images"])
-
-
 def train(
-    accelerator: Accelerator,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    step: PretrainingStep,
     stream: ResumableBatchStream,
-    tracker: StepTracker,
     training_args: PretrainingArguments,
     numbers: TrainingNumbers,
     start_step: int,
@@ -230,29 +175,28 @@ def train(
 ) -> dict[str, float]:
     """Updates `start_step + 1 .. max_steps`; every process runs exactly that many, so none waits for another.
     Returns the last logged metrics."""
+    accelerator = step.accelerator
     progress = tqdm(
         total=numbers.max_steps, initial=start_step, desc="pretraining", disable=not accelerator.is_local_main_process
     )
-    config = accelerator.unwrap_model(model).config
     metrics = {}
-    model.train()
-    for step in range(start_step + 1, numbers.max_steps + 1):
+    step.model.train()
+    for update in range(start_step + 1, numbers.max_steps + 1):
         for _ in range(training_args.gradient_accumulation_steps):
-            batch = next(stream)
-            train_step(accelerator, model, optimizer, scheduler, batch, tracker, training_args.max_grad_norm, config)
+            step(next(stream))
         progress.update(1)
-        is_last = step == numbers.max_steps
-        if step % training_args.logging_steps == 0 or is_last:
-            metrics = {**tracker.summarize(accelerator), "learning_rate": scheduler.get_last_lr()[0]}
-            accelerator.log({f"train/{name}": value for name, value in metrics.items()}, step=step)
+        is_last = update == numbers.max_steps
+        if update % training_args.logging_steps == 0 or is_last:
+            metrics = {**step.tracker.summarize(accelerator), "learning_rate": step.scheduler.get_last_lr()[0]}
+            accelerator.log({f"train/{name}": value for name, value in metrics.items()}, step=update)
             progress.set_postfix(
                 loss=f"{metrics['loss']:.4f}", lr=f"{metrics['learning_rate']:.3g}",
                 images_per_s=f"{metrics['images_per_second']:.1f}",
             )  # fmt: skip
-        if step % training_args.save_steps == 0 or is_last:
-            state = {**checkpoint_state, **tracker.totals(accelerator)}
+        if update % training_args.save_steps == 0 or is_last:
+            state = {**checkpoint_state, **step.tracker.totals(accelerator)}
             save_checkpoint(
-                accelerator, checkpoints_dir(training_args.output_dir), step, stream.position(), state,
+                accelerator, checkpoints_dir(training_args.output_dir), update, stream.position(), state,
                 training_args.save_total_limit,
             )  # fmt: skip
     progress.close()
@@ -300,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
         **dataclasses.asdict(data_args),
         **dataclasses.asdict(training_args),
     }
-    accelerator = build_accelerator(training_args)
+    accelerator = build_logged_accelerator(training_args)
     try:
         numbers = compute_numbers(training_args, accelerator.num_processes)
         model = build_model(model_args, accelerator, training_args.seed)
@@ -317,12 +261,13 @@ def main(argv: list[str] | None = None) -> None:
             accelerator.device, numbers.effective_batch_size, training_args.max_consecutive_skipped_steps,
             state["skipped_steps"], state["skipped_images"],
         )  # fmt: skip
+        step = PretrainingStep(
+            accelerator, model, optimizer, scheduler, tracker, training_args.max_grad_norm, config.image_mean,
+            config.image_std,
+        )  # fmt: skip
         accelerator.init_trackers("caev2-pretraining", config=flat_hyperparameters(arguments))
         checkpoint_state = {"numbers": numbers.to_dict(), "arguments": arguments}
-        metrics = train(
-            accelerator, model, optimizer, scheduler, stream, tracker, training_args, numbers, state["step"],
-            checkpoint_state,
-        )  # fmt: skip
+        metrics = train(step, stream, training_args, numbers, state["step"], checkpoint_state)
         finish(accelerator, model, arguments, numbers, metrics.get("loss"))
     finally:
         accelerator.end_training()  # closes the trackers and destroys the process group

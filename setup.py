@@ -15,7 +15,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["caev2_hf", "caev2_hf.*"]),
     include_package_data=True,
-    package_data={"caev2_hf": ["metrics/*/*.py", "model_card_template.md"]},
+    package_data={"caev2_hf": ["evaluation/accuracy_topk/*.py", "hub/model_card_template.md"]},
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",

@@ -2,7 +2,7 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
 """Images/s of the pretraining data path alone: read, decode, crop, flip, jitter, collate and mask (issue 6).
 
-It writes local JPEG tar shards (webdataset layout) with `caev2_hf.data.write_demo_tar_shards`, then, for each loader
+It writes local JPEG tar shards (webdataset layout) with `caev2_hf.data.images.write_demo_tar_shards`, then, for each loader
 worker count, times batches once every worker has delivered its first one. `--batched_decode cuda` also times nvJPEG
 decoding plus the same augmentation on the GPU (`torchvision.io.decode_jpeg(device="cuda")`), batch by batch, in the
 main process (`--batched_decode cpu`: the same with torchvision's CPU decoder, on one thread).
@@ -27,12 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: no install needed
 
-from caev2_hf import (  # noqa: E402
-    CAEV2_PRESETS,
-    CAEv2Config,
-    data,  # imports `datasets` only to open streams: the GPU image has none
-)
-from caev2_hf.masking import MaskingCollator, build_mask_generator  # noqa: E402
+from caev2_hf import CAEV2_PRESETS, CAEv2Config  # noqa: E402
+from caev2_hf.data import images as data  # noqa: E402  imports `datasets` only to open streams: the GPU image has none
+from caev2_hf.data.masking import MaskingCollator, build_mask_generator  # noqa: E402
 
 
 def read_tar_shard(path: str) -> Iterator[dict]:

@@ -1,21 +1,23 @@
 #!/usr/bin/env python
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
-"""Throughput, peak memory and MFU of one CAE v2 pretraining step on synthetic batches (issue 6).
+"""Throughput, peak memory and MFU of the CAE v2 pretraining step on synthetic batches.
 
-One step is what `run_pretrain.py` does per batch: a pinned uint8 batch and its block masks copied to the device
+The timed step is `caev2_hf.pretraining.step.PretrainingStep`, built with the same Accelerator, fused AdamW, lr
+schedule and step tracker as `run_pretrain.py`: a pinned uint8 batch and its block masks copied to the device
 without blocking, normalised there, the student forward (encoder on [CLS] + visible patches, regressor, head) and
-the frozen teacher forward under autocast, backward, and optionally grad-norm clipping plus an AdamW step.
-Run from the repository root (the package need not be installed):
+the frozen teacher forward under Accelerate's autocast, backward, grad-norm clipping and the AdamW step. Only the
+data are synthetic. Run from the repository root (the package need not be installed):
 
     PYTHONPATH=. python benchmarks/bench_pretrain.py --preset base --batch_size 256 --precision bf16 \
-        --attn_implementation sdpa --output_json base_bf16_sdpa.json
-    PYTHONPATH=. python benchmarks/bench_pretrain.py --preset tiny --device cpu --precision fp32 --batch_size 8
+        --attn_implementation sdpa --compile --output_json base_bf16_sdpa_compiled.json
+    PYTHONPATH=. python benchmarks/bench_pretrain.py --preset tiny --precision fp32 --batch_size 8
 """
 
 import argparse
 import importlib.util
 import math
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -32,12 +34,15 @@ import transformers  # noqa: E402
 from bench_data import write_json  # noqa: E402
 
 from caev2_hf import CAEV2_PRESETS, CAEv2Config, CAEv2ForPreTraining  # noqa: E402
-from caev2_hf import data as caev2_data  # noqa: E402
-from caev2_hf.masking import build_mask_generator  # noqa: E402
-from caev2_hf.optim import build_parameter_groups  # noqa: E402
+from caev2_hf.data.masking import build_mask_generator  # noqa: E402
+from caev2_hf.pretraining.arguments import PretrainingArguments  # noqa: E402
+from caev2_hf.pretraining.schedule import compute_training_numbers  # noqa: E402
+from caev2_hf.pretraining.step import PretrainingStep, build_accelerator, build_optimizer_and_scheduler  # noqa: E402
+from caev2_hf.pretraining.step_tracking import StepTracker  # noqa: E402
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}  # Accelerate's names
 # Dense (no 2:4 sparsity) tensor-core peaks from NVIDIA's datasheets, by device-name fragment, first match wins.
 # "fp32" is plain fp32 arithmetic: PyTorch keeps TF32 off for matmuls by default.
 DEVICE_PEAK_FLOPS = (
@@ -45,7 +50,9 @@ DEVICE_PEAK_FLOPS = (
     ("H100", {"bf16": 989.4e12, "fp16": 989.4e12, "fp32": 66.9e12}),
     ("H200", {"bf16": 989.4e12, "fp16": 989.4e12, "fp32": 66.9e12}),
 )
-GRAD_CLIP_NORM = 3.0  # the official recipe (SPEC §8)
+# The recipe's optimizer settings (docs/method.md#recipes); the lr is the recipe's peak whatever the batch, since
+# what is timed must not depend on where the schedule stands.
+RECIPE = {"learning_rate": 1.5e-3, "min_learning_rate": 0.0, "weight_decay": 0.05, "max_grad_norm": 3.0}
 
 
 # ---- FLOP count of one step. Matmuls only (2 * m * n * k per product); norms, softmax, GELU and the loss are left
@@ -71,7 +78,7 @@ def transformer_layer_flops(num_queries: int, num_keys: int, width: int, interme
 
 
 def count_student_forward_flops(config: CAEv2Config) -> dict[str, int]:
-    """Per-image forward FLOPs of the student, by module (SPEC §1-4)."""
+    """Per-image forward FLOPs of the student, by module (docs/method.md#forward-pass)."""
     num_patches, num_masked = config.num_patches, config.num_masking_patches
     encoder_tokens = 1 + num_patches - num_masked  # [CLS] + visible
     width, regressor_width = config.hidden_size, config.regressor_hidden_size
@@ -92,7 +99,7 @@ def count_student_forward_flops(config: CAEv2Config) -> dict[str, int]:
 
 
 def count_teacher_forward_flops(teacher_config) -> dict[str, int]:
-    """Per-image forward FLOPs of the CLIP vision tower, with the projection applied to every token (SPEC §4)."""
+    """Per-image forward FLOPs of the CLIP vision tower, with the projection applied to every token (docs/method.md#head-and-targets)."""
     num_patches = (teacher_config.image_size // teacher_config.patch_size) ** 2
     tokens, width = 1 + num_patches, teacher_config.hidden_size
     patch_dim = teacher_config.num_channels * teacher_config.patch_size**2
@@ -119,6 +126,22 @@ def detect_peak_flops(device: torch.device, precision: str) -> float | None:
     return next((peaks[precision] for fragment, peaks in DEVICE_PEAK_FLOPS if fragment in name), None)
 
 
+def measure_matmul_flops(device: torch.device, precision: str, size: int = 8192, repeats: int = 20) -> float | None:
+    """Dense matmul FLOP/s this device reaches at `precision` on square `size` products: a measured ceiling for MFU
+    beside the datasheet's (clocks, power and the library decide what a chip really gives). CUDA only."""
+    if device.type != "cuda":
+        return None
+    a, b = (torch.randn(size, size, device=device, dtype=DTYPES[precision]) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    synchronize(device)
+    return repeats * 2 * size**3 / (time.perf_counter() - started)
+
+
 # ---- The benchmark.
 
 
@@ -130,13 +153,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--attn_implementation", choices=["eager", "sdpa", "flash_attention_2"], default="sdpa")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (warm-up includes compiling)")
     parser.add_argument("--teacher", choices=["on", "off"], default="on", help="off: pass random target_features")
-    parser.add_argument("--optimizer_step", choices=["on", "off"], default="off", help="on: clip + fused AdamW step")
     parser.add_argument("--warmup_steps", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument(
         "--peak_tflops", type=float, default=None, help="dense peak TFLOP/s for MFU (default: H100/H200)"
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--sync_debug", choices=["on", "off"], default="on", help="count host syncs in one CUDA step")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_json", default=None)
@@ -145,23 +166,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--steps and --batch_size must be at least 1, --warmup_steps at least 0.")
     if args.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
         parser.error("--attn_implementation flash_attention_2 needs the flash_attn package, which is not installed.")
-    if args.precision == "fp16" and torch.device(args.device).type == "cpu":
+    if args.precision == "fp16" and not torch.cuda.is_available():
         parser.error("--precision fp16 runs on CUDA only (CPU autocast and GradScaler are bf16/fp32 paths).")
     return args
 
 
-def build_model(args: argparse.Namespace, device: torch.device) -> CAEv2ForPreTraining:
-    """The preset with a random teacher kept in the step's precision, as `load_teacher(dtype=...)` leaves it."""
+def build_step(args: argparse.Namespace, output_dir: str) -> PretrainingStep:
+    """The training script's step for the preset: its Accelerator, fused AdamW, schedule and tracker; a random
+    teacher kept in the step's precision, as `load_teacher(dtype=...)` leaves it."""
+    training_args = PretrainingArguments(
+        output_dir=output_dir, per_device_train_batch_size=args.batch_size, mixed_precision=MIXED_PRECISION[args.precision],
+        torch_compile=args.compile, report_to="none", max_steps=args.warmup_steps + args.steps + 1, warmup_steps=1,
+        max_grad_norm=RECIPE["max_grad_norm"], learning_rate=RECIPE["learning_rate"],
+        learning_rate_batch_size=args.batch_size, min_learning_rate=RECIPE["min_learning_rate"],
+        weight_decay=RECIPE["weight_decay"],
+    )  # fmt: skip
+    accelerator = build_accelerator(training_args)
     config = CAEv2Config.from_preset(
         args.preset, use_random_teacher=True, attn_implementation=args.attn_implementation
     )
     model = CAEv2ForPreTraining(config)
-    model.teacher.model.to(DTYPES[args.precision])
-    return model.to(device).train()
+    model.teacher.to(DTYPES[args.precision])
+    numbers = compute_training_numbers(
+        args.batch_size, 1, accelerator.num_processes, training_args.learning_rate,
+        training_args.learning_rate_batch_size, max_steps=training_args.max_steps, warmup_steps=1,
+    )  # fmt: skip
+    optimizer, scheduler = build_optimizer_and_scheduler(model, training_args, numbers)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    tracker = StepTracker(accelerator.device, numbers.effective_batch_size, max_consecutive_skipped_steps=10**9)
+    step = PretrainingStep(
+        accelerator, model, optimizer, scheduler, tracker, training_args.max_grad_norm, config.image_mean,
+        config.image_std,
+    )  # fmt: skip
+    step.model.train()
+    return step
 
 
-def build_synthetic_batches(config: CAEv2Config, batch_size: int, device: torch.device, seed: int) -> list[dict]:
-    """Two loader-like batches (random uint8 pixels, block masks), pinned when the device is a GPU."""
+def build_synthetic_batches(
+    config: CAEv2Config, batch_size: int, device: torch.device, seed: int, teacher: str
+) -> list[dict]:
+    """Two loader-like batches (random uint8 pixels, block masks), pinned when the device is a GPU; with the
+    teacher off, random unit-norm targets stand in for its output."""
     generator, rng = torch.Generator().manual_seed(seed), np.random.default_rng(seed)
     mask_generator = build_mask_generator(config)
     shape = (batch_size, config.num_channels, config.image_size, config.image_size)
@@ -171,49 +216,13 @@ def build_synthetic_batches(config: CAEv2Config, batch_size: int, device: torch.
             "pixel_values": torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator),
             "bool_masked_pos": torch.from_numpy(np.stack([mask_generator(rng) for _ in range(batch_size)])),
         }
-        batches.append({k: v.pin_memory() if device.type == "cuda" else v for k, v in batch.items()})
+        if teacher == "off":
+            targets = torch.randn(batch_size, 1 + config.num_patches, config.target_hidden_size, generator=generator)
+            batch["target_features"] = F.normalize(targets, dim=-1)
+        batch = {k: v.pin_memory() if device.type == "cuda" else v for k, v in batch.items()}
+        batch["num_skipped_images"] = torch.zeros((), dtype=torch.int64)
+        batches.append(batch)
     return batches
-
-
-def build_optimizer(model: CAEv2ForPreTraining, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW as the recipe sets it (SPEC §8), fused on CUDA: one kernel per step instead of one per tensor."""
-    groups = build_parameter_groups(model, weight_decay=0.05)
-    return torch.optim.AdamW(groups, lr=1.5e-3, betas=(0.9, 0.999), fused=device.type == "cuda")
-
-
-class PretrainingStep:
-    """One training step; holds what the step needs so the timed loop stays a plain call."""
-
-    def __init__(self, model, args: argparse.Namespace, device: torch.device) -> None:
-        self.model = model
-        self.forward = torch.compile(model) if args.compile else model
-        self.device, self.precision = device, args.precision
-        self.data = caev2_data
-        self.optimizer = build_optimizer(model, device) if args.optimizer_step == "on" else None
-        self.scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
-        self.target_features = None
-        if args.teacher == "off":
-            config = model.config
-            shape = (args.batch_size, 1 + config.num_patches, config.target_hidden_size)
-            self.target_features = F.normalize(torch.randn(shape, device=device), dim=-1)
-
-    def __call__(self, batch: dict) -> torch.Tensor:
-        config = self.model.config
-        pixel_values = batch["pixel_values"].to(self.device, non_blocking=True)
-        pixel_values = self.data.normalize_pixel_values(pixel_values, config.image_mean, config.image_std)
-        bool_masked_pos = batch["bool_masked_pos"].to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=DTYPES[self.precision], enabled=self.precision != "fp32"):
-            outputs = self.forward(pixel_values, bool_masked_pos=bool_masked_pos, target_features=self.target_features)
-        self.scaler.scale(outputs.loss).backward()
-        if self.optimizer is not None:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), GRAD_CLIP_NORM)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
-        else:
-            self.model.zero_grad(set_to_none=True)
-        return outputs.loss.detach()
 
 
 def synchronize(device: torch.device) -> None:
@@ -223,7 +232,7 @@ def synchronize(device: torch.device) -> None:
 
 def count_host_syncs(step: PretrainingStep, batch: dict) -> list[str]:
     """Runs one step under CUDA's sync debug mode; one `file:line: message` per host synchronisation in it."""
-    if step.device.type != "cuda":
+    if step.accelerator.device.type != "cuda":
         return []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -249,14 +258,15 @@ def time_steps(step: PretrainingStep, batches: list[dict], warmup_steps: int, st
     With --compile, graphs built during the timed steps would mean recompilation (shapes are meant to be static).
     """
     started = time.perf_counter()
+    device = step.accelerator.device
     for index in range(warmup_steps):
         step(batches[index % len(batches)])
-    synchronize(step.device)
+    synchronize(device)
     warmup_seconds, graphs_after_warmup = time.perf_counter() - started, count_dynamo_graphs()["graphs"]
     started = time.perf_counter()
     for index in range(steps):
-        loss = step(batches[index % len(batches)])
-    synchronize(step.device)
+        loss = step(batches[index % len(batches)]).loss.detach()
+    synchronize(device)
     elapsed = time.perf_counter() - started
     dynamo = {
         **count_dynamo_graphs(),
@@ -271,19 +281,20 @@ def peak_memory_mib(device: torch.device) -> float | None:
 
 def run_benchmark(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
-    device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True  # fixed shapes every step: let cuDNN pick the patch-embedding kernel once
-    model = build_model(args, device)
-    batches = build_synthetic_batches(model.config, args.batch_size, device, args.seed)
-    step = PretrainingStep(model, args, device)
+    with tempfile.TemporaryDirectory() as output_dir:
+        step = build_step(args, output_dir)
+    device, config = step.accelerator.device, step.accelerator.unwrap_model(step.model).config
+    batches = build_synthetic_batches(config, args.batch_size, device, args.seed, args.teacher)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     timing = time_steps(step, batches, args.warmup_steps, args.steps)
     host_syncs = count_host_syncs(step, batches[0]) if args.sync_debug == "on" else None
-    flops = count_step_flops(model.config, use_teacher=args.teacher == "on")
+    flops = count_step_flops(config, use_teacher=args.teacher == "on")
     images_per_second = args.steps * args.batch_size / timing["elapsed_seconds"]
     peak_flops = args.peak_tflops * 1e12 if args.peak_tflops else detect_peak_flops(device, args.precision)
     achieved_flops = flops["total"] * images_per_second
+    matmul_flops = measure_matmul_flops(device, args.precision)
     return {
         **{key: value for key, value in vars(args).items() if key != "output_json"},
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -295,6 +306,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "achieved_tflops": achieved_flops / 1e12,
         "peak_tflops": peak_flops / 1e12 if peak_flops else None,
         "mfu": achieved_flops / peak_flops if peak_flops else None,
+        "measured_matmul_tflops": matmul_flops / 1e12 if matmul_flops else None,
+        "mfu_of_measured_matmul": achieved_flops / matmul_flops if matmul_flops else None,
         "final_loss": timing["final_loss"],
         "loss_is_finite": math.isfinite(timing["final_loss"]),
         "host_syncs_in_step": host_syncs,
@@ -310,10 +323,15 @@ def run_benchmark(args: argparse.Namespace) -> dict:
 
 def format_summary(result: dict) -> str:
     memory = f"{result['peak_memory_mib'] / 1024:.1f} GiB" if result["peak_memory_mib"] is not None else "n/a"
-    mfu = f"{100 * result['mfu']:.1f}%" if result["mfu"] is not None else "n/a"
+    mfu = f"{100 * result['mfu']:.1f}% of the datasheet peak" if result["mfu"] is not None else "n/a"
+    if result["mfu_of_measured_matmul"] is not None:
+        mfu += (
+            f", {100 * result['mfu_of_measured_matmul']:.1f}% of the measured "
+            f"{result['measured_matmul_tflops']:.0f} TFLOP/s dense matmul"
+        )
     return (
         f"{result['preset']} {result['precision']} {result['attn_implementation']} compile={result['compile']} "
-        f"teacher={result['teacher']} optimizer_step={result['optimizer_step']} batch={result['batch_size']} on "
+        f"teacher={result['teacher']} batch={result['batch_size']} on "
         f"{result['device_name']}: {result['images_per_second']:.1f} images/s, {result['step_ms']:.1f} ms/step, "
         f"peak memory {memory}, MFU {mfu} ({result['flops_per_image']['total'] / 1e9:.1f} GFLOPs/image, "
         f"{result['achieved_tflops']:.1f} TFLOP/s), loss {result['final_loss']:.4f}, "

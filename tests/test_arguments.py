@@ -1,12 +1,12 @@
-"""Unit tests for caev2_hf.arguments: config files turned into flags, found by flag or position, then overridden."""
+"""Unit tests for caev2_hf.cli: config files turned into flags, found by flag or position, then overridden."""
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from caev2_hf.arguments import config_to_arguments, parse_arguments_with_config
-from caev2_hf.labelled_data import ImageDataArguments
+from caev2_hf.cli import config_to_arguments, parse_arguments_with_config
+from caev2_hf.evaluation.labelled_data import ImageDataArguments
 
 
 @dataclass

@@ -8,7 +8,9 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from caev2_hf.checkpointing import (
+from caev2_hf.data.images import build_eval_transform, build_pretrain_dataloader, open_image_dataset
+from caev2_hf.data.masking import MaskingCollator, RandomMaskGenerator
+from caev2_hf.pretraining.checkpointing import (
     ResumableBatchStream,
     list_checkpoints,
     load_checkpoint,
@@ -16,8 +18,6 @@ from caev2_hf.checkpointing import (
     resolve_resume_checkpoint,
     save_checkpoint,
 )
-from caev2_hf.data import build_eval_transform, build_pretrain_dataloader, open_image_dataset
-from caev2_hf.masking import MaskingCollator, RandomMaskGenerator
 
 
 def prepared_linear(accelerator: Accelerator) -> tuple[torch.nn.Module, torch.optim.Optimizer]:

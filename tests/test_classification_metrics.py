@@ -1,9 +1,9 @@
-"""Unit tests for caev2_hf.classification_metrics: ranked predictions and the shipped top-k metric."""
+"""Unit tests for caev2_hf.evaluation.metrics: ranked predictions and the shipped top-k metric."""
 
 import pytest
 import torch
 
-from caev2_hf.classification_metrics import compute_topk_accuracy, rank_predictions
+from caev2_hf.evaluation.metrics import compute_topk_accuracy, rank_predictions
 
 
 def test_topk_metric_counts_ranked_hits():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from caev2_hf import CAEv2Config, CAEv2ForPreTraining, CAEv2Model
-from caev2_hf.convert_official_checkpoint import (
+from caev2_hf.hub.convert_official_checkpoint import (
     check_encoder_matches_official,
     compute_official_encoder_output,
     convert_official_state_dict,
@@ -18,7 +18,7 @@ from caev2_hf.convert_official_checkpoint import (
     load_official_state_dict,
     main,
 )
-from caev2_hf.hub import REQUIRED_FILES
+from caev2_hf.hub.publish import REQUIRED_FILES
 
 
 def official_sincos_table(grid: int, dim: int, column_first: bool = False) -> torch.Tensor:
@@ -444,7 +444,7 @@ def test_cli_pretraining_folder_goes_back_to_the_official_file(tmp_path):
 
 def test_cli_push_to_hub_uploads_the_converted_folder(tiny_full_checkpoint, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
-    with mock.patch("caev2_hf.hub.HfApi") as api_class:
+    with mock.patch("caev2_hf.hub.publish.HfApi") as api_class:
         arguments = [
             "--checkpoint",
             str(tiny_full_checkpoint[0]),

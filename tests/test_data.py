@@ -13,8 +13,8 @@ import torch
 from datasets.exceptions import DatasetNotFoundError
 from PIL import Image
 
-import caev2_hf.data as data
-from caev2_hf.data import (
+import caev2_hf.data.images as data
+from caev2_hf.data.images import (
     PretrainImageStream,
     build_eval_transform,
     build_pretrain_dataloader,
@@ -28,7 +28,7 @@ from caev2_hf.data import (
     write_demo_image_folder,
     write_demo_tar_shards,
 )
-from caev2_hf.masking import MaskingCollator, RandomMaskGenerator
+from caev2_hf.data.masking import MaskingCollator, RandomMaskGenerator
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -8,7 +8,7 @@ from conftest import build_tiny_config
 from transformers import AutoImageProcessor, AutoModel
 
 from caev2_hf import CAEv2Config, CAEv2ForPreTraining, CAEv2Model
-from caev2_hf.export import describe_training, export_final_model, preset_of
+from caev2_hf.pretraining.export import describe_training, export_final_model, preset_of
 
 
 NUMBERS = {"max_steps": 1200, "effective_batch_size": 2048, "num_processes": 8, "learning_rate": 1.5e-3,

@@ -1,10 +1,10 @@
-"""Unit tests for caev2_hf.feature_cache: the encoder fingerprint that keys the cached features."""
+"""Unit tests for caev2_hf.evaluation.feature_cache: the encoder fingerprint that keys the cached features."""
 
 import torch
 from conftest import build_tiny_config
 
 from caev2_hf import CAEv2Model
-from caev2_hf.feature_cache import fingerprint_encoder
+from caev2_hf.evaluation.feature_cache import fingerprint_encoder
 
 
 def test_encoder_fingerprint_changes_with_any_weight_but_not_with_labels():

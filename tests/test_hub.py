@@ -15,8 +15,8 @@ from huggingface_hub import ModelCard
 from transformers import AutoImageProcessor
 
 from caev2_hf import CAEv2Config, CAEv2Model
-from caev2_hf.hub import list_folder_files, main, prepare_from_weights, push_folder
-from caev2_hf.model_card import render_model_card, write_size_cards
+from caev2_hf.hub.model_card import render_model_card, write_size_cards
+from caev2_hf.hub.publish import list_folder_files, main, prepare_from_weights, push_folder
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -228,7 +228,7 @@ class RecordingHfApi:
 
 
 def test_push_uploads_exactly_the_prepared_folder(prepared_folder, monkeypatch):
-    monkeypatch.setattr("caev2_hf.hub.HfApi", RecordingHfApi)
+    monkeypatch.setattr("caev2_hf.hub.publish.HfApi", RecordingHfApi)
     monkeypatch.setattr(RecordingHfApi, "calls", [])
     monkeypatch.setenv("HF_TOKEN", "hf_from_environment")
     main(["push", "--folder", str(prepared_folder), "--repo_id", "my-org/caev2-vit-tiny"])
@@ -240,7 +240,7 @@ def test_push_uploads_exactly_the_prepared_folder(prepared_folder, monkeypatch):
 
 
 def test_push_refuses_a_folder_that_is_not_prepared(tiny_weights, monkeypatch):
-    monkeypatch.setattr("caev2_hf.hub.HfApi", RecordingHfApi)
+    monkeypatch.setattr("caev2_hf.hub.publish.HfApi", RecordingHfApi)
     monkeypatch.setattr(RecordingHfApi, "calls", [])
     with pytest.raises(ValueError, match="not a prepared CAE v2 folder; missing README.md"):
         push_folder(tiny_weights, "my-org/caev2-vit-tiny")

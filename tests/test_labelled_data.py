@@ -1,10 +1,10 @@
-"""Unit tests for caev2_hf.labelled_data: what identifies a data source, and how its labels are counted."""
+"""Unit tests for caev2_hf.evaluation.labelled_data: what identifies a data source, and how its labels are counted."""
 
 from pathlib import Path
 
 import datasets
 
-from caev2_hf.labelled_data import build_label_mappings, count_labels, describe_data_source
+from caev2_hf.evaluation.labelled_data import build_label_mappings, count_labels, describe_data_source
 
 
 def test_data_description_changes_when_a_file_changes(tmp_path: Path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from caev2_hf.masking import (
+from caev2_hf.data.masking import (
     BlockMaskGenerator,
     MaskingCollator,
     RandomMaskGenerator,

@@ -1,8 +1,8 @@
-"""Unit tests for caev2_hf.probe: the grid of linear heads and the probe's BatchNorm."""
+"""Unit tests for caev2_hf.evaluation.probe: the grid of linear heads and the probe's BatchNorm."""
 
 import torch
 
-from caev2_hf.probe import fit_feature_batch_norm, train_linear_heads
+from caev2_hf.evaluation.probe import fit_feature_batch_norm, train_linear_heads
 
 
 def separable_features(num_examples: int = 96) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,12 +1,12 @@
-"""Unit tests for caev2_hf.probe_outputs: the probe's entries in a model card's model-index."""
+"""Unit tests for caev2_hf.evaluation.probe_outputs: the probe's entries in a model card's model-index."""
 
 from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
 
-from caev2_hf.model_card import add_eval_results
-from caev2_hf.probe_outputs import build_probe_eval_results
+from caev2_hf.evaluation.probe_outputs import build_probe_eval_results
+from caev2_hf.hub.model_card import add_eval_results
 
 
 RESULTS = {"top1_accuracy": 0.81234, "top5_accuracy": 0.95}

@@ -1,4 +1,4 @@
-"""Tests for run_finetune.py and caev2_hf.finetune: Trainer fine-tuning of a tiny CAE v2, offline, on the CPU."""
+"""Tests for run_finetune.py and caev2_hf.evaluation.finetune: Trainer fine-tuning of a tiny CAE v2, offline, on the CPU."""
 
 import importlib.util
 import json
@@ -14,7 +14,7 @@ from PIL import Image
 from transformers import Trainer, TrainingArguments, pipeline
 
 from caev2_hf import CAEv2ForImageClassification, CAEv2ForPreTraining
-from caev2_hf.finetune import (
+from caev2_hf.evaluation.finetune import (
     CAEv2FineTuningTrainer,
     build_classification_loss,
     build_finetune_trainer,
@@ -199,7 +199,7 @@ def test_mixup_leaves_the_odd_image_of_a_short_last_batch_out():
 def test_finetune_config_is_read_and_overridden_by_flags(size, learning_rate, layer_decay, mixup, warmup, tmp_path):
     config = str(REPO_ROOT / "configs" / f"finetune-vit-{size}.yaml")
     model_args, data_args, augmentation_args, training_args = run_finetune.parse_arguments_with_config(
-        (run_finetune.ModelArguments, run_finetune.ImageDataArguments, run_finetune.AugmentationArguments,
+        (run_finetune.FineTuningModelArguments, run_finetune.ImageDataArguments, run_finetune.AugmentationArguments,
          TrainingArguments),
         [config, "--output_dir", str(tmp_path), "--bf16", "false", "--report_to", "none"],
     )  # fmt: skip

@@ -18,7 +18,7 @@ from sklearn.datasets import load_digits
 from transformers import AutoModelForImageClassification, CLIPVisionModel, pipeline
 
 from caev2_hf import CAEv2ForPreTraining
-from caev2_hf.data import build_eval_transform, normalize_pixel_values
+from caev2_hf.data.images import build_eval_transform, normalize_pixel_values
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -245,7 +245,7 @@ def test_probe_refuses_validation_classes_the_head_does_not_have(encoder_dir: st
 def test_linear_probe_config_is_read_and_overridden_by_flags(size: str, batch_size: int):
     config = str(REPO_ROOT / "configs" / f"linear-probe-vit-{size}.yaml")
     model_args, data_args, probe_args = run_linear_probe.parse_arguments_with_config(
-        (run_linear_probe.ModelArguments, run_linear_probe.ImageDataArguments, run_linear_probe.ProbeArguments),
+        (run_linear_probe.ProbeModelArguments, run_linear_probe.ImageDataArguments, run_linear_probe.ProbeArguments),
         [config, "--epochs", "3", "--protocol", "fast"],
     )
     assert (probe_args.batch_size, probe_args.base_learning_rate, probe_args.warmup_epochs) == (batch_size, 0.1, 10)
@@ -255,7 +255,7 @@ def test_linear_probe_config_is_read_and_overridden_by_flags(size: str, batch_si
 
 def test_fast_probe_reads_tar_shards_and_holds_out_part_of_train(encoder_dir: str, tmp_path: Path):
     """--train_files / --validation_files (webdataset shards) and --holdout_fraction, as the README documents."""
-    from caev2_hf.data import write_demo_tar_shards
+    from caev2_hf.data.images import write_demo_tar_shards
 
     train = write_demo_tar_shards(str(tmp_path / "train"), num_shards=2, images_per_shard=30, image_size=40, seed=0)
     validation = write_demo_tar_shards(str(tmp_path / "val"), num_shards=1, images_per_shard=20, image_size=40, seed=1)

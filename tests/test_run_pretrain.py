@@ -21,11 +21,12 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoImageProcessor, AutoModel
 
-import caev2_hf.hub
+import caev2_hf.hub.publish
 from caev2_hf import CAEv2Config, CAEv2ForPreTraining, CAEv2Model
-from caev2_hf.checkpointing import read_training_state
-from caev2_hf.data import write_demo_image_folder
-from caev2_hf.training_args import parse_pretraining_arguments
+from caev2_hf.data.images import write_demo_image_folder
+from caev2_hf.pretraining.arguments import parse_pretraining_arguments
+from caev2_hf.pretraining.checkpointing import read_training_state
+from caev2_hf.pretraining.step import PretrainingStep, build_accelerator
 
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
@@ -115,17 +116,17 @@ def test_resume_matches_uninterrupted_run(
     interrupted = write_config(tmp_path, "interrupted", **data, **arguments)
     run_pretrain.main(["--config", uninterrupted])
 
-    original_step, calls = run_pretrain.train_step, itertools.count()
+    original_call, calls = PretrainingStep.__call__, itertools.count()
 
-    def crash_during_update_4(*args, **kwargs):
+    def crash_during_update_4(step, batch):
         if next(calls) == 7:
             raise KeyboardInterrupt("simulated preemption")
-        return original_step(*args, **kwargs)
+        return original_call(step, batch)
 
-    monkeypatch.setattr(run_pretrain, "train_step", crash_during_update_4)
+    monkeypatch.setattr(PretrainingStep, "__call__", crash_during_update_4)
     with pytest.raises(KeyboardInterrupt):
         run_pretrain.main(["--config", interrupted])
-    monkeypatch.setattr(run_pretrain, "train_step", original_step)
+    monkeypatch.setattr(PretrainingStep, "__call__", original_call)
     run_pretrain.main(["--config", interrupted, "--resume_from_checkpoint", "latest"])
 
     expected, resumed = final_weights(tmp_path / "uninterrupted"), final_weights(tmp_path / "interrupted")
@@ -293,7 +294,7 @@ def test_resume_from_a_missing_checkpoint_is_reported(tmp_path: Path, demo_image
 
 
 class RecordingHfApi:
-    """Stands in for huggingface_hub.HfApi inside caev2_hf.hub: records the repo and the files of each upload."""
+    """Stands in for huggingface_hub.HfApi inside caev2_hf.hub.publish: records the repo and the files of each upload."""
 
     instances: list["RecordingHfApi"] = []
 
@@ -315,7 +316,7 @@ def test_push_to_hub_uploads_the_final_folder_with_the_token_from_the_environmen
     tmp_path: Path, demo_image_folder: str, monkeypatch
 ) -> None:
     monkeypatch.setenv("HF_TOKEN", "hf_from_environment")
-    monkeypatch.setattr(caev2_hf.hub, "HfApi", RecordingHfApi)
+    monkeypatch.setattr(caev2_hf.hub.publish, "HfApi", RecordingHfApi)
     RecordingHfApi.instances.clear()
     config = write_config(tmp_path, train_dir=demo_image_folder, max_steps=1)
     run_pretrain.main(["--config", config, "--push_to_hub", "--hub_model_id", "me/caev2-test", "--hub_private_repo"])
@@ -372,7 +373,7 @@ def test_build_accelerator_applies_compile_and_precision(
             str(torch_compile),
         ]
     )
-    accelerator = run_pretrain.build_accelerator(training_args)
+    accelerator = build_accelerator(training_args)
     assert accelerator.mixed_precision == mixed_precision
     assert accelerator.state.dynamo_plugin.backend.value == backend
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from caev2_hf.schedule import TrainingNumbers, build_lr_scheduler, compute_training_numbers
+from caev2_hf.pretraining.schedule import TrainingNumbers, build_lr_scheduler, compute_training_numbers
 
 
 def test_numbers_scale_the_learning_rate_linearly_with_the_effective_batch() -> None:

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from caev2_hf.step_tracking import StepTracker
+from caev2_hf.pretraining.step_tracking import StepTracker
 
 
 class SingleProcess:

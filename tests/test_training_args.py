@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from caev2_hf.schedule import compute_training_numbers
-from caev2_hf.training_args import parse_pretraining_arguments
+from caev2_hf.pretraining.arguments import parse_pretraining_arguments
+from caev2_hf.pretraining.schedule import compute_training_numbers
 
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

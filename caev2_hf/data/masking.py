@@ -13,7 +13,7 @@ import torch
 
 
 if TYPE_CHECKING:
-    from .configuration_caev2 import CAEv2Config
+    from ..configuration_caev2 import CAEv2Config
 
 
 def _validate_grid_and_count(grid_size: tuple[int, int], num_masking_patches: int) -> tuple[int, int]:

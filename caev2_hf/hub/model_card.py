@@ -1,7 +1,7 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
 """Model cards for CAE v2 checkpoints, all rendered from `model_card_template.md` (converted, trained or pushed).
 
-python -m caev2_hf.model_card --output_dir model_cards [--namespace my-org]
+python -m caev2_hf.hub.model_card --output_dir model_cards [--namespace my-org]
 """
 
 import argparse
@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .configuration_caev2 import CAEV2_PRESETS, CAEv2Config
-from .modeling_caev2 import CAEv2Model
+from ..configuration_caev2 import CAEV2_PRESETS, CAEv2Config
+from ..modeling_caev2 import CAEv2Model
 
 
 TEMPLATE_PATH = Path(__file__).with_name("model_card_template.md")

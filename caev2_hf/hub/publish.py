@@ -18,8 +18,8 @@ from pathlib import Path
 from huggingface_hub import HfApi
 from transformers import PreTrainedModel
 
-from . import modeling_caev2
-from .configuration_caev2 import CAEV2_PRESETS, CAEv2Config
+from .. import modeling_caev2
+from ..configuration_caev2 import CAEV2_PRESETS, CAEv2Config
 from .model_card import write_model_card
 
 

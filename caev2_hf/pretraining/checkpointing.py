@@ -22,7 +22,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from transformers.utils import logging
 
-from .data import iterate_forever
+from ..data.images import iterate_forever
 
 
 logger = logging.get_logger(__name__)

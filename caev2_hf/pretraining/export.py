@@ -9,9 +9,9 @@ import torch
 from accelerate import Accelerator
 from huggingface_hub import HfApi
 
-from .hub import check_matches_preset, push_folder
-from .model_card import write_model_card
-from .modeling_caev2 import CAEv2ForPreTraining
+from ..hub.model_card import write_model_card
+from ..hub.publish import check_matches_preset, push_folder
+from ..modeling_caev2 import CAEv2ForPreTraining
 
 
 PRETRAINING_SUBFOLDER = "pretraining"

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel
 from transformers.utils import logging
 
-from .data import build_eval_transform
+from ..data.images import build_eval_transform
 from .frozen_encoder import EncoderPreprocessing, extract_features
 from .labelled_data import build_eval_loader, describe_data_source, open_labelled_dataset, read_label_names
 

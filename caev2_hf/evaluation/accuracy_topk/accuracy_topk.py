@@ -22,7 +22,7 @@ Returns:
     `top{k}_accuracy` (`float` in [0, 1]) for each k.
 Examples:
     >>> import evaluate
-    >>> from caev2_hf.classification_metrics import ACCURACY_TOPK_PATH
+    >>> from caev2_hf.evaluation.metrics import ACCURACY_TOPK_PATH
     >>> metric = evaluate.load(ACCURACY_TOPK_PATH)
     >>> metric.compute(predictions=[[2, 0], [1, 2]], references=[0, 1], k=(1, 2))
     {'top1_accuracy': 0.5, 'top2_accuracy': 1.0}

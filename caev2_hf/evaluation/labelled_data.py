@@ -11,7 +11,7 @@ from pathlib import Path
 import datasets
 from torch.utils.data import DataLoader, default_collate
 
-from .data import PretrainImageStream, open_image_dataset
+from ..data.images import PretrainImageStream, open_image_dataset
 
 
 @dataclass

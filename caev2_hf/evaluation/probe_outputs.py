@@ -11,9 +11,9 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import PreTrainedModel
 
+from ..hub.model_card import build_eval_results
+from ..modeling_caev2 import CAEv2ForImageClassification, CAEv2Model
 from .labelled_data import build_label_mappings
-from .model_card import build_eval_results
-from .modeling_caev2 import CAEv2ForImageClassification, CAEv2Model
 
 
 def build_probe_classifier(

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoImageProcessor, AutoModel, PreTrainedModel
 
-from .configuration_caev2 import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, CAEv2Config
-from .data import normalize_pixel_values
+from ..configuration_caev2 import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, CAEv2Config
+from ..data.images import normalize_pixel_values
 
 
 @dataclass

@@ -3,10 +3,10 @@ r"""Official CAE v2 checkpoints (Atten4Vis/CAE, `project/CAEv2`) <-> transformer
 
 Released encoder weights, a full pretraining checkpoint (`--pretraining`), and back (`--to_official`):
 
-    python -m caev2_hf.convert_official_checkpoint --checkpoint caev2_base.pth --size base --output_dir caev2-vit-base
-    python -m caev2_hf.convert_official_checkpoint --checkpoint checkpoint-299.pth --size tiny --pretraining \
+    python -m caev2_hf.hub.convert_official_checkpoint --checkpoint caev2_base.pth --size base --output_dir caev2-vit-base
+    python -m caev2_hf.hub.convert_official_checkpoint --checkpoint checkpoint-299.pth --size tiny --pretraining \
         --output_dir caev2-vit-tiny-pretraining
-    python -m caev2_hf.convert_official_checkpoint --to_official --checkpoint caev2-vit-base --output_dir official
+    python -m caev2_hf.hub.convert_official_checkpoint --to_official --checkpoint caev2-vit-base --output_dir official
 """
 
 import argparse
@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import PreTrainedModel
 
-from .configuration_caev2 import CAEV2_PRESETS, CAEv2Config
-from .hub import prepare_folder, push_folder
-from .modeling_caev2 import CAEv2ForPreTraining, CAEv2Model, build_2d_sincos_position_embedding
+from ..configuration_caev2 import CAEV2_PRESETS, CAEv2Config
+from ..modeling_caev2 import CAEv2ForPreTraining, CAEv2Model, build_2d_sincos_position_embedding
+from .publish import prepare_folder, push_folder
 
 
 logger = logging.getLogger(__name__)

@@ -10,11 +10,11 @@ from torch.utils.data import default_collate
 from torchvision.transforms import v2
 from transformers import AutoConfig, AutoModelForImageClassification, EvalPrediction, Trainer, TrainingArguments
 
-from .classification_metrics import compute_topk_accuracy, rank_predictions
-from .data import PretrainImageStream, build_eval_transform
+from ..data.images import PretrainImageStream, build_eval_transform
+from ..modeling_caev2 import CAEv2ForImageClassification
+from ..optim import build_parameter_groups
 from .labelled_data import build_label_mappings
-from .modeling_caev2 import CAEv2ForImageClassification
-from .optim import build_parameter_groups
+from .metrics import compute_topk_accuracy, rank_predictions
 
 
 SHUFFLE_BUFFER_SIZE = 10_000  # examples held for shuffling a stream, as in pretraining

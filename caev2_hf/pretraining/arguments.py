@@ -1,21 +1,21 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
 """Arguments of `run_pretrain.py`: model, data and training dataclasses read from a YAML file plus command-line overrides.
 
-Precedence: command line > YAML file (`--config`) > the defaults below; `caev2_hf.arguments` reads them. The YAML file
+Precedence: command line > YAML file (`--config`) > the defaults below; `caev2_hf.cli` reads them. The YAML file
 is one flat mapping whose keys are the field names of the three dataclasses (see `configs/*.yaml`).
 """
 
 import json
 from dataclasses import dataclass, field
 
-from .arguments import parse_arguments_with_config
+from ..cli import parse_arguments_with_config
 
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 
 
 @dataclass
-class ModelArguments:
+class PretrainingModelArguments:
     """Which CAE v2 to pretrain."""
 
     model_preset: str = field(
@@ -48,7 +48,7 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments:
+class PretrainingDataArguments:
     """Where the images come from and how they are augmented (SPEC §8). Give exactly one source."""
 
     dataset_name: str | None = field(
@@ -155,11 +155,11 @@ class PretrainingArguments:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1.")
 
 
-ARGUMENT_CLASSES = (ModelArguments, DataArguments, PretrainingArguments)
+ARGUMENT_CLASSES = (PretrainingModelArguments, PretrainingDataArguments, PretrainingArguments)
 
 
 def parse_pretraining_arguments(
     argv: list[str] | None = None,
-) -> tuple[ModelArguments, DataArguments, PretrainingArguments]:
+) -> tuple[PretrainingModelArguments, PretrainingDataArguments, PretrainingArguments]:
     """`--config file.yaml` sets the values, then every other `--name value` overrides them."""
     return parse_arguments_with_config(ARGUMENT_CLASSES, argv)

@@ -7,7 +7,7 @@ import evaluate
 import torch
 
 
-ACCURACY_TOPK_PATH = str(Path(__file__).with_name("metrics") / "accuracy_topk")
+ACCURACY_TOPK_PATH = str(Path(__file__).with_name("accuracy_topk"))
 
 
 def rank_predictions(logits: torch.Tensor, k: int = 5) -> torch.Tensor:

@@ -21,18 +21,18 @@ from torch.utils.data import default_collate
 from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
 from transformers.utils import logging
 
-from .classification_metrics import rank_predictions
-from .data import (
+from ..data.images import (
     build_eval_transform,
     build_pretrain_dataloader,
     build_pretrain_transform,
     iterate_forever,
     shard_for_process,
 )
+from ..optim import LARS
 from .feature_cache import fingerprint_encoder, load_or_extract_features
 from .frozen_encoder import EncoderPreprocessing, extract_features
 from .labelled_data import build_eval_loader, open_labelled_datasets, resolve_class_names
-from .lars import LARS
+from .metrics import rank_predictions
 
 
 logger = logging.get_logger(__name__)

@@ -1,0 +1,98 @@
+# Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
+"""The pretraining step, and the Accelerator, optimizer and scheduler it runs with.
+
+`run_pretrain.py` and `benchmarks/bench_pretrain.py` both build these objects here and call the same
+`PretrainingStep`, so a benchmark figure is the training script's figure (docs/design.md#training-loop).
+"""
+
+import os
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, send_to_device
+
+from ..data.images import normalize_pixel_values
+from ..optim import build_parameter_groups
+from .arguments import PretrainingArguments
+from .schedule import TrainingNumbers, build_lr_scheduler
+from .step_tracking import StepTracker
+
+
+MODEL_INPUTS = ("pixel_values", "bool_masked_pos")  # what goes to the device; labels and counters stay on the host
+
+
+def build_accelerator(training_args: PretrainingArguments) -> Accelerator:
+    """Devices, precision, accumulation, compilation and TensorBoard; unset options come from `accelerate launch`."""
+    # Accelerate joins CPU processes into one group only when told (`accelerate launch --cpu`); without this,
+    # `torchrun` on a machine without GPUs starts independent runs that overwrite each other's checkpoints.
+    launched_processes = int(os.environ.get("WORLD_SIZE", "1"))
+    accelerator = Accelerator(
+        cpu=launched_processes > 1 and not torch.cuda.is_available(),
+        gradient_accumulation_steps=training_args.gradient_accumulation_steps,
+        mixed_precision=training_args.mixed_precision,
+        log_with=None if training_args.report_to == "none" else training_args.report_to,
+        project_config=ProjectConfiguration(
+            project_dir=training_args.output_dir, logging_dir=os.path.join(training_args.output_dir, "logs")
+        ),
+        dynamo_backend="inductor" if training_args.torch_compile else None,
+        step_scheduler_with_optimizer=False,  # we step it once per update; Accelerate would step it per process
+    )
+    if accelerator.num_processes != launched_processes:
+        raise RuntimeError(
+            f"The launcher started {launched_processes} processes but Accelerate joined {accelerator.num_processes}: "
+            "on a machine without CUDA, launch with `accelerate launch --cpu` (or set ACCELERATE_USE_CPU=1)."
+        )
+    return accelerator
+
+
+def build_optimizer_and_scheduler(
+    model: torch.nn.Module, training_args: PretrainingArguments, numbers: TrainingNumbers
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW without decay on 1-D tensors, fused on every device: besides being the fastest AdamW, the fused kernel
+    lets StepTracker skip a non-finite update on the device (no host sync)."""
+    optimizer = torch.optim.AdamW(
+        build_parameter_groups(model, training_args.weight_decay),
+        lr=numbers.learning_rate,
+        betas=(training_args.adam_beta1, training_args.adam_beta2),
+        eps=training_args.adam_epsilon,
+        fused=True,
+    )
+    return optimizer, build_lr_scheduler(optimizer, numbers, training_args.min_learning_rate)
+
+
+@dataclass
+class PretrainingStep:
+    """One micro-batch of pretraining: copy to the device, normalise, forward, backward and, on the last micro-batch
+    of an update, clip + AdamW + scheduler. Objects come prepared by `accelerator.prepare`."""
+
+    accelerator: Accelerator
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    tracker: StepTracker
+    max_grad_norm: float | None
+    image_mean: tuple[float, ...]
+    image_std: tuple[float, ...]
+
+    def prepare_inputs(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The model's keyword arguments on the device; pixels travel as uint8 (a quarter of float's bytes)."""
+        inputs = {key: batch[key] for key in (*MODEL_INPUTS, "target_features") if key in batch}
+        inputs = send_to_device(inputs, self.accelerator.device, non_blocking=True)
+        inputs["pixel_values"] = normalize_pixel_values(inputs["pixel_values"], self.image_mean, self.image_std)
+        return inputs
+
+    def __call__(self, batch: dict):
+        accelerator, optimizer = self.accelerator, self.optimizer
+        with accelerator.accumulate(self.model):
+            outputs = self.model(**self.prepare_inputs(batch))
+            accelerator.backward(outputs.loss)
+            if accelerator.sync_gradients:
+                grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), self.max_grad_norm or float("inf"))
+                self.tracker.skip_update_if_nonfinite(optimizer, grad_norm)
+            optimizer.step()  # a no-op before the last micro-batch (Accelerate), or when the guard found NaN/inf
+            if accelerator.sync_gradients:
+                self.scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        self.tracker.record_batch(outputs, batch["num_skipped_images"])
+        return outputs
