@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
-"""Pretrain CAE v2 with Accelerate on a stream of images (DESIGN §6, recipe in SPEC §8).
+"""Pretrain CAE v2 with Accelerate on a stream of images (docs/design.md#training-loop, recipe in docs/method.md#recipes).
 
     python run_pretrain.py --config configs/demo.yaml            # offline demo on a CPU, well under a minute
     accelerate launch --config_file configs/accelerate/ddp-8gpu.yaml run_pretrain.py --config configs/vit-base.yaml

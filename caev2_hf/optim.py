@@ -26,7 +26,7 @@ def layer_id_for_parameter(name: str, num_layers: int) -> int:
 
 def is_decayed(name: str, parameter: torch.Tensor) -> bool:
     """Matrices and convolutions decay; biases, norms, layer scales (all 1-D) do not. The [CLS] and mask tokens are
-    3-D and decay, as in the official pretraining (SPEC §7)."""
+    3-D and decay, as in the official pretraining (docs/method.md#initialisation)."""
     return parameter.ndim >= 2
 
 

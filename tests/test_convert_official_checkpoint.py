@@ -1,4 +1,4 @@
-"""Tests for caev2_hf/convert_official_checkpoint.py on fake official state dicts built from the SPEC §9 key list."""
+"""Tests for caev2_hf/convert_official_checkpoint.py on fake official state dicts built from the key list in docs/method.md#checkpoint-keys-of-the-authors-code."""
 
 import argparse
 import json
@@ -22,7 +22,7 @@ from caev2_hf.hub.publish import REQUIRED_FILES
 
 
 def official_sincos_table(grid: int, dim: int, column_first: bool = False) -> torch.Tensor:
-    """The official fixed table (SPEC §2) in float32 as the authors compute it: row first, zero [CLS] row."""
+    """The official fixed table (docs/method.md#encoder) in float32 as the authors compute it: row first, zero [CLS] row."""
     quarter = dim // 4
     omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter)
     rows, cols = torch.meshgrid(
@@ -34,7 +34,7 @@ def official_sincos_table(grid: int, dim: int, column_first: bool = False) -> to
     return torch.cat([torch.zeros(1, dim), table])[None]
 
 
-# SPEC §9, written out independently of the converter. Shapes in letters: D encoder width, M encoder MLP width,
+# docs/method.md#checkpoint-keys-of-the-authors-code, written out independently of the converter. Shapes in letters: D encoder width, M encoder MLP width,
 # R regressor width, H regressor MLP width, T tokens (1 + patches), P patch size, O head output width.
 # `name.*` is a module with `name.weight` of the shape given and `name.bias` of its first dimension.
 ENCODER_KEYS = {"encoder.cls_token": "1,1,D", "encoder.pos_embed": "1,T,D", "encoder.patch_embed.proj.*": "D,3,P,P"}
@@ -73,7 +73,7 @@ HEAD_KEYS = {"regresser.norm.*": "R", "decoder.norm.*": "R", "decoder.head.*": "
 
 
 def official_shapes(config: CAEv2Config, pretraining: bool) -> dict[str, tuple[int, ...]]:
-    """Every key of an official state dict with its shape, from the SPEC §9 lists above."""
+    """Every key of an official state dict with its shape, from the docs/method.md#checkpoint-keys-of-the-authors-code lists above."""
     keys = dict(ENCODER_KEYS)
     for index in range(config.num_hidden_layers):
         keys.update({f"encoder.blocks.{index}.{name}": shape for name, shape in ENCODER_BLOCK_KEYS.items()})
@@ -109,15 +109,15 @@ def parse_shape(code: str, sizes: dict[str, int]) -> tuple[int, ...]:
     return tuple(int(part) if part.isdigit() else int(part[:-1] or 1) * sizes[part[-1]] for part in code.split(","))
 
 
-# SPEC §9 trainable counts (fixed tables excluded): encoder alone, and the official module with its unused norm.
-SPEC_PARAMETER_COUNTS = {
+# docs/method.md#checkpoint-keys-of-the-authors-code trainable counts (fixed tables excluded): encoder alone, and the official module with its unused norm.
+REFERENCE_PARAMETER_COUNTS = {
     "tiny": (5_488_896, 5_670_080),
     "small": (21_594_624, 23_570_048),
     "base": (85_656_576, 114_420_992),
 }
 
 
-@pytest.mark.parametrize("size", sorted(SPEC_PARAMETER_COUNTS))
+@pytest.mark.parametrize("size", sorted(REFERENCE_PARAMETER_COUNTS))
 def test_fake_official_key_list_has_the_spec_parameter_counts(size):
     config = CAEv2Config.from_preset(size)
     counts = [
@@ -126,7 +126,7 @@ def test_fake_official_key_list_has_the_spec_parameter_counts(size):
         )
         for pretraining in (False, True)
     ]
-    assert tuple(counts) == SPEC_PARAMETER_COUNTS[size]
+    assert tuple(counts) == REFERENCE_PARAMETER_COUNTS[size]
 
 
 def build_official_state_dict(
@@ -193,7 +193,7 @@ def test_convert_splits_fused_qkv_into_query_key_value_rows(full_official):
         assert ours + "k_proj.bias" not in converted
 
 
-# SPEC §9 official names -> ours, stated here independently of the converter's table.
+# docs/method.md#checkpoint-keys-of-the-authors-code official names -> ours, stated here independently of the converter's table.
 EXPECTED_PLACEMENTS = {
     "encoder.cls_token": "caev2.embeddings.cls_token",
     "encoder.patch_embed.proj.weight": "caev2.embeddings.patch_embeddings.projection.weight",

@@ -21,15 +21,15 @@ from caev2_hf.hub.publish import list_folder_files, main, prepare_from_weights, 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SIZES = ("tiny", "small", "base", "large")
-# SPEC §10, CAE v2+ (the official recipe): ImageNet-1k LIN / FT top-1, ADE20K mIoU, COCO Mask R-CNN 1x AP box / mask.
-SPEC_RESULTS = {
+# docs/method.md#paper-results, CAE v2+ (the official recipe): ImageNet-1k LIN / FT top-1, ADE20K mIoU, COCO Mask R-CNN 1x AP box / mask.
+PAPER_RESULTS = {
     "tiny": {"Top-1 (LIN)": 69.3, "Top-1 (FT)": 77.8, "mIoU": 44.7},
     "small": {"Top-1 (LIN)": 77.5, "Top-1 (FT)": 83.1, "mIoU": 49.7, "AP box": 49.0, "AP mask": 42.2},
     "base": {"Top-1 (LIN)": 80.6, "Top-1 (FT)": 85.3, "mIoU": 52.9, "AP box": 52.0, "AP mask": 44.9},
     "large": {"Top-1 (LIN)": 81.7, "Top-1 (FT)": 86.7, "mIoU": 55.9},
 }
-# SPEC §10, CAE v2 with visible-only supervision: LIN / FT / ADE20K, shown in the card's prose only.
-SPEC_VISIBLE_ONLY = {
+# docs/method.md#paper-results, CAE v2 with visible-only supervision: LIN / FT / ADE20K, shown in the card's prose only.
+PAPER_VISIBLE_ONLY = {
     "tiny": "| 68.8 | 77.4 | 44.2 |",
     "small": "| 77.3 | 82.8 | 49.1 |",
     "base": "| 80.5 | 85.2 | 53.1 |",
@@ -57,7 +57,7 @@ def test_card_metadata_parses_as_hub_yaml(size):
 def test_card_model_index_holds_the_paper_numbers_marked_as_reported(size):
     card = ModelCard(str(render_model_card(CAEv2Config.from_preset(size), size=size)))
     results = card.data.eval_results
-    assert {result.metric_name: result.metric_value for result in results} == SPEC_RESULTS[size]
+    assert {result.metric_name: result.metric_value for result in results} == PAPER_RESULTS[size]
     assert all(result.source_url == "https://arxiv.org/abs/2211.09799" for result in results)
     assert all(result.source_name.startswith("Reported by the CAE v2 paper") for result in results)
 
@@ -66,19 +66,19 @@ def test_card_model_index_holds_the_paper_numbers_marked_as_reported(size):
 def test_card_body_shows_the_paper_tables_as_reported_not_reproduced(size):
     text = str(render_model_card(CAEv2Config.from_preset(size), size=size, model_id=f"my-org/caev2-vit-{size}"))
     assert "**Reported by the paper, not reproduced by this repository**" in text
-    assert (SPEC_VISIBLE_ONLY.get(size, "visible-only") in text) == (size != "large")
+    assert (PAPER_VISIBLE_ONLY.get(size, "visible-only") in text) == (size != "large")
     assert f'AutoModel.from_pretrained("my-org/caev2-vit-{size}", trust_remote_code=True)' in text
     masking = {
         "tiny": "30 of 196 patches (15%)",
         "small": "49 of 196 patches (25%)",
         "base": "98 of 196 patches (50%)",
     }
-    assert f"block-wise, {masking.get(size, '98 of 196 patches (50%)')}" in text  # SPEC §2 / §6
+    assert f"block-wise, {masking.get(size, '98 of 196 patches (50%)')}" in text  # docs/method.md#encoder, #masking
 
 
 def test_card_counts_the_spec_encoder_parameters():
     text = str(render_model_card(CAEv2Config.from_preset("base"), size="base"))
-    assert "| Encoder parameters | 85,656,576 |" in text  # SPEC §9
+    assert "| Encoder parameters | 85,656,576 |" in text  # docs/method.md#checkpoint-keys-of-the-authors-code
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ BLOCK_PARAMETERS = {
 
 
 def test_layer_decay_groups_of_a_two_layer_model_match_the_hand_written_table():
-    # SPEC §8: scale = decay ** (L + 1 - id) with L = 2: embeddings 0.75^3, block 0 0.75^2, block 1 0.75, head 1.
+    # docs/method.md#recipes: scale = decay ** (L + 1 - id) with L = 2: embeddings 0.75^3, block 0 0.75^2, block 1 0.75, head 1.
     model = CAEv2ForImageClassification(build_tiny_config(num_labels=3))
     optimizer = build_layer_decay_optimizer(model, learning_rate=1e-3, weight_decay=0.05, layer_decay=0.75)
     expected = {

@@ -25,9 +25,9 @@ from caev2_hf.evaluation.finetune import (
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SPEC = importlib.util.spec_from_file_location("run_finetune", REPO_ROOT / "run_finetune.py")
-run_finetune = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(run_finetune)
+MODULE_SPEC = importlib.util.spec_from_file_location("run_finetune", REPO_ROOT / "run_finetune.py")
+run_finetune = importlib.util.module_from_spec(MODULE_SPEC)
+MODULE_SPEC.loader.exec_module(run_finetune)
 
 COLOURS = {"blue": (40, 60, 200), "green": (40, 180, 60), "red": (210, 50, 40)}
 # No timm in CI: mixup and cutmix off; no RandAugment or erasing, so a few steps visibly lower the loss.

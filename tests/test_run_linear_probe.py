@@ -22,9 +22,9 @@ from caev2_hf.data.images import build_eval_transform, normalize_pixel_values
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SPEC = importlib.util.spec_from_file_location("run_linear_probe", REPO_ROOT / "run_linear_probe.py")
-run_linear_probe = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(run_linear_probe)
+MODULE_SPEC = importlib.util.spec_from_file_location("run_linear_probe", REPO_ROOT / "run_linear_probe.py")
+run_linear_probe = importlib.util.module_from_spec(MODULE_SPEC)
+MODULE_SPEC.loader.exec_module(run_linear_probe)
 
 # Short runs: 15 epochs of 10 steps. LARS moves a matrix by lr x 0.001 of its norm per step, so a batch of 50
 # needs a larger base lr than ImageNet's 0.1 at 8192 to train in 150 steps.

@@ -31,9 +31,9 @@ from caev2_hf.pretraining.step import PretrainingStep, build_accelerator
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SPEC = importlib.util.spec_from_file_location("run_pretrain", REPO_ROOT / "run_pretrain.py")
-run_pretrain = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(run_pretrain)
+MODULE_SPEC = importlib.util.spec_from_file_location("run_pretrain", REPO_ROOT / "run_pretrain.py")
+run_pretrain = importlib.util.module_from_spec(MODULE_SPEC)
+MODULE_SPEC.loader.exec_module(run_pretrain)
 
 
 def tiny_model_overrides() -> dict:

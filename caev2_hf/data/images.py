@@ -1,4 +1,4 @@
-"""The pretraining data path (DESIGN §5): open a stream, decode, crop to uint8, batch in workers, normalise on device.
+"""The pretraining data path (docs/design.md#data-path): open a stream, decode, crop to uint8, batch in workers, normalise on device.
 
 Host work stays cheap: one decode, one crop-and-resize, colour jitter on the small uint8 crop, no float tensors.
 Bad images are converted (CMYK, grayscale, alpha, palette) or skipped and counted, never fatal and never silent.
@@ -173,7 +173,7 @@ def to_rgb_image(image: ImageLike) -> Image.Image | None:
 def build_pretrain_transform(
     image_size: int = 224, scale: tuple[float, float] = (0.4, 1.0), color_jitter: float = 0.4, hflip: bool = True
 ) -> v2.Compose:
-    """SPEC §8 pretraining augmentation on uint8: crop first, then flip and jitter the small crop."""
+    """docs/method.md#recipes pretraining augmentation on uint8: crop first, then flip and jitter the small crop."""
     transforms = [
         v2.PILToTensor(),
         v2.RandomResizedCrop(image_size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
@@ -186,7 +186,7 @@ def build_pretrain_transform(
 
 
 def build_eval_transform(image_size: int = 224, resize_size: int = 256) -> v2.Compose:
-    """SPEC §8 evaluation view: bicubic resize of the short side, centre crop, uint8."""
+    """docs/method.md#recipes evaluation view: bicubic resize of the short side, centre crop, uint8."""
     return v2.Compose(
         [
             v2.PILToTensor(),

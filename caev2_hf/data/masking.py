@@ -1,7 +1,7 @@
-"""Training masks for CAE v2 (SPEC §6): block-wise (BEiT style, the default) and uniformly random.
+"""Training masks for CAE v2 (docs/method.md#masking): block-wise (BEiT style, the default) and uniformly random.
 
 Every mask has exactly the requested number of masked patches, because the encoder gathers the same number of
-visible patches for every image of a batch (SPEC §2). Randomness always comes from an explicit numpy Generator, so
+visible patches for every image of a batch (docs/method.md#encoder). Randomness always comes from an explicit numpy Generator, so
 a resumed run that replays the data stream redraws the same masks.
 """
 
@@ -46,7 +46,7 @@ def _adjust_to_count(mask: np.ndarray, num_masking_patches: int, rng: np.random.
 
 
 class BlockMaskGenerator:
-    """Block-wise masking of BEiT, as CAE v2 uses it (SPEC §6), with a bounded loop and an exact count.
+    """Block-wise masking of BEiT, as CAE v2 uses it (docs/method.md#masking), with a bounded loop and an exact count.
 
     Args:
         grid_size: (rows, columns) of the patch grid, e.g. (14, 14) for 224 px images with 16 px patches.
@@ -56,7 +56,7 @@ class BlockMaskGenerator:
         max_aspect: largest block aspect ratio; defaults to 1 / min_aspect.
     """
 
-    max_attempts_per_block = 10  # SPEC §6: up to 10 tries to place one block
+    max_attempts_per_block = 10  # docs/method.md#masking: up to 10 tries to place one block
     max_stalled_rounds = 10  # blocks in a row that add nothing before the random top-up
 
     def __init__(
@@ -112,7 +112,7 @@ class BlockMaskGenerator:
         mask = np.zeros((self.height, self.width), dtype=bool)
         num_masked = 0
         # Bounded: at most num_masking_patches productive rounds and max_stalled_rounds rounds in a row that add
-        # nothing (the official loop retries forever and can spin at high ratios, SPEC §6); a random top-up or trim
+        # nothing (the official loop retries forever and can spin at high ratios, docs/method.md#masking); a random top-up or trim
         # then makes the count exact.
         stalled_rounds = 0
         while num_masked < self.num_masking_patches and stalled_rounds < self.max_stalled_rounds:
@@ -159,7 +159,7 @@ def build_mask_generator(config: "CAEv2Config") -> MaskGenerator:
 
 
 class MaskingCollator:
-    """Stacks uint8 images and draws one mask per image, in the loader workers (DESIGN §5: no float work here).
+    """Stacks uint8 images and draws one mask per image, in the loader workers (docs/design.md#data-path: no float work here).
 
     The masks of a batch come from a Generator seeded by (seed, process index, worker id, epoch, batch index of
     this worker in this epoch), so they depend only on the data position: two runs with the same seed and data

@@ -1,7 +1,7 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
 """Centre-crop features of a frozen encoder, cached on disk under a key of the encoder's weights, data and transform.
 
-The fast linear-probe protocol extracts them once and trains its grid of heads on them (SPEC §8).
+The fast linear-probe protocol extracts them once and trains its grid of heads on them (docs/method.md#recipes).
 """
 
 import hashlib

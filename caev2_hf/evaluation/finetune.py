@@ -1,5 +1,5 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
-"""Fine-tuning through the transformers `Trainer` (SPEC §8): layer-wise lr decay, mixup / cutmix, top-k metrics."""
+"""Fine-tuning through the transformers `Trainer` (docs/method.md#recipes): layer-wise lr decay, mixup / cutmix, top-k metrics."""
 
 import math
 from collections.abc import Callable

@@ -13,7 +13,7 @@ from ..data.images import normalize_pixel_values
 
 @dataclass
 class EncoderPreprocessing:
-    """How images reach the encoder: crop side, evaluation resize (256 for a 224 crop, SPEC §8), normalisation."""
+    """How images reach the encoder: crop side, evaluation resize (256 for a 224 crop, docs/method.md#recipes), normalisation."""
 
     image_size: int
     resize_size: int

@@ -1,5 +1,5 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
-"""Linear probing of a frozen vision encoder (SPEC §8), in two protocols sharing one head and one optimizer.
+"""Linear probing of a frozen vision encoder (docs/method.md#recipes), in two protocols sharing one head and one optimizer.
 
 - official: every step crops and flips fresh images, runs the frozen encoder and trains BatchNorm(affine=False) +
   Linear with LARS (lr = base lr x batch / 256, warmup then cosine) for 90 epochs, as the authors' `run_linear.py`.
@@ -39,7 +39,7 @@ logger = logging.get_logger(__name__)
 
 
 def build_linear_classifier(hidden_size: int, num_classes: int, generator: torch.Generator) -> nn.Linear:
-    """The probe's Linear: weights trunc-normal with std 0.01, zero bias (SPEC §8)."""
+    """The probe's Linear: weights trunc-normal with std 0.01, zero bias (docs/method.md#recipes)."""
     linear = nn.Linear(hidden_size, num_classes)
     nn.init.trunc_normal_(linear.weight, std=0.01, generator=generator)
     nn.init.zeros_(linear.bias)

@@ -1,5 +1,5 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
-r"""Official CAE v2 checkpoints (Atten4Vis/CAE, `project/CAEv2`) <-> transformers folders, both ways (SPEC §9).
+r"""Official CAE v2 checkpoints (Atten4Vis/CAE, `project/CAEv2`) <-> transformers folders, both ways (docs/method.md#checkpoint-keys-of-the-authors-code).
 
 Released encoder weights, a full pretraining checkpoint (`--pretraining`), and back (`--to_official`):
 
@@ -26,7 +26,7 @@ from .publish import prepare_folder, push_folder
 
 logger = logging.getLogger(__name__)
 
-# The one official <-> ours table, in the official order; `.*` stands for `.weight` and `.bias`, as in SPEC §9. A
+# The one official <-> ours table, in the official order; `.*` stands for `.weight` and `.bias`, as in docs/method.md#checkpoint-keys-of-the-authors-code. A
 # tuple of our names means the official tensor is their concatenation along dim 0: the fused qkv has rows q|k|v.
 EMBEDDING_ROWS = (
     ("encoder.cls_token", "caev2.embeddings.cls_token"),
@@ -71,7 +71,7 @@ HEAD_ROWS = (("decoder.norm.*", "head.layernorm.*"), ("decoder.head.*", "head.de
 # Fixed sin-cos tables (official parameters without gradient; ours are recomputed buffers): checked, never copied.
 ENCODER_POSITION_TABLE = "encoder.pos_embed"
 REGRESSOR_POSITION_TABLE = "rd_pos_embed"
-# The official regressor's final norm, which CAE v2 never applies (SPEC §3): dropped in, written as identity out.
+# The official regressor's final norm, which CAE v2 never applies (docs/method.md#regressor): dropped in, written as identity out.
 UNUSED_REGRESSOR_NORM = ("regresser.norm.weight", "regresser.norm.bias")
 CONTAINER_KEYS = ("model", "state_dict", "module")
 OFFICIAL_CHECKPOINT_NAME = "checkpoint.pth"

@@ -38,7 +38,7 @@ RESULT_FIELDS = {
     "coco_box_ap": ("object-detection", "Mask R-CNN 1x", "coco", "COCO", "map", "AP box"),
     "coco_mask_ap": ("image-segmentation", "Mask R-CNN 1x", "coco", "COCO", "map", "AP mask"),
 }  # fmt: skip
-# SPEC §10: CAE v2+ (visible + masked supervision, the official recipe and presets), 300 epochs of ImageNet-1k.
+# docs/method.md#paper-results: CAE v2+ (visible + masked supervision, the official recipe and presets), 300 epochs of ImageNet-1k.
 PAPER_RESULTS = {
     "tiny": {"imagenet_linear_probe_top1": 69.3, "imagenet_finetune_top1": 77.8, "ade20k_miou": 44.7},
     "small": {
@@ -51,7 +51,7 @@ PAPER_RESULTS = {
     },
     "large": {"imagenet_linear_probe_top1": 81.7, "imagenet_finetune_top1": 86.7, "ade20k_miou": 55.9},
 }  # fmt: skip
-# SPEC §10: CAE v2 with visible-only supervision (paper Table 1), for the card's prose only: another objective.
+# docs/method.md#paper-results: CAE v2 with visible-only supervision (paper Table 1), for the card's prose only: another objective.
 PAPER_VISIBLE_ONLY_RESULTS = {
     "tiny": {"imagenet_linear_probe_top1": 68.8, "imagenet_finetune_top1": 77.4, "ade20k_miou": 44.2},
     "small": {"imagenet_linear_probe_top1": 77.3, "imagenet_finetune_top1": 82.8, "ade20k_miou": 49.1},

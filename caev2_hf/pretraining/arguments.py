@@ -49,7 +49,7 @@ class PretrainingModelArguments:
 
 @dataclass
 class PretrainingDataArguments:
-    """Where the images come from and how they are augmented (SPEC §8). Give exactly one source."""
+    """Where the images come from and how they are augmented (docs/method.md#recipes). Give exactly one source."""
 
     dataset_name: str | None = field(
         default=None,

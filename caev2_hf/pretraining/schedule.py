@@ -1,5 +1,5 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
-"""The numbers a pretraining run derives from its arguments (batch, lr, steps) and its lr schedule (SPEC §8)."""
+"""The numbers a pretraining run derives from its arguments (batch, lr, steps) and its lr schedule (docs/method.md#recipes)."""
 
 import dataclasses
 from dataclasses import dataclass
@@ -77,7 +77,7 @@ def compute_training_numbers(
 def build_lr_scheduler(
     optimizer: torch.optim.Optimizer, numbers: TrainingNumbers, min_learning_rate: float
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup from 0, then half a cosine down to `min_learning_rate`, stepped once per update (SPEC §8)."""
+    """Linear warmup from 0, then half a cosine down to `min_learning_rate`, stepped once per update (docs/method.md#recipes)."""
     if not 0 <= min_learning_rate <= numbers.learning_rate:
         raise ValueError(
             f"min_learning_rate={min_learning_rate} must lie in [0, {numbers.learning_rate:.3g}] (the scaled peak lr)."
