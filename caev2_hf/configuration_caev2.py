@@ -1,5 +1,5 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
-"""CAE v2 model configuration and the official size presets (SPEC §2)."""
+"""CAE v2 model configuration and the official size presets (docs/method.md#encoder)."""
 
 from transformers import CLIPVisionConfig, PretrainedConfig
 
@@ -9,7 +9,7 @@ IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-# OpenAI CLIP ViT-B/16 at 224 (`openai/clip-vit-base-patch16`), the teacher of every official run (SPEC §4).
+# OpenAI CLIP ViT-B/16 at 224 (`openai/clip-vit-base-patch16`), the teacher of every official run (docs/method.md#head-and-targets).
 CLIP_VIT_B16_TEACHER = {
     "hidden_size": 768,
     "intermediate_size": 3072,
@@ -22,7 +22,7 @@ CLIP_VIT_B16_TEACHER = {
     "layer_norm_eps": 1e-5,
 }
 
-# The official architectures and mask counts (SPEC §2). Tiny and Small use 12 heads, as the authors' scripts do.
+# The official architectures and mask counts (docs/method.md#encoder). Tiny and Small use 12 heads, as the authors' scripts do.
 CAEV2_PRESETS = {
     "tiny": {
         "hidden_size": 192,

@@ -28,7 +28,7 @@ class CAEv2ForPreTrainingOutput(ModelOutput):
     Output of `CAEv2ForPreTraining`.
 
     Args:
-        loss (`torch.FloatTensor` of shape `()`): The training loss over the supervised tokens (SPEC §5).
+        loss (`torch.FloatTensor` of shape `()`): The training loss over the supervised tokens (docs/method.md#loss).
         visible_loss (`torch.FloatTensor` of shape `()`): Mean per-token loss over visible patches (for logging).
         masked_loss (`torch.FloatTensor` of shape `()`): Mean per-token loss over masked patches (for logging).
         cls_loss (`torch.FloatTensor` of shape `()`): Loss of the [CLS] token (for logging).
@@ -53,7 +53,7 @@ class CAEv2ForPreTrainingOutput(ModelOutput):
 def build_2d_sincos_position_embedding(
     grid_height: int, grid_width: int, dim: int, device: torch.device | str | None = None
 ) -> torch.Tensor:
-    """Fixed 2-D sin-cos table of shape `(1 + grid_height * grid_width, dim)` with a zero [CLS] row (SPEC §2).
+    """Fixed 2-D sin-cos table of shape `(1 + grid_height * grid_width, dim)` with a zero [CLS] row (docs/method.md#encoder).
 
     Patch `row * grid_width + col` gets `[sin(row*w), cos(row*w), sin(col*w), cos(col*w)]`: the row comes first, as in
     the official CAE code (MAE's helper puts the column first, which would transpose the table).
@@ -68,7 +68,7 @@ def build_2d_sincos_position_embedding(
 
 
 def check_mask_counts(bool_masked_pos: torch.Tensor, num_masked: int) -> None:
-    """Every image must mask exactly `num_masked` patches, so visible tokens stack into one tensor (SPEC §2).
+    """Every image must mask exactly `num_masked` patches, so visible tokens stack into one tensor (docs/method.md#encoder).
 
     On the CPU the check is free and raises a readable error; on an accelerator (or under torch.compile) it is
     queued asynchronously, so the training step keeps no host sync and compiles to one graph.
@@ -84,7 +84,7 @@ def check_mask_counts(bool_masked_pos: torch.Tensor, num_masked: int) -> None:
     if bool(torch.any(counts != counts[0])):
         raise ValueError(
             f"bool_masked_pos masks a different number of patches per image ({sorted(set(counts.tolist()))}): every "
-            f"image of a batch must mask the same number; use caev2_hf.masking generators, which give exact counts."
+            f"image of a batch must mask the same number; use caev2_hf.data.masking generators, which give exact counts."
         )
     if int(counts[0]) != num_masked:
         raise ValueError(
@@ -298,7 +298,7 @@ class CAEv2Layer(GradientCheckpointingLayer):
 
 
 class CAEv2RegressorLayer(GradientCheckpointingLayer):
-    """Cross-attention block updating the mask queries only (official `RegressorBlock`, SPEC §3)."""
+    """Cross-attention block updating the mask queries only (official `RegressorBlock`, docs/method.md#regressor)."""
 
     def __init__(self, config: CAEv2Config, drop_path_rate: float) -> None:
         super().__init__()
@@ -374,7 +374,7 @@ class CAEv2LatentProjection(nn.Module):
 
 
 class CAEv2Regressor(nn.Module):
-    """Latent contextual regressor: learned mask queries -> predicted latents of the masked patches (SPEC §3)."""
+    """Latent contextual regressor: learned mask queries -> predicted latents of the masked patches (docs/method.md#regressor)."""
 
     def __init__(self, config: CAEv2Config) -> None:
         super().__init__()
@@ -413,7 +413,7 @@ class CAEv2Head(nn.Module):
 
 
 class CAEv2Teacher(nn.Module):
-    """Frozen CLIP vision tower giving L2-normalised targets for all tokens (SPEC §4).
+    """Frozen CLIP vision tower giving L2-normalised targets for all tokens (docs/method.md#head-and-targets).
 
     Its weights are never saved with the student: `CAEv2ForPreTraining.load_teacher()` fetches them from
     `config.teacher_name_or_path`. `has_weights` records whether that happened.
@@ -500,7 +500,7 @@ PRETRAINING_ONLY_KEYS = [r"^latent_projection\.", r"^regressor\.", r"^head\.", r
 
 
 class CAEv2PreTrainedModel(PreTrainedModel):
-    """Weight initialisation (SPEC §7), loading and saving shared by every CAE v2 head."""
+    """Weight initialisation (docs/method.md#initialisation), loading and saving shared by every CAE v2 head."""
 
     config_class = CAEv2Config
     config: CAEv2Config
@@ -520,7 +520,7 @@ class CAEv2PreTrainedModel(PreTrainedModel):
         if isinstance(module, nn.Linear):
             fan_out = getattr(module, "xavier_fan_out", module.out_features)
             bound = (6.0 / (module.in_features + fan_out)) ** 0.5
-            init.uniform_(module.weight, -bound, bound)  # xavier-uniform for every Linear (SPEC §7)
+            init.uniform_(module.weight, -bound, bound)  # xavier-uniform for every Linear (docs/method.md#initialisation)
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Conv2d):
@@ -658,7 +658,7 @@ def compute_token_losses(predictions: torch.Tensor, targets: torch.Tensor, loss_
 
 
 def combine_group_losses(token_losses: torch.Tensor, num_visible: int, config: CAEv2Config) -> dict[str, torch.Tensor]:
-    """Per-group means and the loss over supervised tokens, each group weighted by its token count (SPEC §5).
+    """Per-group means and the loss over supervised tokens, each group weighted by its token count (docs/method.md#loss).
 
     With every group on this is the official mean over [CLS] + visible + masked; visible-only is paper Eq. (1) with
     `dm = 0` ("CAE v2"), visible + masked is "CAE v2+".
@@ -685,7 +685,7 @@ def draw_random_mask(batch_size: int, num_patches: int, num_masked: int, device:
 
 
 def drop_teacher_from_state_dict(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
-    """Checkpoints of the student never carry the teacher: it comes back from its own name or path (DESIGN §4)."""
+    """Checkpoints of the student never carry the teacher: it comes back from its own name or path (docs/design.md#teacher)."""
     for key in [key for key in state_dict if key.startswith(prefix + "teacher.")]:
         del state_dict[key]
 
@@ -806,7 +806,7 @@ class CAEv2ForPreTraining(CAEv2PreTrainedModel):
                 re-normalised with CLIP's statistics on the device.
             bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`, *optional*):
                 True = masked; exactly `config.num_masking_patches` per image. Without it a uniformly random mask
-                with that count is drawn on the device (training takes block masks from `caev2_hf.masking`).
+                with that count is drawn on the device (training takes block masks from `caev2_hf.data.masking`).
             target_features (`torch.FloatTensor` of shape `(batch_size, 1 + num_patches, target_hidden_size)`, *optional*):
                 Teacher tokens in image order ([CLS] first). When given, the teacher is not run.
             output_hidden_states / output_attentions / return_dict: as for `CAEv2Model`.
@@ -845,7 +845,7 @@ class CAEv2ForPreTraining(CAEv2PreTrainedModel):
     def order_like_predictions(
         self, target_features: torch.Tensor, visible_ids: torch.Tensor, masked_ids: torch.Tensor
     ) -> torch.Tensor:
-        """Image-order targets -> [CLS, visible..., masked...], the order of the predictions (SPEC §4)."""
+        """Image-order targets -> [CLS, visible..., masked...], the order of the predictions (docs/method.md#head-and-targets)."""
         expected = (visible_ids.shape[0], 1 + self.config.num_patches, self.config.target_hidden_size)
         if tuple(target_features.shape) != expected:
             raise ValueError(
@@ -877,7 +877,7 @@ class CAEv2MeanPooler(nn.Module):
 
 
 class CAEv2ClsBatchNormPooler(nn.Module):
-    """Linear-probe features: [CLS] after the final norm, then BatchNorm without affine (official probe, SPEC §8)."""
+    """Linear-probe features: [CLS] after the final norm, then BatchNorm without affine (official probe, docs/method.md#recipes)."""
 
     def __init__(self, config: CAEv2Config) -> None:
         super().__init__()

@@ -1,4 +1,4 @@
-"""CAEv2Config: the SPEC §2 presets and the errors for combinations the model cannot compute."""
+"""CAEv2Config: the docs/method.md#encoder presets and the errors for combinations the model cannot compute."""
 
 import pytest
 from conftest import build_tiny_config

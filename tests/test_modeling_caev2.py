@@ -1,4 +1,4 @@
-"""CAE v2 models: architecture sizes, numerics of SPEC §2-§5, the frozen teacher, saving and loading."""
+"""CAE v2 models: architecture sizes, numerics of docs/method.md, Encoder to Loss, the frozen teacher, saving and loading."""
 
 import math
 
