@@ -38,7 +38,7 @@ from caev2_hf.data.masking import build_mask_generator  # noqa: E402
 from caev2_hf.pretraining.arguments import PretrainingArguments  # noqa: E402
 from caev2_hf.pretraining.schedule import compute_training_numbers  # noqa: E402
 from caev2_hf.pretraining.step import PretrainingStep, build_accelerator, build_optimizer_and_scheduler  # noqa: E402
-from caev2_hf.pretraining.step_tracking import StepTracker  # noqa: E402
+from caev2_hf.pretraining.step_tracking import StepTracker, unwrap_optimizer  # noqa: E402
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -142,6 +142,84 @@ def measure_matmul_flops(device: torch.device, precision: str, size: int = 8192,
     return repeats * 2 * size**3 / (time.perf_counter() - started)
 
 
+# ---- Where the time goes: the step's parts as profiler ranges.
+
+STEP_PARTS = ("teacher", "caev2", "latent_projection", "regressor", "head")  # CAEv2ForPreTraining's children
+
+
+def open_range(name: str, ranges: dict):
+    def hook(*_):
+        ranges[name] = torch.profiler.record_function(name)
+        ranges[name].__enter__()
+
+    return hook
+
+
+def close_range(name: str, ranges: dict):
+    def hook(*_):
+        ranges.pop(name).__exit__(None, None, None)
+
+    return hook
+
+
+def add_part_ranges(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list:
+    """Forward hooks that open and close one profiler range per part of the model, and step hooks for the
+    optimizer. Under torch.compile the forward hooks are traced into the graph, so only eager steps are split by
+    part; a compiled step is described by its kernels."""
+    ranges, handles = {}, []
+    for name in STEP_PARTS:
+        module = getattr(model, name, None)
+        if isinstance(module, torch.nn.Module):
+            handles.append(module.register_forward_pre_hook(open_range(f"forward/{name}", ranges)))
+            handles.append(module.register_forward_hook(close_range(f"forward/{name}", ranges)))
+    handles.append(optimizer.register_step_pre_hook(open_range("optimizer", ranges)))
+    handles.append(optimizer.register_step_post_hook(close_range("optimizer", ranges)))
+    return handles
+
+
+def profile_steps(step: PretrainingStep, batches: list[dict], compiled: bool, num_steps: int = 2) -> dict:
+    """Device (else CPU) milliseconds per step for each part, the rest of the step (backward, clipping, loss,
+    copies), and the 15 most expensive kernels."""
+    device = step.accelerator.device
+    model, optimizer = step.accelerator.unwrap_model(step.model), unwrap_optimizer(step.optimizer)
+    handles = [] if compiled else add_part_ranges(model, optimizer)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    synchronize(device)
+    with torch.profiler.profile(activities=activities) as profiler:
+        for index in range(num_steps):
+            with torch.profiler.record_function("step"):
+                step(batches[index % len(batches)])
+        synchronize(device)
+    for handle in handles:
+        handle.remove()
+    time_of = (lambda event: event.device_time_total) if device.type == "cuda" else (lambda e: e.cpu_time_total)
+    events = profiler.key_averages()
+    totals = {event.key: time_of(event) / 1000 / num_steps for event in events}
+    parts = {name: totals[name] for name in totals if name.startswith("forward/") or name == "optimizer"}
+    step_ms = (
+        totals.get("step", 0.0)
+        if device.type != "cuda"
+        else sum(time_of(event) for event in events if event.device_type == torch.autograd.DeviceType.CUDA)
+        / 1000
+        / num_steps
+    )
+    kernels = sorted(
+        (event for event in events if not event.key.startswith(("forward/", "optimizer", "step"))),
+        key=lambda event: event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total,
+        reverse=True,
+    )[:15]
+    self_time = (lambda e: e.self_device_time_total) if device.type == "cuda" else (lambda e: e.self_cpu_time_total)
+    return {
+        "clock": "device" if device.type == "cuda" else "cpu",
+        "step_ms": step_ms,
+        "parts_ms": parts,
+        "rest_of_step_ms": step_ms - sum(parts.values()),
+        "top_kernels_ms": [{"name": event.key, "ms": self_time(event) / 1000 / num_steps} for event in kernels],
+    }
+
+
 # ---- The benchmark.
 
 
@@ -161,6 +239,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sync_debug", choices=["on", "off"], default="on", help="count host syncs in one CUDA step")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_json", default=None)
+    parser.add_argument(
+        "--profile",
+        choices=["on", "off"],
+        default="off",
+        help="on: after timing, profile 2 steps (torch.profiler): time per part of the step and the top kernels",
+    )
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup_steps < 0 or args.batch_size < 1:
         parser.error("--steps and --batch_size must be at least 1, --warmup_steps at least 0.")
@@ -290,6 +374,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     timing = time_steps(step, batches, args.warmup_steps, args.steps)
     host_syncs = count_host_syncs(step, batches[0]) if args.sync_debug == "on" else None
+    profile = profile_steps(step, batches, compiled=args.compile) if args.profile == "on" else None
     flops = count_step_flops(config, use_teacher=args.teacher == "on")
     images_per_second = args.steps * args.batch_size / timing["elapsed_seconds"]
     peak_flops = args.peak_tflops * 1e12 if args.peak_tflops else detect_peak_flops(device, args.precision)
@@ -311,6 +396,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "final_loss": timing["final_loss"],
         "loss_is_finite": math.isfinite(timing["final_loss"]),
         "host_syncs_in_step": host_syncs,
+        "profile": profile,
         "dynamo": timing["dynamo"],
         "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
         "versions": {
@@ -345,6 +431,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(format_summary(result))
     if result["host_syncs_in_step"]:
         print(f"host syncs in one step: {result['host_syncs_in_step']}")
+    if result["profile"]:
+        profile = result["profile"]
+        parts = ", ".join(f"{name} {ms:.1f}" for name, ms in profile["parts_ms"].items())
+        print(
+            f"{profile['clock']} ms per step: {profile['step_ms']:.1f} = {parts}, rest {profile['rest_of_step_ms']:.1f}"
+        )
     write_json(args.output_json, result)
     return result
 

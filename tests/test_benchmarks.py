@@ -137,3 +137,14 @@ def test_benchmarks_import_without_datasets_installed():
 def test_gpu_suite_script_parses():
     completed = subprocess.run(["bash", "-n", str(BENCHMARKS_DIR / "gpu_suite.sh")], capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr
+
+
+def test_bench_pretrain_profile_splits_the_eager_step_into_its_parts(tmp_path: Path):
+    result = run_bench_pretrain(tmp_path, "--profile", "on")
+    profile = result["profile"]
+    assert profile["clock"] == "cpu"
+    expected = {"forward/teacher", "forward/caev2", "forward/latent_projection", "forward/regressor", "forward/head"}
+    assert set(profile["parts_ms"]) == expected | {"optimizer"}
+    assert all(ms > 0 for ms in profile["parts_ms"].values())
+    assert 0 <= profile["rest_of_step_ms"] < profile["step_ms"]  # backward, clipping and the loss are the rest
+    assert len(profile["top_kernels_ms"]) == 15 and profile["top_kernels_ms"][0]["ms"] > 0
