@@ -14,6 +14,9 @@ from PIL import Image
 from transformers import Trainer, TrainingArguments, pipeline
 
 from caev2_hf import CAEv2ForImageClassification, CAEv2ForPreTraining
+from caev2_hf.cli import UserError, parse_arguments_with_config
+from caev2_hf.evaluation.arguments import AugmentationArguments, FineTuningModelArguments
+from caev2_hf.evaluation.data_arguments import ImageDataArguments
 from caev2_hf.evaluation.finetune import (
     CAEv2FineTuningTrainer,
     build_classification_loss,
@@ -22,6 +25,7 @@ from caev2_hf.evaluation.finetune import (
     build_mixup,
     load_finetune_model,
 )
+from caev2_hf.evaluation.frozen_encoder import EncoderPreprocessing
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +34,7 @@ run_finetune = importlib.util.module_from_spec(MODULE_SPEC)
 MODULE_SPEC.loader.exec_module(run_finetune)
 
 COLOURS = {"blue": (40, 60, 200), "green": (40, 180, 60), "red": (210, 50, 40)}
-# No timm in CI: mixup and cutmix off; no RandAugment or erasing, so a few steps visibly lower the loss.
+# Mixup, cutmix, RandAugment and erasing off, so a few steps visibly lower the loss.
 QUICK_RECIPE = ["--mixup", "0", "--cutmix", "0", "--rand_augment_magnitude", "0", "--random_erasing", "0"]
 QUICK_RECIPE += ["--label_smoothing", "0", "--drop_path_rate", "0", "--report_to", "none", "--save_strategy", "no"]
 QUICK_RECIPE += ["--dataloader_num_workers", "0", "--per_device_train_batch_size", "8", "--seed", "0"]
@@ -71,9 +75,12 @@ def finetune_arguments(model: str, colours: dict[str, str], output_dir: Path, *e
     return ["--model", model, *data, "--output_dir", str(output_dir), *QUICK_RECIPE, *extra]
 
 
-def test_finetuning_lowers_the_loss_and_writes_a_classifier(encoder_dir: str, colours: dict, tmp_path: Path):
+def test_finetuning_lowers_the_loss_and_writes_a_classifier(
+    encoder_dir: str, colours: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+):
     arguments = finetune_arguments(encoder_dir, colours, tmp_path, "--max_steps", "24", "--learning_rate", "2e-3")
     results = run_finetune.main([*arguments, "--logging_steps", "1", "--warmup_steps", "2"])
+    printed = capsys.readouterr()
     losses = [entry["loss"] for entry in json.loads((tmp_path / "trainer_state.json").read_text())["log_history"]
               if "loss" in entry]  # fmt: skip
     assert len(losses) == 24
@@ -82,6 +89,25 @@ def test_finetuning_lowers_the_loss_and_writes_a_classifier(encoder_dir: str, co
     assert results["top5_accuracy"] == 1.0 and results["top1_accuracy"] >= 1 / 3  # 3 classes
     predictions = pipeline("image-classification", model=str(tmp_path))(Image.new("RGB", (32, 32), COLOURS["red"]))
     assert sorted(prediction["label"] for prediction in predictions) == sorted(COLOURS)
+    assert printed.out.splitlines()[-3:] == [
+        f"Fine-tuned {encoder_dir} for 24 steps: top-1 {100 * results['top1_accuracy']:.2f} %, top-5 100.00 % on "
+        f"validation (loss {results['eval_loss']:.4f})",
+        f"  results: {tmp_path / 'results.json'}",
+        f'  model:   {tmp_path}  (pipeline("image-classification", model="{tmp_path}"))',
+    ]
+    assert "24/24" in printed.err  # the Trainer's progress bar
+
+
+def test_finetuning_runs_the_default_recipe_without_timm(
+    encoder_dir: str, colours: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Mixup 0.8 / cutmix 1.0, RandAugment and erasing, as the configs set them, on the README's install."""
+    monkeypatch.setitem(sys.modules, "timm", None)  # `import timm` raises
+    data = ["--train_dir", colours["train"], "--validation_dir", colours["validation"], "--output_dir", str(tmp_path)]
+    options = ["--max_steps", "3", "--per_device_train_batch_size", "5", "--report_to", "none"]  # odd batches
+    options += ["--save_strategy", "no", "--dataloader_num_workers", "0"]
+    results = run_finetune.main(["--model", encoder_dir, *data, *options])
+    assert results["max_steps"] == 3 and 0 <= results["top1_accuracy"] <= 1 and results["top5_accuracy"] == 1.0
 
 
 def test_epochs_become_steps_for_a_stream(encoder_dir: str, colours: dict, tmp_path: Path):
@@ -104,7 +130,8 @@ def train_one_step(batch_size: int, accumulation: int, output_dir: Path) -> dict
         max_steps=2, learning_rate=1e-2, weight_decay=0.05, adam_epsilon=1.0, report_to="none", save_strategy="no",
         seed=0,
     )  # fmt: skip
-    trainer = build_finetune_trainer(model, args, examples, None, 0.75, mixup=0, cutmix=0, label_smoothing=0.1)
+    augmentation = AugmentationArguments(mixup=0, cutmix=0, label_smoothing=0.1)
+    trainer = build_finetune_trainer(model, args, examples, None, layer_decay=0.75, augmentation=augmentation)
     trainer.train()
     return {name: tensor.clone() for name, tensor in model.state_dict().items()}
 
@@ -120,13 +147,16 @@ def test_gradient_accumulation_of_two_batches_matches_one_double_batch(tmp_path:
 
 
 def test_finetune_transforms_give_normalised_crops_and_erase_with_noise():
-    train, evaluate = build_finetune_transforms(32, 37, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25], 0, random_erasing=1.0)
+    preprocessing = EncoderPreprocessing(32, 37, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
+    train, evaluate = build_finetune_transforms(
+        preprocessing, AugmentationArguments(rand_augment_magnitude=0, random_erasing=1.0)
+    )
     grey = Image.new("RGB", (40, 48), (153, 153, 153))  # 0.6 after scaling: (0.6 - 0.5) / 0.25 = 0.4
     torch.testing.assert_close(evaluate(grey), torch.full((3, 32, 32), 0.4), atol=1e-5, rtol=0)
     erased = train(grey)
     assert erased.shape == (3, 32, 32) and erased.dtype == torch.float32
     assert 0.02 * 32 * 32 <= (erased - 0.4).abs().gt(1e-4).any(0).sum() <= 0.34 * 32 * 32  # one noise rectangle
-    augmented, _ = build_finetune_transforms(32, 37, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25], 9, random_erasing=0.0)
+    augmented, _ = build_finetune_transforms(preprocessing, AugmentationArguments(random_erasing=0.0))
     assert augmented(grey).shape == (3, 32, 32)
 
 
@@ -142,11 +172,12 @@ def test_classification_loss_matches_hand_computed_values():
 
 
 def test_finetune_model_starts_fc_norm_as_the_encoder_final_norm(encoder_dir: str):
-    model = load_finetune_model(encoder_dir, ["a", "b", "c"], drop_path_rate=0.0, ignore_mismatched_sizes=False)
+    model = load_finetune_model(FineTuningModelArguments(encoder_dir, drop_path_rate=0.0), ["a", "b", "c"])
     final_norm = CAEv2ForPreTraining.from_pretrained(encoder_dir).caev2.layernorm
-    torch.testing.assert_close(model.pooler.fc_norm.weight, final_norm.weight, rtol=0, atol=0)
-    torch.testing.assert_close(model.pooler.fc_norm.bias, final_norm.bias, rtol=0, atol=0)
-    assert not model.caev2.layernorm.weight.requires_grad  # unused by mean pooling
+    # the final norm normalises the pooled feature: BEiT's fc_norm, starting as the pretrained norm, and trained
+    torch.testing.assert_close(model.caev2.layernorm.weight, final_norm.weight, rtol=0, atol=0)
+    torch.testing.assert_close(model.caev2.layernorm.bias, final_norm.bias, rtol=0, atol=0)
+    assert all(parameter.requires_grad for parameter in model.parameters())
     assert model.config.id2label == {0: "a", 1: "b", 2: "c"} and model.config.classifier_pooling == "mean"
     assert model.classifier.weight.abs().max() < 1e-3  # the official init scaled by 0.001
 
@@ -155,16 +186,57 @@ def test_finetuning_refuses_a_head_with_another_class_count(colours: dict, tmp_p
     CAEv2ForImageClassification(build_tiny_config(num_labels=5)).save_pretrained(tmp_path / "classifier")
     with pytest.raises(ValueError, match="head has 5 classes but the dataset has 3"):
         run_finetune.main(finetune_arguments(str(tmp_path / "classifier"), colours, tmp_path / "out"))
-    replaced = load_finetune_model(str(tmp_path / "classifier"), ["a", "b", "c"], 0.0, ignore_mismatched_sizes=True)
+    model_args = FineTuningModelArguments(str(tmp_path / "classifier"), ignore_mismatched_sizes=True)
+    replaced = load_finetune_model(model_args, ["a", "b", "c"])
     assert replaced.classifier.weight.shape == (3, 32)
 
 
-def test_mixup_without_timm_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setitem(sys.modules, "timm", None)
-    monkeypatch.setitem(sys.modules, "timm.data", None)
-    with pytest.raises(ImportError, match="pip install timm"):
-        build_mixup(0.8, 1.0, 0.1, num_classes=3)
-    assert build_mixup(0.0, 0.0, 0.1, num_classes=3) is None
+def smoothed(labels: torch.Tensor, smoothing: float, num_classes: int) -> torch.Tensor:
+    """timm's smoothed one-hot targets: 1 - s + s/K on the class, s/K elsewhere."""
+    return torch.nn.functional.one_hot(labels, num_classes) * (1 - smoothing) + smoothing / num_classes
+
+
+def test_mixup_mixes_each_image_with_its_neighbour_and_mixes_smoothed_targets_alike():
+    torch.manual_seed(0)
+    images, labels = torch.rand(5, 3, 8, 8), torch.tensor([0, 1, 2, 3, 0])  # an odd batch is fine
+    mixup = build_mixup(AugmentationArguments(mixup=0.8, cutmix=0.0, label_smoothing=0.1), num_classes=4)
+    mixed, targets = mixup(images, labels)
+    neighbours = images.roll(1, 0)
+    lam = ((mixed - neighbours) / (images - neighbours)).median().item()  # mixed = lam x + (1 - lam) x'
+    torch.testing.assert_close(mixed, lam * images + (1 - lam) * neighbours)
+    expected = lam * smoothed(labels, 0.1, 4) + (1 - lam) * smoothed(labels.roll(1), 0.1, 4)
+    torch.testing.assert_close(targets, expected)
+    torch.testing.assert_close(targets.sum(-1), torch.ones(5))
+
+
+def test_cutmix_pastes_a_box_and_weighs_targets_by_its_area():
+    torch.manual_seed(1)
+    images, labels = torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 2, 1])
+    cutmix = build_mixup(AugmentationArguments(mixup=0.0, cutmix=1.0, label_smoothing=0.0), num_classes=3)
+    for _ in range(5):
+        mixed, targets = cutmix(images, labels)
+        pasted = (mixed != images).any(1)[0]  # (16, 16): where the neighbour's pixels are
+        assert torch.equal(mixed, torch.where(pasted, images.roll(1, 0), images))
+        kept = 1 - pasted.float().mean().item()
+        one_hot = smoothed(labels, 0.0, 3)
+        torch.testing.assert_close(targets, kept * one_hot + (1 - kept) * one_hot.roll(1, 0))
+
+
+def test_mixup_and_cutmix_alternate_by_the_switch_probability():
+    torch.manual_seed(0)
+    images, labels = torch.rand(2, 3, 8, 8), torch.tensor([0, 1])
+    counts = {}
+    for switch_probability in (0.5, 0.0):
+        augmentation = AugmentationArguments(mixup=0.8, cutmix=1.0, mixup_switch_probability=switch_probability)
+        mix = build_mixup(augmentation, num_classes=2)
+        # CutMix copies pixels; mixup blends them (a blended pixel equals neither source)
+        results = [mix(images, labels)[0] for _ in range(400)]
+        counts[switch_probability] = sum(bool(((m == images) | (m == images.roll(1, 0))).all()) for m in results)
+    assert 160 <= counts[0.5] <= 240 and counts[0.0] == 0
+
+
+def test_no_mixing_when_mixup_and_cutmix_are_off():
+    assert build_mixup(AugmentationArguments(mixup=0.0, cutmix=0.0), num_classes=3) is None
 
 
 def test_trainer_refuses_options_the_recipe_does_not_read(encoder_dir: str, colours: dict, tmp_path: Path):
@@ -175,21 +247,22 @@ def test_trainer_refuses_options_the_recipe_does_not_read(encoder_dir: str, colo
         run_finetune.main(arguments)
 
 
-def test_mixup_leaves_the_odd_image_of_a_short_last_batch_out():
+def test_trainer_mixes_every_image_of_a_short_odd_batch_while_training_only():
     seen = []
 
-    def pairwise_mixup(pixel_values, labels):  # timm's Mixup raises on an odd batch; this records what it got
-        assert pixel_values.shape[0] % 2 == 0
+    def record_mixup(pixel_values, labels):
         seen.append(labels.tolist())
-        return pixel_values, labels
+        return pixel_values, torch.nn.functional.one_hot(labels, 3).float()
 
     trainer = CAEv2FineTuningTrainer.__new__(CAEv2FineTuningTrainer)  # only compute_loss is exercised
-    trainer.mixup_fn = pairwise_mixup
+    trainer.mixup_fn = record_mixup
     model = torch.nn.Module()
-    model.training = True
-    with patch.object(Trainer, "compute_loss", lambda self, model, inputs, *args: inputs["labels"].numel()):
-        count = trainer.compute_loss(model, {"pixel_values": torch.zeros(3, 3, 4, 4), "labels": torch.arange(3)})
-    assert seen == [[0, 1]] and count == 2
+    inputs = {"pixel_values": torch.zeros(3, 3, 4, 4), "labels": torch.arange(3)}
+    with patch.object(Trainer, "compute_loss", lambda self, model, inputs, *args: inputs["labels"].shape):
+        assert trainer.compute_loss(model, inputs) == (3, 3)  # soft targets of all three images
+        model.training = False
+        assert trainer.compute_loss(model, inputs) == (3,)  # evaluation batches stay clean
+    assert seen == [[0, 1, 2]]
 
 
 @pytest.mark.parametrize(
@@ -198,11 +271,10 @@ def test_mixup_leaves_the_odd_image_of_a_short_last_batch_out():
 )
 def test_finetune_config_is_read_and_overridden_by_flags(size, learning_rate, layer_decay, mixup, warmup, tmp_path):
     config = str(REPO_ROOT / "configs" / f"finetune-vit-{size}.yaml")
-    model_args, data_args, augmentation_args, training_args = run_finetune.parse_arguments_with_config(
-        (run_finetune.FineTuningModelArguments, run_finetune.ImageDataArguments, run_finetune.AugmentationArguments,
-         TrainingArguments),
-        [config, "--output_dir", str(tmp_path), "--bf16", "false", "--report_to", "none"],
-    )  # fmt: skip
+    roles = (FineTuningModelArguments, ImageDataArguments, AugmentationArguments, TrainingArguments)
+    model_args, data_args, augmentation_args, training_args = parse_arguments_with_config(
+        roles, [config, "--output_dir", str(tmp_path), "--bf16", "false", "--report_to", "none"]
+    )
     assert (training_args.learning_rate, model_args.layer_decay, augmentation_args.mixup) == (
         learning_rate, layer_decay, mixup,
     )  # fmt: skip
@@ -211,3 +283,18 @@ def test_finetune_config_is_read_and_overridden_by_flags(size, learning_rate, la
     assert (training_args.output_dir, training_args.bf16, data_args.dataset_name) == (
         str(tmp_path), False, "ILSVRC/imagenet-1k",
     )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--mixup", "-0.2"], "Beta alphas, must be >= 0"),
+        (["--mixup_switch_probability", "1.5"], "a probability, must lie in"),
+        (["--random_erasing", "-0.1"], "a probability, must lie in"),
+        (["--label_smoothing", "1"], "--label_smoothing 1.0: must lie in"),
+        (["--rand_augment_magnitude", "11"], "must lie in \\[0, 10\\]"),
+    ],
+)
+def test_augmentation_arguments_out_of_range_are_user_errors_at_parse_time(flags: list[str], message: str):
+    with pytest.raises(UserError, match=message):
+        parse_arguments_with_config((AugmentationArguments,), flags)

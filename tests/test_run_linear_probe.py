@@ -1,6 +1,8 @@
 """Tests for run_linear_probe.py: both protocols end to end on scikit-learn's digits, offline, on a tiny encoder."""
 
+import contextlib
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -17,8 +19,13 @@ from safetensors.torch import load_file
 from sklearn.datasets import load_digits
 from transformers import AutoModelForImageClassification, CLIPVisionModel, pipeline
 
+import caev2_hf.evaluation.frozen_encoder
 from caev2_hf import CAEv2ForPreTraining
-from caev2_hf.data.images import build_eval_transform, normalize_pixel_values
+from caev2_hf.cli import UserError, parse_arguments_with_config
+from caev2_hf.data.device_augment import normalize_pixel_values
+from caev2_hf.data.transforms import build_eval_transform
+from caev2_hf.evaluation.arguments import ProbeArguments, ProbeModelArguments
+from caev2_hf.evaluation.data_arguments import ImageDataArguments
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -67,10 +74,20 @@ def probe_arguments(model: str, digits: dict[str, str], output_dir: Path, *extra
     return ["--model", model, *data, "--output_dir", str(output_dir), *RUN_SETTINGS, *extra]
 
 
+def run_and_capture(arguments: list[str]) -> tuple[dict, str]:
+    """`main(arguments)`'s results and what it printed."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        results = run_linear_probe.main(arguments)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    return results, printed.getvalue()
+
+
 @pytest.fixture(scope="module")
 def official_run(encoder_dir: str, digits: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One official run, recording the encoder object the script loaded and its weights before probing."""
     recorded = {}
+    load_frozen_encoder = caev2_hf.evaluation.frozen_encoder.load_frozen_encoder
 
     def load_and_record(model_name_or_path: str):
         encoder = load_frozen_encoder(model_name_or_path)
@@ -78,23 +95,19 @@ def official_run(encoder_dir: str, digits: dict[str, str], tmp_path_factory: pyt
         return encoder
 
     output_dir = tmp_path_factory.mktemp("official")
-    load_frozen_encoder = run_linear_probe.load_frozen_encoder
-    run_linear_probe.load_frozen_encoder = load_and_record
-    try:
-        results = run_linear_probe.main(probe_arguments(encoder_dir, digits, output_dir, "--protocol", "official"))
-    finally:
-        run_linear_probe.load_frozen_encoder = load_frozen_encoder
-        AcceleratorState._reset_state(reset_partial_state=True)
-    return {"results": results, "output_dir": output_dir, **recorded}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(caev2_hf.evaluation.frozen_encoder, "load_frozen_encoder", load_and_record)
+        results, printed = run_and_capture(probe_arguments(encoder_dir, digits, output_dir, "--protocol", "official"))
+    return {"results": results, "printed": printed, "output_dir": output_dir, **recorded}
 
 
 @pytest.fixture(scope="module")
 def fast_run(encoder_dir: str, digits: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict:
     output_dir, cache_dir = tmp_path_factory.mktemp("fast"), tmp_path_factory.mktemp("cache")
     arguments = probe_arguments(encoder_dir, digits, output_dir, "--protocol", "fast", "--cache_dir", str(cache_dir))
-    results = run_linear_probe.main(arguments)
-    AcceleratorState._reset_state(reset_partial_state=True)
-    return {"results": results, "output_dir": output_dir, "cache_dir": cache_dir, "arguments": arguments}
+    results, printed = run_and_capture(arguments)
+    run = {"results": results, "printed": printed, "output_dir": output_dir}
+    return {**run, "cache_dir": cache_dir, "arguments": arguments}
 
 
 def test_official_probe_reaches_well_above_chance_on_digits(official_run: dict):
@@ -104,6 +117,29 @@ def test_official_probe_reaches_well_above_chance_on_digits(official_run: dict):
     assert written["top5_accuracy"] >= written["top1_accuracy"]
     assert (written["num_classes"], written["num_validation_examples"], written["steps"]) == (10, 200, 150)
     assert written["learning_rate"] == pytest.approx(100 * 50 / 256)
+
+
+def test_official_probe_records_each_epoch_of_its_one_learning_rate(official_run: dict):
+    written = json.loads((official_run["output_dir"] / "results.json").read_text())
+    (history,) = written["learning_rate_histories"]
+    assert (history["base_learning_rate"], history["holdout_top1_accuracy"]) == (100.0, None)
+    assert history["learning_rate"] == written["learning_rate"]
+    assert [epoch["epoch"] for epoch in history["epochs"]] == list(range(1, 16))
+    losses = [epoch["train_loss"] for epoch in history["epochs"]]
+    assert losses[0] > 2.0 and losses[-1] < losses[0] - 0.2  # starts near ln 10 = 2.3, then learns
+    assert all(0 <= epoch["train_top1_accuracy"] <= 1 for epoch in history["epochs"])
+    assert history["epochs"][-1]["train_top1_accuracy"] > history["epochs"][0]["train_top1_accuracy"]
+
+
+def test_probe_prints_its_accuracy_and_where_it_wrote(official_run: dict, fast_run: dict):
+    for run, protocol in ((official_run, "official"), (fast_run, "fast")):
+        lines = run["printed"].splitlines()
+        top1, top5 = 100 * run["results"]["top1_accuracy"], 100 * run["results"]["top5_accuracy"]
+        assert lines[0].startswith(f"Linear probe ({protocol} protocol) of ")
+        assert f"top-1 {top1:.2f} %, top-5 {top5:.2f} % on 200 validation images" in lines[0]
+        assert f"  results: {run['output_dir'] / 'results.json'}" in lines
+        assert any(line.startswith(f"  model:   {run['output_dir']}  (pipeline(") for line in lines)
+    assert "best of 3 on the held-out part of train" in fast_run["printed"]
 
 
 def test_official_probe_leaves_encoder_weights_bit_identical(official_run: dict):
@@ -123,16 +159,35 @@ def test_official_probe_output_holds_the_unchanged_encoder(official_run: dict):
 def test_fast_probe_reaches_well_above_chance_on_digits(fast_run: dict):
     results = fast_run["results"]
     assert results["top1_accuracy"] > 0.5  # centre crops, no augmentation: easier than the official run
-    assert [entry["base_learning_rate"] for entry in results["grid"]] == [10.0, 30.0, 100.0]
-    best = max(results["grid"], key=lambda entry: entry["holdout_top1_accuracy"])
-    assert results["base_learning_rate"] == best["base_learning_rate"]
+    histories = results["learning_rate_histories"]
+    assert [entry["base_learning_rate"] for entry in histories] == [10.0, 30.0, 100.0]
+    assert [entry["learning_rate"] for entry in histories] == pytest.approx(
+        [base * 50 / 256 for base in (10, 30, 100)]
+    )
+    best = max(histories, key=lambda entry: entry["holdout_top1_accuracy"])
+    assert (results["base_learning_rate"], results["holdout_top1_accuracy"]) == (
+        best["base_learning_rate"], best["holdout_top1_accuracy"],
+    )  # fmt: skip
     assert not results["feature_cache"]["train"]["reused"]
+    assert results["steps"] == 15 * (450 // 50)  # 50 of 500 held out; 15 epochs of 9 steps
+
+
+def test_fast_probe_records_every_learning_rate_epoch_by_epoch(fast_run: dict):
+    written = json.loads((fast_run["output_dir"] / "results.json").read_text())
+    for history in written["learning_rate_histories"]:
+        epochs = history["epochs"]
+        assert [epoch["epoch"] for epoch in epochs] == list(range(1, 16))
+        assert epochs[-1]["holdout_top1_accuracy"] == history["holdout_top1_accuracy"]
+        for epoch in epochs:  # 50 held-out images: every accuracy is a multiple of 1/50
+            assert abs(epoch["holdout_top1_accuracy"] * 50 - round(epoch["holdout_top1_accuracy"] * 50)) < 1e-4
+        assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    assert len({tuple(e["train_loss"] for e in h["epochs"]) for h in written["learning_rate_histories"]}) == 3
 
 
 def test_fast_probe_reuses_its_feature_cache(fast_run: dict, tmp_path: Path):
     paths = [fast_run["results"]["feature_cache"][split]["path"] for split in ("train", "validation")]
     modified = [os.stat(path).st_mtime_ns for path in paths]
-    results = run_linear_probe.main([*fast_run["arguments"], "--output_dir", str(tmp_path)])
+    results, _ = run_and_capture([*fast_run["arguments"], "--output_dir", str(tmp_path)])
     assert [results["feature_cache"][split] for split in ("train", "validation")] == [
         {"path": path, "reused": True} for path in paths
     ]
@@ -244,9 +299,8 @@ def test_probe_refuses_validation_classes_the_head_does_not_have(encoder_dir: st
 @pytest.mark.parametrize("size, batch_size", [("tiny", 16384), ("small", 8192), ("base", 8192)])
 def test_linear_probe_config_is_read_and_overridden_by_flags(size: str, batch_size: int):
     config = str(REPO_ROOT / "configs" / f"linear-probe-vit-{size}.yaml")
-    model_args, data_args, probe_args = run_linear_probe.parse_arguments_with_config(
-        (run_linear_probe.ProbeModelArguments, run_linear_probe.ImageDataArguments, run_linear_probe.ProbeArguments),
-        [config, "--epochs", "3", "--protocol", "fast"],
+    model_args, data_args, probe_args = parse_arguments_with_config(
+        (ProbeModelArguments, ImageDataArguments, ProbeArguments), [config, "--epochs", "3", "--protocol", "fast"]
     )
     assert (probe_args.batch_size, probe_args.base_learning_rate, probe_args.warmup_epochs) == (batch_size, 0.1, 10)
     assert (probe_args.epochs, probe_args.protocol) == (3, "fast")
@@ -255,7 +309,7 @@ def test_linear_probe_config_is_read_and_overridden_by_flags(size: str, batch_si
 
 def test_fast_probe_reads_tar_shards_and_holds_out_part_of_train(encoder_dir: str, tmp_path: Path):
     """--train_files / --validation_files (webdataset shards) and --holdout_fraction, as the README documents."""
-    from caev2_hf.data.images import write_demo_tar_shards
+    from caev2_hf.data.demo import write_demo_tar_shards
 
     train = write_demo_tar_shards(str(tmp_path / "train"), num_shards=2, images_per_shard=30, image_size=40, seed=0)
     validation = write_demo_tar_shards(str(tmp_path / "val"), num_shards=1, images_per_shard=20, image_size=40, seed=1)
@@ -264,6 +318,23 @@ def test_fast_probe_reads_tar_shards_and_holds_out_part_of_train(encoder_dir: st
     arguments += ["--batch_size", "16", "--epochs", "60", "--fast_base_learning_rates", "1", "3", "10", "30", "100"]
     results = run_linear_probe.main([*arguments, "--protocol", "fast", "--holdout_fraction", "0.2"])
     assert results["num_train_examples"] == 60
-    for entry in results["grid"]:  # 20 % of 60 held out: every hold-out accuracy is a multiple of 1/12
+    # 20 % of 60 held out: every hold-out accuracy is a multiple of 1/12
+    for entry in results["learning_rate_histories"]:
         assert abs(entry["holdout_top1_accuracy"] * 12 - round(entry["holdout_top1_accuracy"] * 12)) < 1e-4
     assert results["num_classes"] == 2 and results["top1_accuracy"] > 0.7  # the two sample photos, chance 0.5
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--batch_size", "0"], "--batch_size 0: must be greater than 0"),
+        (["--epochs", "-1"], "--epochs -1: must be greater than 0"),
+        (["--holdout_fraction", "1"], "--holdout_fraction 1.0: must lie strictly between 0 and 1"),
+        (["--fast_base_learning_rates", "0.1", "-3"], "give one or more values > 0"),
+        (["--warmup_epochs", "-2"], "--warmup_epochs -2: must be 0"),
+    ],
+)
+def test_probe_arguments_out_of_range_are_user_errors_at_parse_time(flags: list[str], message: str):
+    arguments = ["--model", "m", "--output_dir", "out", *flags]
+    with pytest.raises(UserError, match=message):
+        parse_arguments_with_config((ProbeModelArguments, ImageDataArguments, ProbeArguments), arguments)

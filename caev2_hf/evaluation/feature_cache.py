@@ -7,6 +7,7 @@ The fast linear-probe protocol extracts them once and trains its grid of heads o
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 
 import torch
 from safetensors import safe_open
@@ -14,9 +15,12 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel
 from transformers.utils import logging
+from transformers.utils.logging import tqdm
 
-from ..data.images import build_eval_transform
-from .frozen_encoder import EncoderPreprocessing, extract_features
+from ..cli import UserError
+from ..data.transforms import build_eval_transform
+from .arguments import ProbeArguments
+from .frozen_encoder import EncoderPreprocessing, FrozenEncoder, extract_features
 from .labelled_data import build_eval_loader, describe_data_source, open_labelled_dataset, read_label_names
 
 
@@ -29,6 +33,24 @@ CONFIG_KEYS_WITHOUT_EFFECT = {
     "problem_type", "classifier_pooling", "classifier_init_scale", "return_dict", "output_hidden_states",
     "output_attentions", "use_random_teacher", "teacher_name_or_path",
 }  # fmt: skip
+
+
+@dataclass
+class FeatureCacheFile:
+    """Where one data source's features are cached, and whether this run read them from there."""
+
+    path: str
+    reused: bool  # read from the cache (no data opened) rather than extracted and written
+
+
+@dataclass
+class CachedFeatures:
+    """Centre-crop features of one data source, their labels and their cache file."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    label_names: list[str] | None  # the label column's class names, None for plain integer labels
+    file: FeatureCacheFile
 
 
 def fingerprint_encoder(encoder: PreTrainedModel) -> str:
@@ -62,14 +84,14 @@ def load_cached_features(
     with safe_open(path, framework="pt") as cache:
         found = cache.metadata() or {}
         if found.get("encoder") != expected["encoder"]:
-            raise ValueError(
+            raise UserError(
                 f"The feature cache {path} was written by another model ({found.get('encoder_name')}, fingerprint "
                 f"{found.get('encoder')}), not by {expected['encoder_name']} (fingerprint {expected['encoder']}): "
                 "delete the file or choose another --cache_dir."
             )
         for key in ("format", "data", "transform"):
             if found.get(key) != expected[key]:
-                raise ValueError(
+                raise UserError(
                     f"The feature cache {path} was written for another {key} ({found.get(key)}, expected "
                     f"{expected[key]}): delete the file or choose another --cache_dir."
                 )
@@ -85,48 +107,50 @@ def save_cached_features(path: str, features: torch.Tensor, labels: torch.Tensor
 
 
 def extract_dataset_features(
-    encoder: PreTrainedModel, loader: DataLoader, preprocessing: EncoderPreprocessing, chunk_size: int
+    encoder: PreTrainedModel,
+    loader: DataLoader,
+    preprocessing: EncoderPreprocessing,
+    chunk_size: int,
+    description: str = "Extracting features",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features, labels) on the CPU for every example the loader yields."""
+    """(features, labels) on the CPU for every example the loader yields, with a progress bar in images."""
     features, labels = [], []
-    for batch in loader:
-        features.append(extract_features(encoder, batch["pixel_values"], preprocessing, chunk_size).cpu())
-        labels.append(batch["label"])
+    with tqdm(desc=description, unit="img") as progress:
+        for batch in loader:
+            features.append(extract_features(encoder, batch["pixel_values"], preprocessing, chunk_size).cpu())
+            labels.append(batch["label"])
+            progress.update(len(batch["label"]))
     return torch.cat(features), torch.cat(labels)
 
 
 def load_or_extract_features(
-    encoder: PreTrainedModel,
-    encoder_name: str,
-    encoder_fingerprint: str,
-    source: dict,
-    preprocessing: EncoderPreprocessing,
-    cache_dir: str,
-    batch_size: int,
-    num_workers: int,
-) -> tuple[torch.Tensor, torch.Tensor, list[str] | None, str, bool]:
-    """Centre-crop features of a data source from the cache, else extracted and cached.
+    encoder: FrozenEncoder, fingerprint: str, source: dict, args: ProbeArguments, split: str
+) -> CachedFeatures:
+    """Centre-crop features of the `split` data source from `args.cache_dir`, else extracted and cached there.
 
-    Returns (features, labels, label names, cache path, whether the cache was reused); a reused cache opens no data.
+    `fingerprint` is `fingerprint_encoder(encoder.model)`, computed once for all splits; a reused cache opens no data.
     """
+    preprocessing = encoder.preprocessing
     transform = build_eval_transform(preprocessing.image_size, preprocessing.resize_size)
-    precision = "bf16" if encoder.device.type == "cuda" else "fp32"
+    precision = "bf16" if encoder.model.device.type == "cuda" else "fp32"
     metadata = {
         "format": CACHE_FORMAT,
-        "encoder": encoder_fingerprint,
-        "encoder_name": encoder_name,
+        "encoder": fingerprint,
+        "encoder_name": encoder.name,
         "data": json.dumps(describe_data_source(source), sort_keys=True),
         "transform": f"{transform} mean={preprocessing.image_mean} std={preprocessing.image_std} {precision}",
     }
-    path = feature_cache_path(cache_dir, metadata)
+    path = feature_cache_path(os.path.expanduser(args.cache_dir), metadata)
     cached = load_cached_features(path, metadata)
     if cached is not None:
         logger.info(f"Reusing cached features {path}")
-        return *cached, path, True
+        return CachedFeatures(*cached, FeatureCacheFile(path, reused=True))
     dataset = open_labelled_dataset(**source)
-    loader = build_eval_loader(dataset, transform, batch_size, num_workers)
-    features, labels = extract_dataset_features(encoder, loader, preprocessing, batch_size)
+    loader = build_eval_loader(dataset, transform, args.encoder_batch_size, args.num_workers)
+    features, labels = extract_dataset_features(
+        encoder.model, loader, preprocessing, args.encoder_batch_size, description=f"Features of {split}"
+    )
     label_names = read_label_names(dataset)
     save_cached_features(path, features, labels, {**metadata, "label_names": json.dumps(label_names)})
     logger.info(f"Cached {len(features)} features in {path}")
-    return features, labels, label_names, path, False
+    return CachedFeatures(features, labels, label_names, FeatureCacheFile(path, reused=False))

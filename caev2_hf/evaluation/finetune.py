@@ -1,8 +1,11 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
 """Fine-tuning through the transformers `Trainer` (docs/method.md#recipes): layer-wise lr decay, mixup / cutmix, top-k metrics."""
 
+import json
 import math
+import os
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -10,9 +13,13 @@ from torch.utils.data import default_collate
 from torchvision.transforms import v2
 from transformers import AutoConfig, AutoModelForImageClassification, EvalPrediction, Trainer, TrainingArguments
 
-from ..data.images import PretrainImageStream, build_eval_transform
+from ..cli import UserError
+from ..data.loader import PretrainImageStream
+from ..data.transforms import build_eval_transform
 from ..modeling_caev2 import CAEv2ForImageClassification
 from ..optim import build_parameter_groups
+from .arguments import AugmentationArguments, FineTuningModelArguments
+from .frozen_encoder import EncoderPreprocessing
 from .labelled_data import build_label_mappings
 from .metrics import compute_topk_accuracy, rank_predictions
 
@@ -49,30 +56,30 @@ def build_layer_decay_optimizer(
 
 
 def build_finetune_transforms(
-    image_size: int,
-    resize_size: int,
-    image_mean: list[float],
-    image_std: list[float],
-    rand_augment_magnitude: int,
-    random_erasing: float,
+    preprocessing: EncoderPreprocessing, augmentation: AugmentationArguments
 ) -> tuple[v2.Compose, v2.Compose]:
     """(train, eval) transforms to normalised float tensors, torchvision's versions of the official timm ones.
 
     Train: RandomResizedCrop (bicubic) + flip + RandAugment (2 ops; magnitude out of 10 as timm's `rand-m9`) +
     random erasing (per-pixel noise) after normalisation. Eval: resize 256/224 of the crop, centre crop.
     """
-    normalize = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(image_mean, image_std)]
+    image_size = preprocessing.image_size
+    normalize = [
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(preprocessing.image_mean, preprocessing.image_std),
+    ]
     train = [
         v2.PILToTensor(),
         v2.RandomResizedCrop(image_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
         v2.RandomHorizontalFlip(),
     ]
-    if rand_augment_magnitude > 0:
-        train.append(v2.RandAugment(num_ops=2, magnitude=rand_augment_magnitude, num_magnitude_bins=11))
+    if augmentation.rand_augment_magnitude > 0:
+        train.append(v2.RandAugment(num_ops=2, magnitude=augmentation.rand_augment_magnitude, num_magnitude_bins=11))
     train += normalize
-    if random_erasing > 0:
-        train.append(v2.RandomErasing(p=random_erasing, value="random"))
-    return v2.Compose(train), v2.Compose([build_eval_transform(image_size, resize_size), *normalize])
+    if augmentation.random_erasing > 0:
+        train.append(v2.RandomErasing(p=augmentation.random_erasing, value="random"))
+    eval_transform = v2.Compose([build_eval_transform(image_size, preprocessing.resize_size), *normalize])
+    return v2.Compose(train), eval_transform
 
 
 def collate_classification_batch(examples: list[dict]) -> dict[str, torch.Tensor]:
@@ -82,18 +89,41 @@ def collate_classification_batch(examples: list[dict]) -> dict[str, torch.Tensor
     )
 
 
-def build_mixup(mixup: float, cutmix: float, label_smoothing: float, num_classes: int) -> Callable | None:
-    """timm's Mixup (mixup / cutmix with smoothed soft targets), None when both are off."""
-    if mixup <= 0 and cutmix <= 0:
+class MixupCutmix:
+    """Mixup or CutMix of a whole batch with smoothed soft targets: the recipe of timm's `Mixup` (batch mode, the
+    official fine-tuning's), on torchvision's `v2.MixUp` / `v2.CutMix`.
+
+    Each call draws lam ~ Beta(alpha, alpha) and, with both on, picks CutMix with `switch_probability` (timm's 0.5);
+    CutMix's lam is the kept share of the image (timm's `correct_lam`). Each image is mixed with its neighbour in
+    the batch (`roll(1)`; timm pairs it with its mirror, `flip(0)`, so it needs an even batch), which any batch size
+    allows. The targets are `lam * y + (1 - lam) * y'` for one-hot labels, then smoothed: since smoothing is linear,
+    that equals timm's mixture of smoothed targets (`1 - s + s/K` on the class, `s/K` off it).
+    """
+
+    def __init__(self, augmentation: AugmentationArguments, num_classes: int) -> None:
+        transforms, probabilities = [], []
+        if augmentation.mixup > 0:
+            transforms.append(v2.MixUp(alpha=augmentation.mixup, num_classes=num_classes))
+            probabilities.append(1.0 - augmentation.mixup_switch_probability)
+        if augmentation.cutmix > 0:
+            transforms.append(v2.CutMix(alpha=augmentation.cutmix, num_classes=num_classes))
+            probabilities.append(augmentation.mixup_switch_probability)
+        if not transforms:
+            raise ValueError("MixupCutmix needs --mixup or --cutmix above 0.")
+        self.transform = transforms[0] if len(transforms) == 1 else v2.RandomChoice(transforms, p=probabilities)
+        self.label_smoothing, self.num_classes = augmentation.label_smoothing, num_classes
+
+    def __call__(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mixed images, soft targets `(batch, num_classes)`) from images and class indices."""
+        pixel_values, targets = self.transform(pixel_values, labels)
+        return pixel_values, targets * (1.0 - self.label_smoothing) + self.label_smoothing / self.num_classes
+
+
+def build_mixup(augmentation: AugmentationArguments, num_classes: int) -> MixupCutmix | None:
+    """The recipe's batch mixing (torchvision's MixUp / CutMix with smoothed targets), None when both are off."""
+    if augmentation.mixup <= 0 and augmentation.cutmix <= 0:
         return None
-    try:
-        from timm.data import Mixup  # optional: only the mixup / cutmix recipe needs timm
-    except ImportError as error:
-        raise ImportError(
-            f"mixup={mixup} / cutmix={cutmix} use timm's Mixup: `pip install timm` (or `pip install caev2_hf[timm]`), "
-            "or turn them off with --mixup 0 --cutmix 0."
-        ) from error
-    return Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=label_smoothing, num_classes=num_classes)
+    return MixupCutmix(augmentation, num_classes)
 
 
 def build_classification_loss(label_smoothing: float) -> Callable:
@@ -133,12 +163,6 @@ class CAEv2FineTuningTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training and self.mixup_fn is not None:
-            even = inputs["pixel_values"].shape[0] // 2 * 2
-            if even != inputs["pixel_values"].shape[0]:
-                # timm's Mixup pairs images and needs an even batch; the Trainer keeps a stream's short last batch
-                # (dataloader_drop_last applies to map-style datasets only), so its odd image is left out.
-                inputs = {**inputs, "pixel_values": inputs["pixel_values"][:even], "labels": inputs["labels"][:even]}
-                num_items_in_batch = None if num_items_in_batch is None else num_items_in_batch - 1
             pixel_values, labels = self.mixup_fn(inputs["pixel_values"], inputs["labels"])
             inputs = {**inputs, "pixel_values": pixel_values, "labels": labels}
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -148,32 +172,25 @@ def check_head_matches_dataset(config, num_classes: int, ignore_mismatched_sizes
     """Refuse a checkpoint whose classifier has another class count than the dataset, unless asked to replace it."""
     has_head = any(name.endswith("ForImageClassification") for name in config.architectures or [])
     if has_head and config.num_labels != num_classes and not ignore_mismatched_sizes:
-        raise ValueError(
+        raise UserError(
             f"The checkpoint's classification head has {config.num_labels} classes but the dataset has {num_classes}: "
             "pass --ignore_mismatched_sizes true to train a new head."
         )
 
 
-def load_finetune_model(
-    model_name_or_path: str, class_names: list[str], drop_path_rate: float, ignore_mismatched_sizes: bool
-) -> CAEv2ForImageClassification:
-    """The fine-tuning classifier (mean pooling, `fc_norm` starting as the encoder's final norm) from any checkpoint.
-
-    The encoder's final norm is unused by mean pooling (the official model drops it), so it is frozen: no optimizer
-    state and no unused parameters for DDP.
-    """
-    check_head_matches_dataset(
-        AutoConfig.from_pretrained(model_name_or_path), len(class_names), ignore_mismatched_sizes
-    )
+def load_finetune_model(model_args: FineTuningModelArguments, class_names: list[str]) -> CAEv2ForImageClassification:
+    """The fine-tuning classifier from any CAE v2 checkpoint: mean of the patch tokens -> the encoder's final norm
+    (BEiT's `fc_norm`, so it starts as the pretrained norm) -> Linear. Every parameter trains."""
+    config = AutoConfig.from_pretrained(model_args.model)
+    check_head_matches_dataset(config, len(class_names), model_args.ignore_mismatched_sizes)
     model = AutoModelForImageClassification.from_pretrained(
-        model_name_or_path,
+        model_args.model,
         classifier_pooling="mean",
-        drop_path_rate=drop_path_rate,
+        drop_path_rate=model_args.drop_path_rate,
         **build_label_mappings(class_names),
         problem_type="single_label_classification",
-        ignore_mismatched_sizes=ignore_mismatched_sizes,
+        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
     )
-    model.base_model.layernorm.requires_grad_(False)
     return model
 
 
@@ -188,13 +205,11 @@ def build_finetune_trainer(
     train_dataset,
     eval_dataset,
     layer_decay: float,
-    mixup: float,
-    cutmix: float,
-    label_smoothing: float,
+    augmentation: AugmentationArguments,
 ) -> CAEv2FineTuningTrainer:
     """The Trainer of the official recipe: layer-decay AdamW, mixup / cutmix or label smoothing, top-k metrics."""
     if args.label_smoothing_factor > 0 or args.optim_args:
-        raise ValueError(
+        raise UserError(
             "--label_smoothing_factor and --optim_args are not used here (the loss and the layer-decay AdamW are the "
             "recipe's own): use --label_smoothing and the --learning_rate / --weight_decay / --adam_* options."
         )
@@ -206,7 +221,7 @@ def build_finetune_trainer(
         (args.adam_beta1, args.adam_beta2),
         args.adam_epsilon,
     )
-    mixup_fn = build_mixup(mixup, cutmix, label_smoothing, model.config.num_labels)
+    mixup_fn = build_mixup(augmentation, model.config.num_labels)
     return CAEv2FineTuningTrainer(
         model=model,
         args=args,
@@ -215,7 +230,7 @@ def build_finetune_trainer(
         data_collator=collate_classification_batch,
         optimizers=(optimizer, None),
         # With mixup, smoothing is already inside the soft targets.
-        compute_loss_func=build_classification_loss(0.0 if mixup_fn else label_smoothing),
+        compute_loss_func=build_classification_loss(0.0 if mixup_fn else augmentation.label_smoothing),
         compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         mixup_fn=mixup_fn,
@@ -229,4 +244,54 @@ def build_training_streams(
     shuffled = train_dataset.shuffle(seed=seed, buffer_size=SHUFFLE_BUFFER_SIZE)
     return PretrainImageStream(shuffled, train_transform, seed=seed), PretrainImageStream(
         validation_dataset, eval_transform
+    )
+
+
+@dataclass
+class FineTuningResult:
+    """What a fine-tuning run measured on validation, and with how much data."""
+
+    top1_accuracy: float
+    top5_accuracy: float
+    eval_loss: float
+    num_classes: int
+    num_train_examples: int
+    max_steps: int
+
+
+def train_and_evaluate(trainer: Trainer, num_classes: int, num_train_examples: int) -> FineTuningResult:
+    """Trains (resuming if `--resume_from_checkpoint` asks), evaluates, saves model and state (`trainer_state.json`:
+    the logged losses and metrics) and, on the main process, `results.json`."""
+    args = trainer.args
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    metrics = trainer.evaluate()
+    trainer.save_model()
+    trainer.save_state()
+    result = FineTuningResult(
+        top1_accuracy=metrics["eval_top1_accuracy"],
+        top5_accuracy=metrics["eval_top5_accuracy"],
+        eval_loss=metrics["eval_loss"],
+        num_classes=num_classes,
+        num_train_examples=num_train_examples,
+        max_steps=args.max_steps,
+    )
+    if trainer.is_world_process_zero():
+        with open(results_file(args.output_dir), "w") as file:
+            json.dump(asdict(result), file, indent=2)
+    return result
+
+
+def results_file(output_dir: str) -> str:
+    return os.path.join(output_dir, "results.json")
+
+
+def format_finetune_summary(result: FineTuningResult, model: str, output_dir: str) -> str:
+    """The lines fine-tuning prints at its end: top-1 / top-5, the results file and the model folder."""
+    return "\n".join(
+        [
+            f"Fine-tuned {model} for {result.max_steps} steps: top-1 {100 * result.top1_accuracy:.2f} %, "
+            f"top-5 {100 * result.top5_accuracy:.2f} % on validation (loss {result.eval_loss:.4f})",
+            f"  results: {results_file(output_dir)}",
+            f'  model:   {output_dir}  (pipeline("image-classification", model="{output_dir}"))',
+        ]
     )

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoImageProcessor, AutoModel, PreTrainedModel
 
+from ..cli import UserError
 from ..configuration_caev2 import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, CAEv2Config
-from ..data.images import normalize_pixel_values
+from ..data.device_augment import normalize_pixel_values
 
 
 @dataclass
@@ -28,17 +29,17 @@ def load_frozen_encoder(model_name_or_path: str) -> PreTrainedModel:
     weights would report a number that means nothing.
     """
     if os.path.isdir(model_name_or_path) and not os.path.isfile(os.path.join(model_name_or_path, "config.json")):
-        raise ValueError(
+        raise UserError(
             f"{model_name_or_path} holds no model (no config.json): give a folder written by save_pretrained (a CAE "
             "v2 checkpoint of any head, or another transformers vision encoder) or a Hub id."
         )
     try:
         encoder, loading_info = AutoModel.from_pretrained(model_name_or_path, output_loading_info=True)
     except OSError as error:
-        raise ValueError(f"No encoder weights could be loaded from {model_name_or_path}: {error}") from error
+        raise UserError(f"No encoder weights could be loaded from {model_name_or_path}: {error}") from error
     missing = sorted(loading_info["missing_keys"])
     if missing:
-        raise ValueError(
+        raise UserError(
             f"{model_name_or_path} has no weights for {len(missing)} tensors of its {type(encoder).__name__} encoder "
             f"(e.g. {missing[:3]}): the checkpoint does not hold this encoder."
         )
@@ -61,6 +62,21 @@ def read_preprocessing(encoder: PreTrainedModel, model_name_or_path: str) -> Enc
         mean = getattr(processor, "image_mean", None) or IMAGENET_DEFAULT_MEAN
         std = getattr(processor, "image_std", None) or IMAGENET_DEFAULT_STD
     return EncoderPreprocessing(image_size, round(image_size * 256 / 224), list(mean), list(std))
+
+
+@dataclass
+class FrozenEncoder:
+    """A frozen encoder with what evaluating it needs: the model, the name it was loaded by, how images reach it."""
+
+    model: PreTrainedModel
+    name: str
+    preprocessing: EncoderPreprocessing
+
+
+def open_frozen_encoder(model_name_or_path: str, device: torch.device | str) -> FrozenEncoder:
+    """`load_frozen_encoder` on `device`, with its `read_preprocessing`."""
+    model = load_frozen_encoder(model_name_or_path).to(device)
+    return FrozenEncoder(model, model_name_or_path, read_preprocessing(model, model_name_or_path))
 
 
 def pool_features(outputs) -> torch.Tensor:

@@ -1,10 +1,12 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
-"""What a linear probe leaves behind: `results.json`, the probed classifier, and its entries for a model card."""
+"""What a linear probe leaves behind: `results.json`, the probed classifier, its entries for a model card, and the
+summary it prints."""
 
 import copy
 import dataclasses
 import json
 import os
+from dataclasses import dataclass
 
 from huggingface_hub import EvalResult
 from safetensors.torch import save_file
@@ -14,6 +16,16 @@ from transformers import PreTrainedModel
 from ..hub.model_card import build_eval_results
 from ..modeling_caev2 import CAEv2ForImageClassification, CAEv2Model
 from .labelled_data import build_label_mappings
+from .probe import ProbeResult
+
+
+@dataclass
+class ProbeOutputs:
+    """The files a probe wrote: `results.json`, and a classifier folder (CAE v2) or a head file (another encoder)."""
+
+    results_file: str
+    model_dir: str | None  # a CAEv2ForImageClassification that pipeline("image-classification") runs
+    head_file: str | None  # probe_head.safetensors, for an encoder that is not CAE v2
 
 
 def build_probe_classifier(
@@ -30,32 +42,54 @@ def build_probe_classifier(
     return classifier.eval()
 
 
-def save_probe_outputs(
-    output_dir: str, encoder: PreTrainedModel, head: nn.Sequential, class_names: list[str], results: dict
-) -> None:
-    """`results.json`, plus a classifier folder for a CAE v2 encoder (`probe_head.safetensors` for another one)."""
+def save_probe_outputs(output_dir: str, encoder: PreTrainedModel, result: ProbeResult, results: dict) -> ProbeOutputs:
+    """`results` as `results.json`, plus a classifier folder for a CAE v2 encoder (`probe_head.safetensors` for
+    another one) holding `result`'s head."""
     os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, "results.json"), "w") as file:
+    outputs = ProbeOutputs(os.path.join(output_dir, "results.json"), model_dir=None, head_file=None)
+    with open(outputs.results_file, "w") as file:
         json.dump(results, file, indent=2)
     if isinstance(encoder, CAEv2Model):
-        build_probe_classifier(encoder, head.cpu(), class_names).save_pretrained(output_dir)
+        build_probe_classifier(encoder, result.head.cpu(), result.class_names).save_pretrained(output_dir)
+        outputs.model_dir = output_dir
     else:
-        state = {f"head.{name}": tensor.contiguous() for name, tensor in head.state_dict().items()}
-        save_file(
-            state, os.path.join(output_dir, "probe_head.safetensors"), metadata={"classes": json.dumps(class_names)}
+        outputs.head_file = os.path.join(output_dir, "probe_head.safetensors")
+        state = {f"head.{name}": tensor.contiguous() for name, tensor in result.head.state_dict().items()}
+        save_file(state, outputs.head_file, metadata={"classes": json.dumps(result.class_names)})
+    return outputs
+
+
+def format_probe_summary(result: ProbeResult, outputs: ProbeOutputs, model: str) -> str:
+    """The lines a probe prints at its end: top-1 / top-5, the chosen lr, and where results and model went."""
+    lines = [
+        f"Linear probe ({result.protocol} protocol) of {model}: top-1 {100 * result.top1_accuracy:.2f} %, "
+        f"top-5 {100 * result.top5_accuracy:.2f} % on {result.num_validation_examples} validation images",
+        f"  learning rate {result.learning_rate:.4g} (base {result.base_learning_rate:g})"
+        + (
+            f", best of {len(result.learning_rate_histories)} on the held-out part of train "
+            f"(top-1 {100 * result.holdout_top1_accuracy:.2f} %)"
+            if result.holdout_top1_accuracy is not None
+            else ""
+        ),
+        f"  results: {outputs.results_file}",
+    ]
+    if outputs.model_dir is not None:
+        lines.append(
+            f'  model:   {outputs.model_dir}  (pipeline("image-classification", model="{outputs.model_dir}"))'
         )
+    if outputs.head_file is not None:
+        lines.append(f"  head:    {outputs.head_file}  (no model folder: the encoder is not CAE v2)")
+    return "\n".join(lines)
 
 
-def build_probe_eval_results(
-    results: dict[str, float], dataset_id: str, dataset_split: str, protocol: str
-) -> list[EvalResult]:
+def build_probe_eval_results(result: ProbeResult, dataset_id: str, dataset_split: str) -> list[EvalResult]:
     """Model-index entries for the probe's top-1 / top-5 (in %), for `model_card.add_eval_results`.
 
     They are the card's own linear-probe entry ("Top-1 (LIN)", see `model_card.RESULT_FIELDS`) with this dataset,
     split and number; the fast protocol says so in the metric name, so its number never replaces an official one.
     """
     (linear_probe,) = build_eval_results({"imagenet_linear_probe_top1": 0.0}, source_name=None, source_url=None)
-    suffix = "" if protocol == "official" else f", {protocol} protocol"
+    suffix = "" if result.protocol == "official" else f", {result.protocol} protocol"
     return [
         dataclasses.replace(
             linear_probe,
@@ -63,7 +97,7 @@ def build_probe_eval_results(
             dataset_name=dataset_id,
             dataset_split=dataset_split,
             metric_name=f"Top-{k} (LIN{suffix})",
-            metric_value=round(100 * results[f"top{k}_accuracy"], 2),
+            metric_value=round(100 * getattr(result, f"top{k}_accuracy"), 2),
         )
         for k in (1, 5)
     ]
