@@ -10,7 +10,7 @@ import pytest
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "caev2_hf"
 MODEL_MODULES = {"__init__", "configuration_caev2", "modeling_caev2", "modeling_caev2_backbone"}
-SHARED = {"data", "optim", "cli", "hub"}
+SHARED = {"data", "optim", "cli", "hub", "plots"}
 JOBS = {"pretraining", "evaluation", "visualization", "visualize"}
 
 
