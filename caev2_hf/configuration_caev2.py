@@ -1,7 +1,10 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
 """CAE v2 model configuration and the official size presets (docs/method.md#encoder)."""
 
+from collections.abc import Sequence
+
 from transformers import CLIPVisionConfig, PretrainedConfig
+from transformers.backbone_utils import BackboneConfigMixin
 
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
@@ -9,7 +12,8 @@ IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-# OpenAI CLIP ViT-B/16 at 224 (`openai/clip-vit-base-patch16`), the teacher of every official run (docs/method.md#head-and-targets).
+# OpenAI CLIP ViT-B/16 at 224 (`openai/clip-vit-base-patch16`), the teacher of every official run
+# (docs/method.md#head-and-targets).
 CLIP_VIT_B16_TEACHER = {
     "hidden_size": 768,
     "intermediate_size": 3072,
@@ -22,7 +26,8 @@ CLIP_VIT_B16_TEACHER = {
     "layer_norm_eps": 1e-5,
 }
 
-# The official architectures and mask counts (docs/method.md#encoder). Tiny and Small use 12 heads, as the authors' scripts do.
+# The official architectures and mask counts (docs/method.md#encoder). Tiny and Small use 12 heads, as the authors'
+# scripts do.
 CAEV2_PRESETS = {
     "tiny": {
         "hidden_size": 192,
@@ -67,7 +72,18 @@ CLASSIFIER_POOLINGS = ("mean", "cls")
 TEACHER_GRID_RESAMPLINGS = (None, "bilinear", "bicubic")
 
 
-class CAEv2Config(PretrainedConfig):
+def per_channel(values: float | Sequence[float], num_channels: int) -> list[float]:
+    """Normalisation statistics as one float per channel: a scalar applies to every channel, as image processors
+    accept it."""
+    if isinstance(values, int | float):
+        return [float(values)] * num_channels
+    values = [float(value) for value in values]
+    if len(values) != num_channels:
+        raise ValueError(f"Normalisation statistics {values} have {len(values)} values for {num_channels} channels.")
+    return values
+
+
+class CAEv2Config(BackboneConfigMixin, PretrainedConfig):
     r"""
     Configuration of a CAE v2 model: the ViT encoder (`CAEv2Model`), the latent regressor and head used in pretraining
     (`CAEv2ForPreTraining`), the frozen CLIP teacher, and the classification heads. The defaults give CAE v2 ViT-Base;
@@ -91,7 +107,8 @@ class CAEv2Config(PretrainedConfig):
         regressor_num_hidden_layers (`int`, *optional*, defaults to 4): Number of cross-attention regressor blocks.
         regressor_num_attention_heads (`int`, *optional*): Regressor heads; defaults to `num_attention_heads`.
         regressor_intermediate_size (`int`, *optional*): Regressor MLP width; defaults to 4 x `regressor_hidden_size`.
-        regressor_layer_scale_init_value (`float`, *optional*, defaults to 0.1): Initial layer scale of regressor blocks.
+        regressor_layer_scale_init_value (`float`, *optional*, defaults to 0.1): Initial layer scale of regressor
+            blocks.
         num_masking_patches (`int`, *optional*, defaults to 98): Patches masked per image in pretraining. Every image
             of a batch must have exactly this many masked patches.
         mask_ratio (`float`, *optional*): Alternative to `num_masking_patches`: `round(mask_ratio * num_patches)`.
@@ -112,12 +129,26 @@ class CAEv2Config(PretrainedConfig):
             received weights (tests, the offline demo). Without it such a run raises.
         teacher_grid_resampling (`str`, *optional*): How to bring teacher patch targets to the student grid when the
             grids differ (`"bilinear"` or `"bicubic"`); `None` refuses a mismatch.
-        image_mean / image_std (`tuple[float]`, *optional*): Student normalisation (ImageNet statistics).
-        teacher_image_mean / teacher_image_std (`tuple[float]`, *optional*): Teacher normalisation (CLIP statistics).
+        image_mean / image_std (`float` or `list[float]`, *optional*): Student normalisation (ImageNet statistics);
+            a scalar applies to every channel. Stored as one value per channel.
+        teacher_image_mean / teacher_image_std (`float` or `list[float]`, *optional*): Teacher normalisation (CLIP
+            statistics), as `image_mean` / `image_std`.
         classifier_pooling (`str`, *optional*, defaults to `"mean"`): Head of `CAEv2ForImageClassification`: `"mean"`
             (fine-tuning: mean of patch tokens -> LayerNorm -> Linear) or `"cls"` (linear probe: [CLS] ->
             BatchNorm without affine -> Linear).
         classifier_init_scale (`float`, *optional*, defaults to 0.001): Scale of the fine-tuning classifier's init.
+        out_features / out_indices (`list`, *optional*): Stages `CAEv2Backbone` returns (`stage_names` are `"stem"`,
+            then `"stage{i}"` = output of block i, 1-based); default: blocks L/3, L/2, 2L/3, L (4, 6, 8, 12 for
+            ViT-B, the authors' 0-based `out_indices=[3, 5, 7, 11]`). See docs/segmentation.md.
+        backbone_image_size (`int`, *optional*): Input size `CAEv2Backbone` is trained at (the authors: 512); sizes its
+            relative position bias tables. Defaults to `image_size`.
+        backbone_relative_position_bias (`bool`, *optional*, defaults to `True`): Per-block relative position bias in
+            `CAEv2Backbone`, zero at init (the authors' segmentation backbone).
+        backbone_position_table (`str`, *optional*, defaults to `"interpolate"`): `CAEv2Backbone`'s sin-cos table for
+            another grid: `"interpolate"` (bicubic resize of the `image_size` grid's table, as the authors) or
+            `"exact"` (computed for the input grid).
+        backbone_add_fpn (`bool`, *optional*, defaults to `True`): `CAEv2Backbone` turns its 4 feature maps into strides
+            4, 8, 16, 32 (transposed convolutions, identity, max-pool), the authors' multi-scale neck.
 
     Example:
 
@@ -164,12 +195,18 @@ class CAEv2Config(PretrainedConfig):
         teacher_name_or_path: str = "openai/clip-vit-base-patch16",
         use_random_teacher: bool = False,
         teacher_grid_resampling: str | None = None,
-        image_mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN,
-        image_std: tuple[float, ...] = IMAGENET_DEFAULT_STD,
-        teacher_image_mean: tuple[float, ...] = OPENAI_CLIP_MEAN,
-        teacher_image_std: tuple[float, ...] = OPENAI_CLIP_STD,
+        image_mean: float | Sequence[float] = IMAGENET_DEFAULT_MEAN,
+        image_std: float | Sequence[float] = IMAGENET_DEFAULT_STD,
+        teacher_image_mean: float | Sequence[float] = OPENAI_CLIP_MEAN,
+        teacher_image_std: float | Sequence[float] = OPENAI_CLIP_STD,
         classifier_pooling: str = "mean",
         classifier_init_scale: float = 0.001,
+        out_features: list[str] | None = None,
+        out_indices: list[int] | None = None,
+        backbone_image_size: int | None = None,
+        backbone_relative_position_bias: bool = True,
+        backbone_position_table: str = "interpolate",
+        backbone_add_fpn: bool = True,
         **kwargs,
     ):
         self.image_size = image_size
@@ -208,12 +245,20 @@ class CAEv2Config(PretrainedConfig):
         self.teacher_name_or_path = teacher_name_or_path
         self.use_random_teacher = use_random_teacher
         self.teacher_grid_resampling = teacher_grid_resampling
-        self.image_mean = list(image_mean)
-        self.image_std = list(image_std)
-        self.teacher_image_mean = list(teacher_image_mean)
-        self.teacher_image_std = list(teacher_image_std)
+        self.image_mean = per_channel(image_mean, num_channels)
+        self.image_std = per_channel(image_std, num_channels)
+        self.teacher_image_mean = per_channel(teacher_image_mean, num_channels)
+        self.teacher_image_std = per_channel(teacher_image_std, num_channels)
         self.classifier_pooling = classifier_pooling
         self.classifier_init_scale = classifier_init_scale
+        self.backbone_image_size = backbone_image_size or image_size
+        self.backbone_relative_position_bias = backbone_relative_position_bias
+        self.backbone_position_table = backbone_position_table
+        self.backbone_add_fpn = backbone_add_fpn
+        self.stage_names = ["stem"] + [f"stage{index}" for index in range(1, num_hidden_layers + 1)]
+        if out_features is None and out_indices is None:
+            out_indices = default_backbone_out_indices(num_hidden_layers)
+        self.set_output_features_output_indices(out_features=out_features, out_indices=out_indices)
         super().__init__(**kwargs)
         self._validate()
 
@@ -284,9 +329,21 @@ class CAEv2Config(PretrainedConfig):
         if teacher_grid != student_grid and self.teacher_grid_resampling is None:
             raise ValueError(
                 f"The teacher's patch grid ({teacher_grid}x{teacher_grid}) differs from the student's "
-                f"({student_grid}x{student_grid}): targets would be misaligned. Use a teacher with the same grid or set "
-                f"teacher_grid_resampling='bilinear' to resample the teacher's patch targets to the student grid."
+                f"({student_grid}x{student_grid}): targets would be misaligned. Use a teacher with the same grid "
+                "or set teacher_grid_resampling='bilinear' to resample the teacher's patch targets to the student "
+                "grid."
             )
+
+
+def default_backbone_out_indices(num_hidden_layers: int) -> list[int]:
+    """Stages after blocks L/3, L/2, 2L/3 and L (1-based): 4, 6, 8, 12 for ViT-B and 8, 12, 16, 24 for ViT-L, the
+    authors' segmentation `out_indices` (0-based blocks 3, 5, 7, 11 and 7, 11, 15, 23); every block below 4 layers."""
+    if num_hidden_layers < 4:
+        return list(range(1, num_hidden_layers + 1))
+    indices = [num_hidden_layers * twelfths // 12 for twelfths in (4, 6, 8, 12)]
+    for position in range(1, 4):  # shallow encoders: keep the four stages distinct
+        indices[position] = max(indices[position], indices[position - 1] + 1)
+    return indices
 
 
 __all__ = ["CAEv2Config", "CAEV2_PRESETS"]

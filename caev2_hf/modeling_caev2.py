@@ -12,11 +12,14 @@ from transformers import BitImageProcessor, CLIPVisionModelWithProjection, PreTr
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput, logging
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, logging
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
-from .configuration_caev2 import CAEv2Config
+from .configuration_caev2 import CAEv2Config, per_channel
 
 
 logger = logging.get_logger(__name__)
@@ -53,7 +56,8 @@ class CAEv2ForPreTrainingOutput(ModelOutput):
 def build_2d_sincos_position_embedding(
     grid_height: int, grid_width: int, dim: int, device: torch.device | str | None = None
 ) -> torch.Tensor:
-    """Fixed 2-D sin-cos table of shape `(1 + grid_height * grid_width, dim)` with a zero [CLS] row (docs/method.md#encoder).
+    """Fixed 2-D sin-cos table of shape `(1 + grid_height * grid_width, dim)` with a zero [CLS] row
+    (docs/method.md#encoder).
 
     Patch `row * grid_width + col` gets `[sin(row*w), cos(row*w), sin(col*w), cos(col*w)]`: the row comes first, as in
     the official CAE code (MAE's helper puts the column first, which would transpose the table).
@@ -68,7 +72,8 @@ def build_2d_sincos_position_embedding(
 
 
 def check_mask_counts(bool_masked_pos: torch.Tensor, num_masked: int) -> None:
-    """Every image must mask exactly `num_masked` patches, so visible tokens stack into one tensor (docs/method.md#encoder).
+    """Every image must mask exactly `num_masked` patches, so visible tokens stack into one tensor
+    (docs/method.md#encoder).
 
     On the CPU the check is free and raises a readable error; on an accelerator (or under torch.compile) it is
     queued asynchronously, so the training step keeps no host sync and compiles to one graph.
@@ -84,7 +89,8 @@ def check_mask_counts(bool_masked_pos: torch.Tensor, num_masked: int) -> None:
     if bool(torch.any(counts != counts[0])):
         raise ValueError(
             f"bool_masked_pos masks a different number of patches per image ({sorted(set(counts.tolist()))}): every "
-            f"image of a batch must mask the same number; use caev2_hf.data.masking generators, which give exact counts."
+            "image of a batch must mask the same number; use caev2_hf.data.masking generators, which give exact "
+            "counts."
         )
     if int(counts[0]) != num_masked:
         raise ValueError(
@@ -239,9 +245,9 @@ class CAEv2Attention(nn.Module):
         value_states = self.v_proj(value_input).view(batch_size, value_input.shape[1], -1, self.head_dim)
         value_states = value_states.transpose(1, 2)
 
-        attention_interface: Callable = eager_attention_forward
-        if self.config._attn_implementation not in (None, "eager"):
-            attention_interface = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
         attn_output, attn_weights = attention_interface(
             self, query_states, key_states, value_states, None, scaling=self.scaling, dropout=0.0, is_causal=False
         )
@@ -340,29 +346,23 @@ def drop_path_rates(max_rate: float, depth: int) -> list[float]:
 
 
 class CAEv2Encoder(nn.Module):
-    """The stack of encoder blocks."""
+    """The stack of encoder blocks. `CAEv2Model.forward` records each block's input/output and attention map
+    (`_can_record_outputs`) when `output_hidden_states` / `output_attentions` ask for them."""
 
     def __init__(self, config: CAEv2Config) -> None:
         super().__init__()
         rates = drop_path_rates(config.drop_path_rate, config.num_hidden_layers)
         self.layers = nn.ModuleList([CAEv2Layer(config, rate) for rate in rates])
 
-    def forward(
-        self, hidden_states: torch.Tensor, output_hidden_states: bool = False, output_attentions: bool = False
-    ) -> tuple[torch.Tensor, tuple | None, tuple | None]:
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
-        all_attentions = () if output_attentions else None
+    def forward(self, hidden_states: torch.Tensor) -> BaseModelOutput:
         for layer in self.layers:
-            hidden_states, attn_weights = layer(hidden_states)
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-            if output_attentions:
-                all_attentions += (attn_weights,)
-        return hidden_states, all_hidden_states, all_attentions
+            hidden_states, _ = layer(hidden_states)
+        return BaseModelOutput(last_hidden_state=hidden_states)
 
 
 class CAEv2LatentProjection(nn.Module):
-    """Linear + LayerNorm narrowing encoder latents to the regressor width (Tiny only; official `encoder_to_regresser`)."""
+    """Linear + LayerNorm narrowing encoder latents to the regressor width (Tiny only; official
+    `encoder_to_regresser`)."""
 
     def __init__(self, config: CAEv2Config) -> None:
         super().__init__()
@@ -374,7 +374,8 @@ class CAEv2LatentProjection(nn.Module):
 
 
 class CAEv2Regressor(nn.Module):
-    """Latent contextual regressor: learned mask queries -> predicted latents of the masked patches (docs/method.md#regressor)."""
+    """Latent contextual regressor: learned mask queries -> predicted latents of the masked patches
+    (docs/method.md#regressor)."""
 
     def __init__(self, config: CAEv2Config) -> None:
         super().__init__()
@@ -415,37 +416,73 @@ class CAEv2Head(nn.Module):
 class CAEv2Teacher(nn.Module):
     """Frozen CLIP vision tower giving L2-normalised targets for all tokens (docs/method.md#head-and-targets).
 
-    Its weights are never saved with the student: `CAEv2ForPreTraining.load_teacher()` fetches them from
-    `config.teacher_name_or_path`. `has_weights` records whether that happened.
+    An ordinary submodule of `CAEv2ForPreTraining`, saved and loaded with it (docs/design.md#teacher). Its weights
+    come from `CAEv2ForPreTraining.load_teacher()` or from a saved pretraining folder; the persistent `has_weights`
+    buffer records that real weights arrived, so a teacher that never received them refuses to give targets.
     """
 
     def __init__(self, config: CAEv2Config) -> None:
         super().__init__()
         self.config = config
         self.model = CLIPVisionModelWithProjection(config.teacher_config)
-        self.model.requires_grad_(False)
-        self.has_weights = False
+        # Saved in the state dict: `load_teacher()` sets it, `from_pretrained` / `load_state_dict` restore it.
+        self.register_buffer("has_weights", torch.zeros((), dtype=torch.bool))
         input_scale, input_shift = self.renormalisation(config)
         self.register_buffer("input_scale", input_scale, False)
         self.register_buffer("input_shift", input_shift, False)
+        self._checked_flag: torch.Tensor | None = None
         self.train(False)  # eval from the start, not only after the student's first train()/eval()
+
+    def check_has_weights(self) -> None:
+        """Raise unless real weights were loaded (`has_weights`) or `config.use_random_teacher` asks for noise.
+
+        The flag lives on the model's device. Reading it there each step would stall the host, so it is read once
+        per buffer object (a new one after `from_pretrained` or `.to(device)`), with a readable error; later steps
+        check it asynchronously on the device, as `check_mask_counts` does.
+        """
+        if self.config.use_random_teacher:
+            return
+        flag = self.has_weights
+        message = (
+            "The CLIP teacher has no weights, so its targets would be noise. Call model.load_teacher() (loads "
+            f"{self.config.teacher_name_or_path!r}), load a pretraining folder that holds a loaded teacher, pass "
+            "target_features=..., or set config.use_random_teacher=True if a random teacher is intended (tests, the "
+            "offline demo)."
+        )
+        if torch.compiler.is_compiling():
+            torch._assert_async(flag, message)
+            return
+        if flag.device.type == "cpu" or flag is not self._checked_flag:
+            if not bool(flag):
+                raise RuntimeError(message)
+            self._checked_flag = flag
+            return
+        torch._assert_async(flag, message)
 
     @staticmethod
     def renormalisation(config: CAEv2Config) -> tuple[torch.Tensor, torch.Tensor]:
         """Scale and shift turning student-normalised pixels into CLIP-normalised ones: one crop, two statistics."""
-        student_mean, student_std = torch.tensor(config.image_mean), torch.tensor(config.image_std)
-        teacher_mean, teacher_std = torch.tensor(config.teacher_image_mean), torch.tensor(config.teacher_image_std)
+        statistics = (config.image_mean, config.image_std, config.teacher_image_mean, config.teacher_image_std)
+        student_mean, student_std, teacher_mean, teacher_std = (
+            torch.tensor(per_channel(values, config.num_channels)) for values in statistics
+        )
         scale = student_std / teacher_std
         shift = (student_mean - teacher_mean) / teacher_std
         return scale.view(1, -1, 1, 1), shift.view(1, -1, 1, 1)
 
     def train(self, mode: bool = True) -> "CAEv2Teacher":
-        """The teacher stays in eval mode whatever the student does."""
+        """The teacher stays frozen and in eval mode whatever the student does.
+
+        Freezing here too, not only in `__init__`: `from_pretrained` materialises loaded weights as new parameters
+        that require gradients, then calls `eval()`; so does any `train()` / `eval()` after a `requires_grad_(True)`.
+        """
+        self.model.requires_grad_(False)
         return super().train(False)
 
     @torch.no_grad()
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Student-normalised `(batch, 3, H, W)` -> targets `(batch, 1 + num_patches, projection_dim)` in image order."""
+        """Student-normalised `(batch, 3, H, W)` -> targets `(batch, 1 + num_patches, projection_dim)` in image
+        order."""
         teacher_dtype = self.model.visual_projection.weight.dtype
         pixel_values = (pixel_values.float() * self.input_scale + self.input_shift).to(teacher_dtype)
         teacher_size = self.config.teacher_config.image_size
@@ -483,8 +520,8 @@ def build_image_processor(config: CAEv2Config) -> BitImageProcessor:
         crop_size={"height": config.image_size, "width": config.image_size},
         do_rescale=True,
         do_normalize=True,
-        image_mean=list(config.image_mean),
-        image_std=list(config.image_std),
+        image_mean=per_channel(config.image_mean, config.num_channels),
+        image_std=per_channel(config.image_std, config.num_channels),
         do_convert_rgb=True,
     )
 
@@ -511,8 +548,13 @@ class CAEv2PreTrainedModel(PreTrainedModel):
     _no_split_modules = ["CAEv2Embeddings", "CAEv2Layer", "CAEv2RegressorLayer"]
     _supports_sdpa = True
     _supports_flash_attn = True
-    _supports_flex_attn = False
+    _supports_flex_attn = True
     _supports_attention_backend = True
+    # What `capture_outputs` (on `CAEv2Model.forward`) records: each encoder block's input and output, its attention.
+    _can_record_outputs = {
+        "hidden_states": OutputRecorder(CAEv2Layer, index=0),
+        "attentions": OutputRecorder(CAEv2Layer, index=1),
+    }
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -520,7 +562,8 @@ class CAEv2PreTrainedModel(PreTrainedModel):
         if isinstance(module, nn.Linear):
             fan_out = getattr(module, "xavier_fan_out", module.out_features)
             bound = (6.0 / (module.in_features + fan_out)) ** 0.5
-            init.uniform_(module.weight, -bound, bound)  # xavier-uniform for every Linear (docs/method.md#initialisation)
+            # xavier-uniform for every Linear (docs/method.md#initialisation)
+            init.uniform_(module.weight, -bound, bound)
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Conv2d):
@@ -539,6 +582,7 @@ class CAEv2PreTrainedModel(PreTrainedModel):
             init.trunc_normal_(module.mask_token, std=std, a=-std, b=std)
             init.copy_(module.position_embeddings, self._sincos_like(module.position_embeddings))
         elif isinstance(module, CAEv2Teacher):
+            init.zeros_(module.has_weights)  # a teacher built or loaded without weights has none
             input_scale, input_shift = module.renormalisation(self.config)
             init.copy_(module.input_scale, input_scale)
             init.copy_(module.input_shift, input_shift)
@@ -563,6 +607,14 @@ class CAEv2Model(CAEv2PreTrainedModel):
     The CAE v2 ViT encoder. Without `bool_masked_pos` it encodes every patch (downstream use); with it, only [CLS] and
     the visible patches enter the blocks, as in pretraining.
 
+    Args:
+        config (`CAEv2Config`): The model configuration.
+        use_mean_pooling (`bool`, *optional*, defaults to `False`): BEiT's fine-tuning pooling, used by
+            `CAEv2ForImageClassification` with `classifier_pooling="mean"`: the final LayerNorm applies to the mean
+            of the patch tokens (`pooler_output`) instead of to every token, so `last_hidden_state` is the last
+            block's output. The norm keeps its key (`layernorm`), so a pretrained final norm loads into it unchanged
+            (the recipe's `fc_norm` starting as the final norm, docs/method.md#initialisation).
+
     Example:
 
     ```python
@@ -576,8 +628,9 @@ class CAEv2Model(CAEv2PreTrainedModel):
 
     _keys_to_ignore_on_load_unexpected = PRETRAINING_ONLY_KEYS
 
-    def __init__(self, config: CAEv2Config) -> None:
+    def __init__(self, config: CAEv2Config, use_mean_pooling: bool = False) -> None:
         super().__init__(config)
+        self.use_mean_pooling = use_mean_pooling
         self.embeddings = CAEv2Embeddings(config)
         self.encoder = CAEv2Encoder(config)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -586,32 +639,15 @@ class CAEv2Model(CAEv2PreTrainedModel):
     def get_input_embeddings(self) -> CAEv2PatchEmbeddings:
         return self.embeddings.patch_embeddings
 
-    def encode(
-        self,
-        pixel_values: torch.Tensor,
-        visible_ids: torch.Tensor | None = None,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-        interpolate_pos_encoding: bool = False,
-    ) -> tuple[torch.Tensor, tuple | None, tuple | None]:
-        """Blocks without the final LayerNorm: `(last_hidden_state_before_norm, hidden_states, attentions)`.
-
-        Heads choose how to normalise: pretraining and the linear probe use the final norm, fine-tuning pools first.
-        """
-        pixel_values = pixel_values.to(self.embeddings.patch_embeddings.projection.weight.dtype)
-        embeddings = self.embeddings(pixel_values, visible_ids, interpolate_pos_encoding)
-        return self.encoder(embeddings, output_hidden_states, output_attentions)
-
+    @merge_with_config_defaults
+    @capture_outputs(tie_last_hidden_states=False)
     def forward(
         self,
         pixel_values: torch.Tensor,
         bool_masked_pos: torch.BoolTensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
         interpolate_pos_encoding: bool = False,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> BaseModelOutputWithPooling | tuple:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPooling:
         r"""
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
@@ -619,33 +655,33 @@ class CAEv2Model(CAEv2PreTrainedModel):
             bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`, *optional*):
                 True marks a masked patch; masked patches are dropped, not replaced. Every image must mask exactly
                 `config.num_masking_patches` patches.
-            output_hidden_states (`bool`, *optional*): Return the input of every block and the last block's output.
-            output_attentions (`bool`, *optional*): Return attention maps (eager attention only).
             interpolate_pos_encoding (`bool`, *optional*, defaults to `False`):
                 Accept another resolution; its sin-cos table is computed exactly for the new grid.
-            return_dict (`bool`, *optional*): Return a `ModelOutput` instead of a tuple.
+            output_hidden_states (`bool`, *optional*): Return the input of every block and the last block's output
+                (defaults to `config.output_hidden_states`).
+            output_attentions (`bool`, *optional*): Return attention maps, eager attention only (defaults to
+                `config.output_attentions`).
+            return_dict (`bool`, *optional*): Return a `ModelOutput` instead of a tuple (defaults to
+                `config.return_dict`).
 
         Returns:
             `BaseModelOutputWithPooling`: `last_hidden_state` `(batch_size, 1 + num_kept_patches, hidden_size)` after
-            the final LayerNorm, `pooler_output` the normalised [CLS] token (the linear-probe feature).
+            the final LayerNorm and `pooler_output` the normalised [CLS] token (the linear-probe feature); with
+            `use_mean_pooling`, the last block's output and the normalised mean of its patch tokens.
         """
-        output_hidden_states = output_hidden_states if output_hidden_states is not None else False
-        output_attentions = output_attentions if output_attentions is not None else False
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         visible_ids = None
         if bool_masked_pos is not None:
             visible_ids, _ = split_visible_and_masked(bool_masked_pos, self.config.num_masking_patches)
-        hidden_states, all_hidden_states, attentions = self.encode(
-            pixel_values, visible_ids, output_hidden_states, output_attentions, interpolate_pos_encoding
-        )
-        sequence_output = self.layernorm(hidden_states)
-        outputs = BaseModelOutputWithPooling(
-            last_hidden_state=sequence_output,
-            pooler_output=sequence_output[:, 0],
-            hidden_states=all_hidden_states,
-            attentions=attentions,
-        )
-        return outputs if return_dict else outputs.to_tuple()
+        pixel_values = pixel_values.to(self.embeddings.patch_embeddings.projection.weight.dtype)
+        embeddings = self.embeddings(pixel_values, visible_ids, interpolate_pos_encoding)
+        hidden_states = self.encoder(embeddings).last_hidden_state
+        if self.use_mean_pooling:
+            sequence_output = hidden_states
+            pooled_output = self.layernorm(hidden_states[:, 1:].mean(dim=1))
+        else:
+            sequence_output = self.layernorm(hidden_states)
+            pooled_output = sequence_output[:, 0]
+        return BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=pooled_output)
 
 
 def compute_token_losses(predictions: torch.Tensor, targets: torch.Tensor, loss_type: str) -> torch.Tensor:
@@ -658,7 +694,8 @@ def compute_token_losses(predictions: torch.Tensor, targets: torch.Tensor, loss_
 
 
 def combine_group_losses(token_losses: torch.Tensor, num_visible: int, config: CAEv2Config) -> dict[str, torch.Tensor]:
-    """Per-group means and the loss over supervised tokens, each group weighted by its token count (docs/method.md#loss).
+    """Per-group means and the loss over supervised tokens, each group weighted by its token count
+    (docs/method.md#loss).
 
     With every group on this is the official mean over [CLS] + visible + masked; visible-only is paper Eq. (1) with
     `dm = 0` ("CAE v2"), visible + masked is "CAE v2+".
@@ -684,25 +721,15 @@ def draw_random_mask(batch_size: int, num_patches: int, num_masked: int, device:
     return torch.zeros(batch_size, num_patches, dtype=torch.bool, device=device).scatter_(1, masked_ids, True)
 
 
-def drop_teacher_from_state_dict(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
-    """Checkpoints of the student never carry the teacher: it comes back from its own name or path (docs/design.md#teacher)."""
-    for key in [key for key in state_dict if key.startswith(prefix + "teacher.")]:
-        del state_dict[key]
-
-
-def ignore_missing_teacher_keys(module: nn.Module, incompatible_keys) -> None:
-    """Let strict `load_state_dict` (e.g. Accelerate's `load_state`) accept checkpoints without teacher weights."""
-    missing = incompatible_keys.missing_keys
-    missing[:] = [key for key in missing if not (key.startswith("teacher.") or ".teacher." in key)]
-
-
 class CAEv2ForPreTraining(CAEv2PreTrainedModel):
     r"""
     CAE v2 pretraining: encoder on visible patches, latent regressor for masked patches, a shared head, and the
     frozen CLIP teacher giving targets for [CLS], visible and masked tokens.
 
-    The teacher's weights are not part of this model's checkpoints. Call `load_teacher()` before training (it
-    downloads `config.teacher_name_or_path`), pass `target_features`, or set `config.use_random_teacher=True`.
+    The teacher is a frozen submodule saved with the model (docs/design.md#teacher): `load_teacher()` gives it the
+    weights of `config.teacher_name_or_path` once, and every later `save_pretrained` / `from_pretrained` carries them,
+    so a pretraining folder continues without a download. A teacher that never received weights refuses to give
+    targets: call `load_teacher()`, pass `target_features`, or set `config.use_random_teacher=True`.
 
     Example:
 
@@ -721,8 +748,6 @@ class CAEv2ForPreTraining(CAEv2PreTrainedModel):
 
     # forward() takes **kwargs but computes a mean loss: Trainer must still divide it for gradient accumulation.
     accepts_loss_kwargs = False
-    _keys_to_ignore_on_load_missing = [r"^teacher\."]
-    _keys_to_ignore_on_load_unexpected = [r"^teacher\."]
 
     def __init__(self, config: CAEv2Config) -> None:
         super().__init__(config)
@@ -734,20 +759,10 @@ class CAEv2ForPreTraining(CAEv2PreTrainedModel):
         self.regressor = CAEv2Regressor(config)
         self.head = CAEv2Head(config)
         self.teacher = CAEv2Teacher(config)
-        self.register_state_dict_post_hook(drop_teacher_from_state_dict)
-        self.register_load_state_dict_post_hook(ignore_missing_teacher_keys)
         self.post_init()
 
     def get_input_embeddings(self) -> CAEv2PatchEmbeddings:
         return self.caev2.get_input_embeddings()
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs) -> "CAEv2ForPreTraining":
-        """Load the student; the teacher is rebuilt without weights, since checkpoints never hold it."""
-        model = super().from_pretrained(*args, **kwargs)
-        # The state-dict hook hides teacher tensors from the loader too, so they were never materialised.
-        model.teacher = CAEv2Teacher(model.config).to(model.device)
-        return model
 
     def load_teacher(
         self, teacher_name_or_path: str | os.PathLike | None = None, dtype: torch.dtype | None = None, **kwargs
@@ -777,28 +792,21 @@ class CAEv2ForPreTraining(CAEv2PreTrainedModel):
         self.teacher.model.load_state_dict(pretrained.state_dict())
         if dtype is not None:
             self.teacher.model.to(dtype)
-        self.teacher.has_weights = True
+        self.teacher.has_weights.fill_(True)
 
     def compute_target_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Teacher targets `(batch, 1 + num_patches, target_hidden_size)` in image order, L2-normalised."""
-        if not (self.teacher.has_weights or self.config.use_random_teacher):
-            raise RuntimeError(
-                "The CLIP teacher has no weights, so its targets would be noise. Call model.load_teacher() (loads "
-                f"{self.config.teacher_name_or_path!r}), pass target_features=..., or set config.use_random_teacher="
-                "True if a random teacher is intended (tests, the offline demo)."
-            )
+        self.teacher.check_has_weights()
         return self.teacher(pixel_values)
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         bool_masked_pos: torch.BoolTensor | None = None,
         target_features: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> CAEv2ForPreTrainingOutput | tuple:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> CAEv2ForPreTrainingOutput:
         r"""
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, image_size, image_size)`):
@@ -807,11 +815,10 @@ class CAEv2ForPreTraining(CAEv2PreTrainedModel):
             bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`, *optional*):
                 True = masked; exactly `config.num_masking_patches` per image. Without it a uniformly random mask
                 with that count is drawn on the device (training takes block masks from `caev2_hf.data.masking`).
-            target_features (`torch.FloatTensor` of shape `(batch_size, 1 + num_patches, target_hidden_size)`, *optional*):
-                Teacher tokens in image order ([CLS] first). When given, the teacher is not run.
-            output_hidden_states / output_attentions / return_dict: as for `CAEv2Model`.
+            target_features (`torch.FloatTensor` of shape `(batch_size, 1 + num_patches, target_hidden_size)`,
+                *optional*): Teacher tokens in image order ([CLS] first). When given, the teacher is not run.
+            output_hidden_states / output_attentions / return_dict: as for `CAEv2Model` (encoder states only).
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         batch_size, num_patches = pixel_values.shape[0], self.config.num_patches
         if bool_masked_pos is None:
             bool_masked_pos = draw_random_mask(
@@ -819,10 +826,8 @@ class CAEv2ForPreTraining(CAEv2PreTrainedModel):
             )
         visible_ids, masked_ids = split_visible_and_masked(bool_masked_pos, self.config.num_masking_patches)
 
-        hidden_states, all_hidden_states, attentions = self.caev2.encode(
-            pixel_values, visible_ids, bool(output_hidden_states), bool(output_attentions)
-        )
-        latents = self.latent_projection(self.caev2.layernorm(hidden_states))
+        encoder_outputs = self.caev2(pixel_values, bool_masked_pos=bool_masked_pos, return_dict=True, **kwargs)
+        latents = self.latent_projection(encoder_outputs.last_hidden_state)
         predicted_masked = self.regressor(latents[:, 1:], visible_ids, masked_ids)
         logits = self.head(torch.cat([latents, predicted_masked], dim=1))
 
@@ -832,20 +837,20 @@ class CAEv2ForPreTraining(CAEv2PreTrainedModel):
         token_losses = compute_token_losses(logits, targets, self.config.loss_type)
         losses = combine_group_losses(token_losses, visible_ids.shape[1], self.config)
 
-        outputs = CAEv2ForPreTrainingOutput(
+        return CAEv2ForPreTrainingOutput(
             **losses,
             logits=logits,
             target_features=targets,
             bool_masked_pos=bool_masked_pos,
-            hidden_states=all_hidden_states,
-            attentions=attentions,
+            hidden_states=encoder_outputs.hidden_states,
+            attentions=encoder_outputs.attentions,
         )
-        return outputs if return_dict else outputs.to_tuple()
 
     def order_like_predictions(
         self, target_features: torch.Tensor, visible_ids: torch.Tensor, masked_ids: torch.Tensor
     ) -> torch.Tensor:
-        """Image-order targets -> [CLS, visible..., masked...], the order of the predictions (docs/method.md#head-and-targets)."""
+        """Image-order targets -> [CLS, visible..., masked...], the order of the predictions
+        (docs/method.md#head-and-targets)."""
         expected = (visible_ids.shape[0], 1 + self.config.num_patches, self.config.target_hidden_size)
         if tuple(target_features.shape) != expected:
             raise ValueError(
@@ -861,30 +866,16 @@ class CAEv2ForPreTraining(CAEv2PreTrainedModel):
         return torch.cat(ordered, dim=1).to(torch.float32)
 
 
-class CAEv2MeanPooler(nn.Module):
-    """Fine-tuning features: mean of the patch tokens before the final norm, then `fc_norm` (official BEiT head).
-
-    The encoder's final LayerNorm is then unused (the official model replaces it by an identity); it is kept so a
-    pretrained encoder loads unchanged, and `fc_norm` starts as a copy of it.
-    """
-
-    def __init__(self, config: CAEv2Config) -> None:
-        super().__init__()
-        self.fc_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-
-    def forward(self, hidden_states: torch.Tensor, final_layernorm: nn.LayerNorm) -> torch.Tensor:
-        return self.fc_norm(hidden_states[:, 1:].mean(dim=1))
-
-
 class CAEv2ClsBatchNormPooler(nn.Module):
-    """Linear-probe features: [CLS] after the final norm, then BatchNorm without affine (official probe, docs/method.md#recipes)."""
+    """Linear-probe features: [CLS] after the final norm, then BatchNorm without affine (official probe,
+    docs/method.md#recipes)."""
 
     def __init__(self, config: CAEv2Config) -> None:
         super().__init__()
         self.batch_norm = nn.BatchNorm1d(config.hidden_size, affine=False, eps=1e-6)
 
-    def forward(self, hidden_states: torch.Tensor, final_layernorm: nn.LayerNorm) -> torch.Tensor:
-        return self.batch_norm(final_layernorm(hidden_states[:, 0]))
+    def forward(self, pooled_output: torch.Tensor) -> torch.Tensor:
+        return self.batch_norm(pooled_output)
 
 
 def compute_classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: CAEv2Config) -> torch.Tensor:
@@ -905,8 +896,13 @@ def compute_classification_loss(logits: torch.Tensor, labels: torch.Tensor, conf
 
 class CAEv2ForImageClassification(CAEv2PreTrainedModel):
     r"""
-    CAE v2 encoder with a classification head: `config.classifier_pooling="mean"` for fine-tuning (mean of patch
-    tokens -> `fc_norm` -> Linear) or `"cls"` for linear probing ([CLS] -> BatchNorm without affine -> Linear).
+    CAE v2 encoder with a classification head: `config.classifier_pooling="mean"` for fine-tuning (mean of the patch
+    tokens -> LayerNorm -> Linear, BEiT's head) or `"cls"` for linear probing ([CLS] after the final LayerNorm ->
+    BatchNorm without affine -> Linear).
+
+    With mean pooling the encoder applies its final LayerNorm to the pooled feature only (`CAEv2Model`'s
+    `use_mean_pooling`): that norm is the recipe's `fc_norm`, starts as the pretrained final norm because it keeps
+    its checkpoint key, and every parameter of the model takes part in the loss.
 
     Example:
 
@@ -926,10 +922,9 @@ class CAEv2ForImageClassification(CAEv2PreTrainedModel):
     def __init__(self, config: CAEv2Config) -> None:
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.caev2 = CAEv2Model(config)
-        self.pooler = (
-            CAEv2MeanPooler(config) if config.classifier_pooling == "mean" else CAEv2ClsBatchNormPooler(config)
-        )
+        use_mean_pooling = config.classifier_pooling == "mean"
+        self.caev2 = CAEv2Model(config, use_mean_pooling=use_mean_pooling)
+        self.pooler = nn.Identity() if use_mean_pooling else CAEv2ClsBatchNormPooler(config)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels else nn.Identity()
         self.post_init()
 
@@ -940,42 +935,36 @@ class CAEv2ForImageClassification(CAEv2PreTrainedModel):
         if not isinstance(self.classifier, nn.Linear):
             return
         if self.config.classifier_pooling == "mean":
-            # BEiT fine-tuning: small head init, and fc_norm starts as the encoder's final norm.
+            # BEiT fine-tuning: small head init.
             init.trunc_normal_(self.classifier.weight, std=self.config.initializer_range)
             init.copy_(self.classifier.weight, self.classifier.weight * self.config.classifier_init_scale)
-            init.copy_(self.pooler.fc_norm.weight, self.caev2.layernorm.weight)
-            init.copy_(self.pooler.fc_norm.bias, self.caev2.layernorm.bias)
         else:
             init.trunc_normal_(self.classifier.weight, std=0.01)
         init.zeros_(self.classifier.bias)
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
         interpolate_pos_encoding: bool = False,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> ImageClassifierOutput | tuple:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> ImageClassifierOutput:
         r"""
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`): Normalised images.
             labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): Class indices for the loss (or floats
                 for regression / multi-label, following `config.problem_type`).
-            output_hidden_states / output_attentions / interpolate_pos_encoding / return_dict: as for `CAEv2Model`.
+            interpolate_pos_encoding / output_hidden_states / output_attentions / return_dict: as for `CAEv2Model`.
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        hidden_states, all_hidden_states, attentions = self.caev2.encode(
-            pixel_values, None, bool(output_hidden_states), bool(output_attentions), interpolate_pos_encoding
+        outputs = self.caev2(
+            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs
         )
-        logits = self.classifier(self.pooler(hidden_states, self.caev2.layernorm))
+        logits = self.classifier(self.pooler(outputs.pooler_output))
         loss = compute_classification_loss(logits, labels, self.config) if labels is not None else None
-        outputs = ImageClassifierOutput(
-            loss=loss, logits=logits, hidden_states=all_hidden_states, attentions=attentions
+        return ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
-        return outputs if return_dict else outputs.to_tuple()
 
 
 __all__ = [

@@ -252,8 +252,8 @@ def test_convert_yields_exactly_our_pretraining_parameters(full_official):
     with torch.device("meta"):
         ours = CAEv2ForPreTraining(config).state_dict()
     assert {name: tuple(tensor.shape) for name, tensor in converted.items()} == {
-        name: tuple(tensor.shape) for name, tensor in ours.items()
-    }
+        name: tuple(tensor.shape) for name, tensor in ours.items() if not name.startswith("teacher.")
+    }  # every student tensor; the authors' files hold no teacher
     regressor_blocks = {name.split(".")[2] for name in converted if name.startswith("regressor.layers.")}
     assert len(regressor_blocks) == {192: 1, 384: 1, 768: 4}[config.hidden_size]  # Tiny, Small: 1; Base: 4
 
@@ -299,8 +299,8 @@ def test_large_key_table_covers_every_spec_key_on_the_meta_device():
     with torch.device("meta"):
         ours = CAEv2ForPreTraining(config).state_dict()
     assert {name: tuple(t.shape) for name, t in converted.items()} == {
-        name: tuple(t.shape) for name, t in ours.items()
-    }
+        name: tuple(t.shape) for name, t in ours.items() if not name.startswith("teacher.")
+    }  # the authors' files hold no teacher
     restored = convert_to_official_state_dict(converted, config)
     assert {name: tuple(t.shape) for name, t in restored.items()} == official_shapes(config, pretraining=True)
 

@@ -1,4 +1,5 @@
-"""CAE v2 models: architecture sizes, numerics of docs/method.md, Encoder to Loss, the frozen teacher, saving and loading."""
+"""CAE v2 models: architecture sizes, the numerics of docs/method.md (encoder to loss), the frozen teacher, saving and
+loading."""
 
 import math
 
@@ -6,6 +7,7 @@ import pytest
 import torch
 from conftest import build_tiny_config
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from transformers import AutoImageProcessor, AutoModel, CLIPVisionModelWithProjection
 
 from caev2_hf import CAEv2Config, CAEv2ForImageClassification, CAEv2ForPreTraining, CAEv2Model
@@ -183,37 +185,96 @@ def test_load_teacher_rejects_another_architecture(tmp_path):
         model.load_teacher(tmp_path / "clip")
 
 
-def test_save_load_roundtrip_preserves_outputs(tmp_path, pixel_values, fixed_mask):
-    model = build_model()
-    model.save_pretrained(tmp_path)
-    loaded = CAEv2ForPreTraining.from_pretrained(tmp_path).eval()
+def save_tiny_clip(folder, config, seed=1):
+    torch.manual_seed(seed)
+    clip = CLIPVisionModelWithProjection(config.teacher_config)
+    clip.save_pretrained(folder)
+    return clip
+
+
+def test_pretraining_folder_holds_the_teacher_and_its_flag(tmp_path):
+    model = build_model(build_tiny_config(use_random_teacher=False))
+    clip = save_tiny_clip(tmp_path / "clip", model.config)
+    model.load_teacher(tmp_path / "clip")
+    model.save_pretrained(tmp_path / "pretraining")
+    with safe_open(tmp_path / "pretraining" / "model.safetensors", "pt") as checkpoint:
+        saved = {key: checkpoint.get_tensor(key) for key in checkpoint.keys()}
+    assert saved["teacher.has_weights"].dtype == torch.bool and bool(saved["teacher.has_weights"])
+    for name, tensor in clip.state_dict().items():
+        torch.testing.assert_close(saved[f"teacher.model.{name}"], tensor, rtol=0, atol=0)
+    assert set(saved) == set(model.state_dict())  # nothing hidden from or added to the state dict
+    assert {name for name, _ in model.named_parameters()} <= set(saved)
+
+
+def test_loaded_teacher_comes_back_without_a_download(tmp_path, pixel_values, fixed_mask, monkeypatch):
+    model = build_model(build_tiny_config(use_random_teacher=False))
+    save_tiny_clip(tmp_path / "clip", model.config)
+    model.load_teacher(tmp_path / "clip")
+    model.save_pretrained(tmp_path / "pretraining")
+    monkeypatch.setattr(CLIPVisionModelWithProjection, "from_pretrained", lambda *a, **k: pytest.fail("downloaded"))
+    loaded = CAEv2ForPreTraining.from_pretrained(tmp_path / "pretraining").eval()
+    assert bool(loaded.teacher.has_weights) and not loaded.config.use_random_teacher
+    expected = model(pixel_values, bool_masked_pos=fixed_mask)
+    actual = loaded(pixel_values, bool_masked_pos=fixed_mask)
+    torch.testing.assert_close(actual.target_features, expected.target_features, rtol=0, atol=0)
+    torch.testing.assert_close(actual.loss, expected.loss, rtol=0, atol=0)
+
+
+def test_folder_whose_teacher_never_received_weights_still_refuses(tmp_path, pixel_values, fixed_mask):
+    build_model(build_tiny_config(use_random_teacher=False)).save_pretrained(tmp_path)
+    loaded = CAEv2ForPreTraining.from_pretrained(tmp_path)
+    assert not bool(loaded.teacher.has_weights)
+    with pytest.raises(RuntimeError, match="load_teacher"):
+        loaded(pixel_values, bool_masked_pos=fixed_mask)
     targets = torch.nn.functional.normalize(torch.randn(3, 17, 16), dim=-1)
-    expected = model(pixel_values, bool_masked_pos=fixed_mask, target_features=targets)
-    actual = loaded(pixel_values, bool_masked_pos=fixed_mask, target_features=targets)
-    torch.testing.assert_close(actual.logits, expected.logits, rtol=0, atol=0)
-    assert not loaded.teacher.has_weights
+    assert loaded(pixel_values, bool_masked_pos=fixed_mask, target_features=targets).loss > 0
 
 
-def test_saved_files_hold_no_teacher_tensors(tmp_path):
-    build_model().save_pretrained(tmp_path)
-    with safe_open(tmp_path / "model.safetensors", "pt") as checkpoint:
+def test_teacher_flag_restored_by_load_state_dict_is_checked_again(tmp_path, pixel_values, fixed_mask):
+    model = build_model(build_tiny_config(use_random_teacher=False))
+    untrained_state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    save_tiny_clip(tmp_path / "clip", model.config)
+    model.load_teacher(tmp_path / "clip")
+    assert torch.isfinite(model(pixel_values, bool_masked_pos=fixed_mask).loss)
+    model.load_state_dict(untrained_state)  # e.g. Accelerate's load_state with a checkpoint of an unloaded teacher
+    with pytest.raises(RuntimeError, match="load_teacher"):
+        model(pixel_values, bool_masked_pos=fixed_mask)
+
+
+def test_encoder_export_holds_no_teacher(tmp_path):
+    model = build_model()
+    model.save_pretrained(tmp_path / "pretraining")
+    model.caev2.save_pretrained(tmp_path / "encoder")
+    with safe_open(tmp_path / "encoder" / "model.safetensors", "pt") as checkpoint:
         keys = list(checkpoint.keys())
     assert keys and not any("teacher" in key for key in keys)
-    assert not any(key.startswith("teacher") for key in build_model().state_dict())
+    encoder, info = CAEv2Model.from_pretrained(tmp_path / "pretraining", output_loading_info=True)
+    assert info["unexpected_keys"] == set() and info["missing_keys"] == set()  # teacher.* ignored by design
+    encoder.save_pretrained(tmp_path / "encoder_again")
+    with safe_open(tmp_path / "encoder_again" / "model.safetensors", "pt") as checkpoint:
+        assert sorted(checkpoint.keys()) == sorted(keys)
 
 
 def test_pretraining_checkpoint_loads_into_encoder_and_classifier(tmp_path, pixel_values, fixed_mask):
     model = build_model()
     with torch.no_grad():
-        model.caev2.layernorm.weight.uniform_(0.5, 1.5)  # as after training, so the fc_norm copy is visible
+        model.caev2.layernorm.weight.uniform_(0.5, 1.5)  # as after training, so a fresh norm would show
+        model.caev2.layernorm.bias.uniform_(-0.5, 0.5)
     model.save_pretrained(tmp_path)
     encoder = AutoModel.from_pretrained(tmp_path).eval()
     assert isinstance(encoder, CAEv2Model)
     expected = model.caev2(pixel_values, bool_masked_pos=fixed_mask).last_hidden_state
     torch.testing.assert_close(encoder(pixel_values, bool_masked_pos=fixed_mask).last_hidden_state, expected)
-    classifier = CAEv2ForImageClassification.from_pretrained(tmp_path, num_labels=4)
-    torch.testing.assert_close(classifier.caev2.layernorm.weight, model.caev2.layernorm.weight)
-    torch.testing.assert_close(classifier.pooler.fc_norm.weight, model.caev2.layernorm.weight)
+    classifier, info = CAEv2ForImageClassification.from_pretrained(tmp_path, num_labels=4, output_loading_info=True)
+    assert info["missing_keys"] == {"classifier.weight", "classifier.bias"} and info["unexpected_keys"] == set()
+    # Mean pooling: the pretrained final norm, under its own key, normalises the mean of the last block's patches.
+    torch.testing.assert_close(classifier.caev2.layernorm.weight, model.caev2.layernorm.weight, rtol=0, atol=0)
+    torch.testing.assert_close(classifier.caev2.layernorm.bias, model.caev2.layernorm.bias, rtol=0, atol=0)
+    classifier.eval()
+    last_block = model.caev2.encoder(model.caev2.embeddings(pixel_values)).last_hidden_state
+    norm = model.caev2.layernorm
+    pooled = torch.nn.functional.layer_norm(last_block[:, 1:].mean(dim=1), (32,), norm.weight, norm.bias, 1e-6)
+    torch.testing.assert_close(classifier(pixel_values).logits, classifier.classifier(pooled))
 
 
 def test_saved_folder_carries_image_processor(tmp_path):
@@ -290,7 +351,7 @@ def test_masked_encoding_equals_encoding_only_visible_tokens(pixel_values, fixed
     assert masked_output.shape == (1, 11, 32)
     embeddings = encoder.embeddings(pixel_values[:1])
     visible = embeddings[:, [0] + [1 + i for i in range(6, 16)]]
-    hidden, _, _ = encoder.encoder(visible)
+    hidden = encoder.encoder(visible).last_hidden_state
     torch.testing.assert_close(masked_output, encoder.layernorm(hidden))
 
 
@@ -318,3 +379,21 @@ def test_classifier_loss_is_cross_entropy(pooling, pixel_values):
     torch.testing.assert_close(outputs.loss, torch.nn.functional.cross_entropy(outputs.logits, labels))
     if pooling == "mean":
         assert 0 < model.classifier.weight.abs().max() <= 5 * 0.02 * 0.001  # std 0.02 scaled by 0.001
+
+
+def test_folder_saved_before_the_teacher_was_kept_reports_it_missing_and_refuses(tmp_path, pixel_values, fixed_mask):
+    build_model(build_tiny_config(use_random_teacher=False)).save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    save_file(
+        {key: value for key, value in weights.items() if not key.startswith("teacher.")},
+        tmp_path / "model.safetensors",
+        metadata={"format": "pt"},
+    )
+    loaded, info = CAEv2ForPreTraining.from_pretrained(tmp_path, output_loading_info=True)
+    assert (
+        "teacher.has_weights" in info["missing_keys"]
+        and "teacher.model.visual_projection.weight" in info["missing_keys"]
+    )
+    assert not bool(loaded.teacher.has_weights)
+    with pytest.raises(RuntimeError, match="load_teacher"):
+        loaded(pixel_values, bool_masked_pos=fixed_mask)

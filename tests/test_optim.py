@@ -33,9 +33,7 @@ def test_layer_decay_groups_of_a_two_layer_model_match_the_hand_written_table():
         "caev2.embeddings.patch_embeddings.projection.weight": (0.421875, 0.05),
         "caev2.embeddings.patch_embeddings.projection.bias": (0.421875, 0.0),
         "caev2.layernorm.weight": (1.0, 0.0),
-        "caev2.layernorm.bias": (1.0, 0.0),
-        "pooler.fc_norm.weight": (1.0, 0.0),
-        "pooler.fc_norm.bias": (1.0, 0.0),
+        "caev2.layernorm.bias": (1.0, 0.0),  # mean pooling: the final norm normalises the pooled feature
         "classifier.weight": (1.0, 0.05),
         "classifier.bias": (1.0, 0.0),
     }

@@ -1,16 +1,45 @@
-"""The README's first screen stays true: its Python example runs as written."""
+"""The README stays true: its Python examples run as written."""
 
+import ast
+import os
 import re
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import torch
+from conftest import build_tiny_config
+from PIL import Image
+from torch import nn
+
+from caev2_hf import CAEv2Model
+from caev2_hf.evaluation.probe_outputs import build_probe_classifier
 
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+# Prepended to an example run in a fresh process: it must work where caev2_hf cannot be imported.
+BLOCK_CAEV2_HF = textwrap.dedent(
+    """
+    import importlib.abc
+    import sys
+
+    class BlockCaev2(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "caev2_hf" or name.startswith("caev2_hf."):
+                raise ImportError("caev2_hf is blocked in this process")
+
+    sys.meta_path.insert(0, BlockCaev2())
+    """
+)
+
+
+def python_examples() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
 
 
 def test_readme_python_example_runs_and_round_trips(tmp_path, monkeypatch):
-    example = re.search(r"```python\n(.*?)```", README.read_text(), re.DOTALL).group(1)
+    example = python_examples()[0]
     monkeypatch.chdir(tmp_path)  # it saves to ./caev2-tiny
     torch.manual_seed(0)
     namespace = {}
@@ -18,3 +47,21 @@ def test_readme_python_example_runs_and_round_trips(tmp_path, monkeypatch):
     assert namespace["features"].shape == (1, 192)  # ViT-Tiny width
     assert (tmp_path / "caev2-tiny" / "model.safetensors").is_file()
     assert 0 < float(namespace["outputs"].loss) < 2  # a cosine distance averaged over tokens
+
+
+def test_readme_pipeline_example_runs_in_a_fresh_process_without_the_package(tmp_path):
+    (example,) = [block for block in python_examples() if 'pipeline("image-classification"' in block]
+    torch.manual_seed(0)
+    encoder = CAEv2Model(build_tiny_config()).eval()
+    head = nn.Sequential(nn.BatchNorm1d(32, affine=False, eps=1e-6), nn.Linear(32, 2))
+    build_probe_classifier(encoder, head, ["china", "flower"]).save_pretrained(tmp_path / "probe")  # as the probe
+    Image.new("RGB", (48, 40), (10, 200, 30)).save(tmp_path / "photo.jpg")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PYTHONPATH": ""}
+    result = subprocess.run(
+        [sys.executable, "-c", BLOCK_CAEV2_HF + example],
+        cwd=tmp_path, env=env, timeout=300, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    predictions = ast.literal_eval(result.stdout.strip().splitlines()[-1])
+    assert sorted(prediction["label"] for prediction in predictions) == ["china", "flower"]
+    assert abs(sum(prediction["score"] for prediction in predictions) - 1) < 1e-5
