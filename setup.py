@@ -15,24 +15,37 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["caev2_hf", "caev2_hf.*"]),
     include_package_data=True,
-    package_data={"caev2_hf": ["evaluation/accuracy_topk/*.py", "hub/model_card_template.md"]},
+    package_data={
+        "caev2_hf": ["evaluation/accuracy_topk/*.py", "evaluation/mean_iou/*.py", "hub/model_card_template.md"]
+    },
+    # Ranges: each lower bound is the version the tests run with on the development machine, which is what a fresh
+    # `pip install -e ".[dev]"` got on 2026-11-26 (.ci/run installs afresh each time, so CI tests the newest versions
+    # in range; torch 2.11 and transformers 5.17 also ran the GPU benchmarks); each upper bound is the next major
+    # release (the next minor for a 0.x package), not yet tested.
     install_requires=[
-        "torch>=2.4",
-        "torchvision>=0.19",
-        "transformers>=5.0",
-        "accelerate>=1.0",
-        "datasets>=5.0",
-        "safetensors>=0.4",
-        "huggingface_hub>=1.0",
-        "evaluate>=0.4",
-        "numpy",
-        "pillow",
-        "pyyaml",
-        "tqdm",
-        "tensorboard",
+        "torch>=2.11,<3",
+        "torchvision>=0.26,<1",
+        "transformers>=5.17,<6",
+        "accelerate>=1.15,<2",
+        "datasets>=5.2,<6",
+        "safetensors>=0.8,<0.9",
+        "huggingface_hub>=2.4,<3",
+        "evaluate>=0.4.6,<0.5",
+        "numpy>=2.4,<3",
+        "pillow>=13.0,<14",
+        "pyyaml>=6.0,<7",
+        "tqdm>=4.70,<5",
+        "tensorboard>=2.21,<3",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout", "ruff", "scikit-learn"],
-        "timm": ["timm"],
+        # pytest 9.2 is what a fresh install gets (its approx() refuses nested dicts; the tests allow for it)
+        "dev": [
+            "pytest>=9.2,<10",
+            "pytest-timeout>=2.4,<3",
+            "ruff>=0.17.6,<0.18",
+            "scikit-learn>=1.9,<2",
+            "matplotlib>=3.11,<4",
+        ],
+        "plots": ["matplotlib>=3.11,<4"],
     },
 )

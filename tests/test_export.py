@@ -2,12 +2,14 @@
 
 from pathlib import Path
 
+import pytest
 import torch
 from accelerate import Accelerator
 from conftest import build_tiny_config
 from transformers import AutoImageProcessor, AutoModel
 
 from caev2_hf import CAEv2Config, CAEv2ForPreTraining, CAEv2Model
+from caev2_hf.pretraining import export
 from caev2_hf.pretraining.export import describe_training, export_final_model, preset_of
 
 
@@ -47,3 +49,38 @@ def test_describe_training_states_the_run_and_flags_a_random_teacher() -> None:
         "2,048 (8 process(es)), peak lr 0.0015 after 40 warmup updates, cosine decay. Training loss at the end: 0.1234."
     )
     assert "randomly initialised teacher" in describe_training(None, NUMBERS, None, "demo_data", True)
+
+
+def test_export_card_loads_the_folder_that_holds_the_model(tmp_path: Path, fresh_accelerate_state) -> None:
+    accelerator = Accelerator(cpu=True)
+    model = accelerator.prepare(CAEv2ForPreTraining(build_tiny_config()))
+    final_dir = str(tmp_path / "demo_output" / "final")
+    export_final_model(accelerator, model, final_dir, None, None, [], "Trained for a test.")
+    card = (tmp_path / "demo_output" / "final" / "README.md").read_text()
+    assert f'AutoModel.from_pretrained("{final_dir}")' in card and "model_name: demo_output" in card
+    assert f'from_pretrained("{tmp_path / "demo_output"}")' not in card and "imagenet" not in card.split("---")[1]
+    export_final_model(accelerator, model, final_dir, None, "my-org/caev2-demo", [], "Trained for a test.")
+    assert 'AutoModel.from_pretrained("my-org/caev2-demo")' in (Path(final_dir) / "README.md").read_text()
+
+
+def test_a_crash_while_exporting_leaves_the_previous_final_folder_whole(
+    tmp_path: Path, fresh_accelerate_state, monkeypatch
+) -> None:
+    accelerator = Accelerator(cpu=True)
+    model = accelerator.prepare(CAEv2ForPreTraining(build_tiny_config()))
+    final_dir = tmp_path / "run" / "final"
+    export_final_model(accelerator, model, str(final_dir), None, None, [], "The first export.")
+    before = sorted(path.relative_to(final_dir) for path in final_dir.rglob("*"))
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(export, "write_model_card", crash)
+    with pytest.raises(OSError, match="disk full"):
+        export_final_model(accelerator, model, str(final_dir), None, None, [], "The second export.")
+    assert sorted(path.relative_to(final_dir) for path in final_dir.rglob("*")) == before
+    assert "The first export." in (final_dir / "README.md").read_text()
+    monkeypatch.undo()
+    export_final_model(accelerator, model, str(final_dir), None, None, [], "The third export.")
+    assert "The third export." in (final_dir / "README.md").read_text()
+    assert sorted(path.name for path in final_dir.parent.iterdir()) == ["final"]  # no .incomplete or .replaced left

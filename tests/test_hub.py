@@ -1,5 +1,6 @@
 """Tests for caev2_hf/hub.py and caev2_hf/model_card.py: cards, ready-to-push folders, remote code, upload."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -11,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from huggingface_hub import ModelCard
+from huggingface_hub import EvalResult, ModelCard
 from transformers import AutoImageProcessor
 
 from caev2_hf import CAEv2Config, CAEv2Model
-from caev2_hf.hub.model_card import render_model_card, write_size_cards
+from caev2_hf.hub.model_card import add_eval_results, render_model_card, write_size_cards
 from caev2_hf.hub.publish import list_folder_files, main, prepare_from_weights, push_folder
 
 
@@ -248,6 +249,77 @@ def test_push_refuses_a_folder_that_is_not_prepared(tiny_weights, monkeypatch):
 
 
 def test_card_of_a_demo_run_says_the_teacher_was_random_and_the_data_local():
-    card = str(render_model_card(CAEv2Config.from_preset("tiny", use_random_teacher=True), datasets=[]))
+    config = CAEv2Config.from_preset("tiny", use_random_teacher=True)
+    card = str(render_model_card(config, datasets=[], training_details="Pretrained on demo_data/images."))
     assert "a randomly initialised CLIP vision tower" in card and "openai/clip-vit-base-patch16`, frozen" not in card
-    assert "Pretrained on local data" in card
+    assert "Pretrained on local data" in card and "imagenet" not in card.split("---")[1].lower()
+    unnamed = str(render_model_card(config, datasets=[]))
+    assert "Pretrained on data that this card does not name" in unnamed
+
+
+@pytest.fixture
+def demo_final_folder(tmp_path, fresh_accelerate_state) -> Path:
+    """What `run_pretrain.py --config configs/demo.yaml` leaves in demo_output/final (a tiny model, a random teacher,
+    local images, a final loss), written by the same export function."""
+    from accelerate import Accelerator
+    from conftest import build_tiny_config
+
+    from caev2_hf import CAEv2ForPreTraining
+    from caev2_hf.pretraining.export import describe_training, export_final_model
+
+    numbers = {"max_steps": 200, "effective_batch_size": 16, "num_processes": 1, "learning_rate": 1e-3,
+               "warmup_steps": 20}  # fmt: skip
+    details = describe_training(None, numbers, 0.1234, "demo_data/images", use_random_teacher=True)
+    accelerator = Accelerator(cpu=True)
+    model = accelerator.prepare(CAEv2ForPreTraining(build_tiny_config()))
+    final_dir = tmp_path / "demo_output" / "final"
+    export_final_model(accelerator, model, str(final_dir), None, None, [], details)
+    return final_dir
+
+
+def test_demo_card_loads_from_the_folder_it_names(demo_final_folder):
+    card = (demo_final_folder / "README.md").read_text()
+    assert f'AutoModel.from_pretrained("{demo_final_folder}")' in card
+    assert f'from_pretrained("{demo_final_folder.parent}")' not in card
+    assert "model_name: demo_output" in card and "No evaluation yet." in card
+
+
+def test_hub_prepare_keeps_what_the_demo_card_knows(demo_final_folder, tmp_path):
+    """Round trip: a demo run's final/ -> `hub prepare` -> the same facts (data, updates, loss, teacher, results),
+    no ImageNet, and usage snippets that load the prepared folder."""
+    results = [EvalResult(task_type="image-classification", task_name="Linear probing", dataset_type="digits",
+                          dataset_name="digits", dataset_split="validation", metric_type="accuracy",
+                          metric_name="Top-1 (LIN, fast protocol)", metric_value=91.5)]  # fmt: skip
+    add_eval_results(demo_final_folder, results)
+    prepared = tmp_path / "hub" / "caev2-demo"
+    main(["prepare", "--weights", str(demo_final_folder), "--output_dir", str(prepared)])
+    text = (prepared / "README.md").read_text()
+    metadata = yaml_header(text)
+    assert "datasets" not in metadata or metadata["datasets"] in (None, [])
+    assert "imagenet" not in text.split("## Pretraining recipe")[0].lower()  # metadata, title, details: no ImageNet
+    assert "on demo_data/images: 200 updates at an effective batch of 16" in text
+    assert "Training loss at the end: 0.1234." in text and "**Trained against a randomly initialised teacher**" in text
+    assert "Pretrained on local data" in text and "a **randomly initialised** CLIP vision tower" in text
+    (result,) = ModelCard(text).data.eval_results
+    assert (result.dataset_name, result.metric_name, result.metric_value) == (
+        "digits",
+        "Top-1 (LIN, fast protocol)",
+        91.5,
+    )
+    assert "| Linear probing | digits (validation) | Top-1 (LIN, fast protocol) | 91.5 |" in text
+    assert "No evaluation yet." not in text
+    assert f'AutoModel.from_pretrained("{prepared}")' in text
+
+
+def test_add_eval_results_updates_the_body_with_the_metadata(tiny_weights, tmp_path):
+    folder = tmp_path / "encoder"
+    prepare_from_weights(tiny_weights, folder)
+    assert "No evaluation yet." in (folder / "README.md").read_text()
+    first = EvalResult(task_type="image-classification", task_name="Linear probing", dataset_type="flowers",
+                       dataset_name="flowers", metric_type="accuracy", metric_name="Top-1 (LIN)", metric_value=50.0)  # fmt: skip
+    add_eval_results(folder, [first])
+    add_eval_results(folder, [dataclasses.replace(first, metric_value=60.0)])  # replaces the same entry
+    text = (folder / "README.md").read_text()
+    assert [result.metric_value for result in ModelCard(text).data.eval_results] == [60.0]
+    assert "| Linear probing | flowers | Top-1 (LIN) | 60.0 |" in text and "| 50.0 |" not in text
+    assert "No evaluation yet." not in text

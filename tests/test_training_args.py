@@ -1,11 +1,14 @@
-"""Tests for caev2_hf/training_args.py: YAML plus command-line parsing, and the shipped recipe files."""
+"""Tests for caev2_hf/pretraining/arguments.py: YAML plus command-line parsing, the checks made before a run starts,
+and the shipped recipe files."""
 
 from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
-from caev2_hf.pretraining.arguments import parse_pretraining_arguments
+from caev2_hf.cli import UserError
+from caev2_hf.pretraining.arguments import check_pretraining_arguments, parse_pretraining_arguments
 from caev2_hf.pretraining.schedule import compute_training_numbers
 
 
@@ -59,14 +62,75 @@ def test_config_overrides_read_json_from_the_command_line() -> None:
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        (["--mixed_precision", "fp8"], "mixed_precision='fp8'"),
-        (["--push_to_hub"], "push_to_hub needs hub_model_id"),
-        (["--logging_steps", "0"], "logging_steps=0 must be at least 1"),
+        (["--mixed_precision", "fp8"], "--mixed_precision fp8: choose one of no, fp16, bf16"),
+        (["--push_to_hub"], "--push_to_hub needs --hub_model_id"),
+        (["--logging_steps", "0"], "--logging_steps 0: must be at least 1"),
+        (["--per_device_train_batch_size", "-4"], "--per_device_train_batch_size -4: must be greater than 0"),
+        (["--learning_rate", "0"], "--learning_rate 0.0: must be greater than 0"),
+        (["--warmup_steps", "-1"], "--warmup_steps -1: must be 0 or more"),
     ],
 )
 def test_parse_refuses_invalid_training_arguments(arguments: list[str], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(UserError, match=message):
         parse_pretraining_arguments(arguments)
+
+
+def write_images(folder: Path, count: int) -> str:
+    (folder / "class").mkdir(parents=True)
+    for index in range(count):
+        Image.new("RGB", (8, 8)).save(folder / "class" / f"{index}.png")
+    return str(folder)
+
+
+def check(argv: list[str], num_processes: int = 1) -> None:
+    check_pretraining_arguments(*parse_pretraining_arguments(argv), num_processes=num_processes)
+
+
+def test_check_accepts_a_folder_with_enough_images_for_a_batch(tmp_path: Path) -> None:
+    images = write_images(tmp_path / "images", 8)
+    check(["--train_dir", images, "--max_steps", "1", "--per_device_train_batch_size", "4"], num_processes=2)
+    with pytest.raises(UserError, match="holds 8 images, fewer than one batch of 12"):
+        check(["--train_dir", images, "--max_steps", "1", "--per_device_train_batch_size", "4"], num_processes=3)
+
+
+def test_check_refuses_two_data_sources_and_names_both(tmp_path: Path) -> None:
+    images = write_images(tmp_path / "images", 1)
+    with pytest.raises(UserError, match=f"not 2: --dataset_name org/data and --train_dir {images}"):
+        check(
+            [
+                "--train_dir",
+                images,
+                "--dataset_name",
+                "org/data",
+                "--max_steps",
+                "1",
+                "--per_device_train_batch_size",
+                "1",
+            ]
+        )
+
+
+def test_check_refuses_data_files_that_match_nothing(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"--data_files .*missing-\*\.tar: no such file"):
+        check(["--data_files", str(tmp_path / "missing-*.tar"), "--max_steps", "1"])
+
+
+def test_command_line_source_replaces_the_demo_folder_of_the_config_file(tmp_path: Path) -> None:
+    images = write_images(tmp_path / "images", 16)
+    _, data_args, _ = parse_pretraining_arguments(["--config", str(CONFIGS / "demo.yaml"), "--train_dir", images])
+    assert (data_args.train_dir, data_args.demo_dir) == (images, None)
+
+
+def test_output_dir_of_another_run_is_refused_unless_resuming_or_overwriting(tmp_path: Path) -> None:
+    images = write_images(tmp_path / "images", 1)
+    (tmp_path / "run" / "final").mkdir(parents=True)
+    (tmp_path / "run" / "final" / "config.json").write_text("{}")
+    argv = ["--train_dir", images, "--max_steps", "1", "--per_device_train_batch_size", "1", "--output_dir",
+            str(tmp_path / "run")]  # fmt: skip
+    with pytest.raises(UserError, match="holds another run \\(final/\\)"):
+        check(argv)
+    check([*argv, "--resume_from_checkpoint", "latest"])
+    check([*argv, "--overwrite_output_dir", "true"])
 
 
 @pytest.mark.parametrize("size", ["tiny", "small", "base", "large"])
@@ -89,5 +153,5 @@ def test_recipe_files_give_the_official_numbers_on_eight_processes(size: str) ->
 def test_demo_file_asks_for_a_random_teacher_and_offline_images() -> None:
     model_args, data_args, training_args = parse_pretraining_arguments(["--config", str(CONFIGS / "demo.yaml")])
     assert model_args.config_overrides["use_random_teacher"] is True
-    assert data_args.train_dir == "demo_data/images" and data_args.num_demo_images > 0
+    assert data_args.demo_dir == "demo_data/images" and data_args.num_demo_images > 0 and data_args.train_dir is None
     assert training_args.mixed_precision == "no" and training_args.max_steps > 0

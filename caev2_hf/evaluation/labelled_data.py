@@ -5,48 +5,13 @@ import glob
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import datasets
 from torch.utils.data import DataLoader, default_collate
 
-from ..data.images import PretrainImageStream, open_image_dataset
-
-
-@dataclass
-class ImageDataArguments:
-    """Where labelled images come from: a Hub dataset (streamed), image folders, or .tar / .parquet shards."""
-
-    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset id, e.g. ILSVRC/imagenet-1k."})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of the Hub dataset."})
-    train_split: str = field(default="train", metadata={"help": "Training split of the Hub dataset."})
-    validation_split: str = field(default="validation", metadata={"help": "Validation split of the Hub dataset."})
-    train_dir: str | None = field(default=None, metadata={"help": "Training image folder, one subfolder per class."})
-    validation_dir: str | None = field(default=None, metadata={"help": "Validation image folder, likewise."})
-    train_files: list[str] | None = field(default=None, metadata={"help": "Training .tar or .parquet shards."})
-    validation_files: list[str] | None = field(default=None, metadata={"help": "Validation shards, likewise."})
-    image_column: str | None = field(default=None, metadata={"help": "Image column, when not a usual name."})
-    label_column: str | None = field(default=None, metadata={"help": "Label column, when not a usual name."})
-    streaming: bool = field(
-        default=True,
-        metadata={"help": "false: prepare local data in the Arrow cache first; its 64 shards feed many workers/GPUs."},
-    )
-
-    def data_sources(self) -> tuple[dict, dict]:
-        """Keyword arguments of `open_image_dataset` for the training and the validation data."""
-        columns = {"image_column": self.image_column, "label_column": self.label_column, "streaming": self.streaming}
-        if self.dataset_name:
-            hub = {"dataset_name": self.dataset_name, "dataset_config_name": self.dataset_config_name, **columns}
-            return {**hub, "split": self.train_split}, {**hub, "split": self.validation_split}
-        train = {"train_dir": self.train_dir, "data_files": self.train_files, **columns}
-        return train, {"train_dir": self.validation_dir, "data_files": self.validation_files, **columns}
-
-    @property
-    def dataset_id(self) -> str:
-        """The dataset's name in a model card: the Hub id, else the validation folder's or first shard's name."""
-        local = self.validation_dir or (self.validation_files or [None])[0] or self.train_dir or "local"
-        return self.dataset_name or Path(local).resolve().name
+from ..data.loader import PretrainImageStream
+from ..data.sources import open_image_dataset
+from .data_arguments import ImageDataArguments  # noqa: F401  the arguments of the data opened here
 
 
 def describe_data_source(source: dict) -> dict:

@@ -11,17 +11,83 @@ Released encoder weights, a full pretraining checkpoint (`--pretraining`), and b
 
 import argparse
 import logging
+import os
 import pickle
+import zipfile
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-from safetensors.torch import load_file
-from transformers import PreTrainedModel
+from ..cli import UserError, run_main
+from .model_card import SIZES
 
-from ..configuration_caev2 import CAEV2_PRESETS, CAEv2Config
-from ..modeling_caev2 import CAEv2ForPreTraining, CAEv2Model, build_2d_sincos_position_embedding
-from .publish import prepare_folder, push_folder
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="Official .pth file (or, with --to_official, our folder).")
+    parser.add_argument("--size", choices=sorted(SIZES), help="Preset of the official file.")
+    parser.add_argument("--output_dir", required=True, help="Folder to write.")
+    parser.add_argument("--pretraining", action="store_true", help="Full checkpoint: keep regressor and head.")
+    parser.add_argument("--to_official", action="store_true", help="Convert our folder back to the official layout.")
+    parser.add_argument("--push_to_hub", action="store_true", help="Upload the folder (token from HF_TOKEN).")
+    parser.add_argument("--hub_model_id", help="Hub repository id, e.g. org/caev2-vit-base (used by the card too).")
+    args = parser.parse_args(argv)
+    if not args.to_official and args.size is None:
+        parser.error("--size is required to convert an official checkpoint.")
+    if args.push_to_hub and (args.to_official or not args.hub_model_id):
+        parser.error("--push_to_hub needs --hub_model_id and does not apply to --to_official.")
+    return args
+
+
+ZIP_MAGIC, PICKLE_MAGIC = b"PK\x03\x04", b"\x80"  # torch.save's zip format; the legacy pickle (protocol >= 2)
+KNOWN_MAGICS = {b"\xff\xd8\xff": "a JPEG image", b"\x89PNG": "a PNG image", b"GIF8": "a GIF image",
+                b"{": "a JSON/text file", b"%PDF": "a PDF file"}  # fmt: skip
+
+
+def check_checkpoint_file(path: str | Path) -> None:
+    """Refuses, with what it is instead, a path that is not a file written by `torch.save`."""
+    if not os.path.exists(path):
+        raise UserError(f"--checkpoint {path}: no such file. Give the official .pth file (e.g. caev2_base.pth).")
+    if os.path.isdir(path):
+        raise UserError(
+            f"--checkpoint {path} is a folder: give the official .pth file, or add --to_official to convert one of "
+            "this package's folders back."
+        )
+    with open(path, "rb") as file:
+        head = file.read(8)
+    if head.startswith(ZIP_MAGIC):
+        try:
+            zipfile.ZipFile(path).close()  # reads the central directory at the end: a truncated file has none
+        except (zipfile.BadZipFile, OSError) as error:
+            raise UserError(
+                f"--checkpoint {path} is truncated or damaged ({error}): download or copy it again."
+            ) from None
+        return
+    if head.startswith(PICKLE_MAGIC):
+        return
+    if not head:
+        kind = "an empty file"
+    else:
+        magic = next((name for magic, name in KNOWN_MAGICS.items() if head.startswith(magic)), None)
+        printable = all(32 <= byte < 127 or byte in b"\t\r\n" for byte in head)
+        kind = magic or ("a text file" if printable else "not a file written by torch.save")
+    raise UserError(
+        f"--checkpoint {path} is {kind}, not a PyTorch checkpoint (.pth written by torch.save). Give the official "
+        "checkpoint file."
+    )
+
+
+if __name__ == "__main__":  # `--help`, a bad flag and a file that is no checkpoint are answered before torch loads
+    _arguments = parse_args()
+    if not _arguments.to_official:
+        run_main(lambda: check_checkpoint_file(_arguments.checkpoint))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+from transformers import PreTrainedModel  # noqa: E402
+
+from ..configuration_caev2 import CAEv2Config  # noqa: E402
+from ..modeling_caev2 import CAEv2ForPreTraining, CAEv2Model, build_2d_sincos_position_embedding  # noqa: E402
+from .publish import prepare_folder, push_folder  # noqa: E402
 
 
 logger = logging.getLogger(__name__)
@@ -133,8 +199,15 @@ def check_keys(state_dict: dict, expected_shapes: dict, optional: tuple[str, ...
         (label, names) for label, names in (("unknown", unknown), ("missing", missing), ("mis-shaped", misshaped))
     ]
     if any(names for _, names in problems):
-        listing = "; ".join(f"{len(names)} {label}: {', '.join(names)}" for label, names in problems if names)
-        raise ValueError(f"The checkpoint does not match the expected CAE v2 layout: {listing}.")
+        listing = "; ".join(
+            f"{len(names)} {label}: {', '.join(names[:6])}{', ...' if len(names) > 6 else ''}"
+            for label, names in problems
+            if names
+        )
+        raise UserError(
+            f"The checkpoint does not match the expected CAE v2 layout: {listing}. Check --size (and --pretraining "
+            "for a full pretraining checkpoint)."
+        )
 
 
 def check_position_tables(state_dict: dict, expected: dict[str, torch.Tensor]) -> None:
@@ -162,7 +235,10 @@ def unwrap_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
     not_tensors = sorted(name for name, value in checkpoint.items() if not isinstance(value, torch.Tensor))
     if not_tensors:
         listing = ", ".join(not_tensors)
-        raise ValueError(f"Expected a state dict (or one under {CONTAINER_KEYS}); found non-tensor entries {listing}.")
+        raise UserError(
+            f"Expected a state dict (or one under {CONTAINER_KEYS}); found non-tensor entries {listing}: this is not "
+            "a CAE v2 checkpoint."
+        )
     return checkpoint
 
 
@@ -175,18 +251,29 @@ def normalize_official_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, to
 
 def load_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Load an official `.pth` without running arbitrary pickled code, unwrapped and `encoder.`-prefixed."""
+    check_checkpoint_file(path)
     try:
         # The official training script stores its argparse.Namespace next to the weights: a plain bag of values.
         with torch.serialization.safe_globals([argparse.Namespace]):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise ValueError(
+        if "weights_only" not in str(error) and "Weights only" not in str(error):
+            raise UserError(
+                f"--checkpoint {path} is damaged ({str(error).splitlines()[0]}): download or copy it again."
+            ) from error
+        raise UserError(
             f"{path} is not a plain state dict: it pickles objects that torch.load(weights_only=True) refuses to run "
             f"({str(error).splitlines()[0]}). Only if you trust its source, re-save its tensors with "
             f"torch.save({{'model': checkpoint['model']}}, 'plain.pth') and convert that file."
         ) from error
+    except (RuntimeError, EOFError, zipfile.BadZipFile, IndexError, KeyError) as error:
+        # A truncated or damaged file fails inside the zip reader or the unpickler with an internal message.
+        raise UserError(
+            f"--checkpoint {path} is truncated or damaged ({type(error).__name__}: {str(error).splitlines()[0]}): "
+            "download or copy it again."
+        ) from error
     if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not a state dict.")
+        raise UserError(f"--checkpoint {path} holds a {type(checkpoint).__name__}, not a state dict.")
     return normalize_official_keys(unwrap_state_dict(checkpoint))
 
 
@@ -241,8 +328,10 @@ def convert_to_official_state_dict(
 ) -> dict[str, torch.Tensor]:
     """Our tensors (a `CAEv2Model` or `CAEv2ForPreTraining` state dict) -> the official layout, fixed tables included.
 
-    A pretraining state dict also gets the regressor, the head and the official unused norm as an identity.
+    A pretraining state dict also gets the regressor, the head and the official unused norm as an identity; its
+    teacher is left out (the authors' files never hold it).
     """
+    state_dict = {name: tensor for name, tensor in state_dict.items() if not name.startswith("teacher.")}
     if not any(name.startswith("caev2.") for name in state_dict):
         state_dict = {f"caev2.{name}": tensor for name, tensor in state_dict.items()}
     pretraining = any(name.startswith("regressor.") for name in state_dict)
@@ -325,6 +414,10 @@ def build_converted_model(
     """`CAEv2ForPreTraining` (full checkpoints) or `CAEv2Model` (encoder only) holding the converted tensors."""
     if pretraining:
         model = CAEv2ForPreTraining(config)
+        # The authors' files hold no teacher: it keeps its built state, flagged as never loaded, until the folder's
+        # `load_teacher()` fetches it (docs/design.md#teacher).
+        teacher = {name: tensor for name, tensor in model.state_dict().items() if name.startswith("teacher.")}
+        converted = {**teacher, **converted}
     else:
         model = CAEv2Model(config)
         converted = {name.removeprefix("caev2."): tensor for name, tensor in converted.items()}
@@ -359,26 +452,13 @@ def export_official_checkpoint(folder: str | Path, output_dir: str | Path) -> Pa
     return output_file
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="Official .pth file (or, with --to_official, our folder).")
-    parser.add_argument("--size", choices=sorted(CAEV2_PRESETS), help="Preset of the official file.")
-    parser.add_argument("--output_dir", required=True, help="Folder to write.")
-    parser.add_argument("--pretraining", action="store_true", help="Full checkpoint: keep regressor and head.")
-    parser.add_argument("--to_official", action="store_true", help="Convert our folder back to the official layout.")
-    parser.add_argument("--push_to_hub", action="store_true", help="Upload the folder (token from HF_TOKEN).")
-    parser.add_argument("--hub_model_id", help="Hub repository id, e.g. org/caev2-vit-base (used by the card too).")
-    args = parser.parse_args(argv)
-    if not args.to_official and args.size is None:
-        parser.error("--size is required to convert an official checkpoint.")
-    if args.push_to_hub and (args.to_official or not args.hub_model_id):
-        parser.error("--push_to_hub needs --hub_model_id and does not apply to --to_official.")
-    return args
-
-
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    if args.to_official and not os.path.isfile(os.path.join(args.checkpoint, "config.json")):
+        raise UserError(
+            f"--to_official --checkpoint {args.checkpoint}: not a folder of this package (no config.json there)."
+        )
     if args.to_official:
         logger.info("Wrote %s", export_official_checkpoint(args.checkpoint, args.output_dir))
         return
@@ -389,4 +469,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

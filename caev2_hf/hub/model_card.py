@@ -4,14 +4,20 @@
 python -m caev2_hf.hub.model_card --output_dir model_cards [--namespace my-org]
 """
 
-import argparse
-from pathlib import Path
+from __future__ import annotations
 
-import torch
+import argparse
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..configuration_caev2 import CAEV2_PRESETS, CAEv2Config
-from ..modeling_caev2 import CAEv2Model
+
+if TYPE_CHECKING:  # torch and the model are imported where a card is rendered: `--help` stays fast
+    from ..configuration_caev2 import CAEv2Config
+
+SIZES = ("tiny", "small", "base", "large")  # the presets of configuration_caev2.CAEV2_PRESETS (checked by the tests)
 
 
 TEMPLATE_PATH = Path(__file__).with_name("model_card_template.md")
@@ -20,9 +26,13 @@ PAPER_SOURCE = "Reported by the CAE v2 paper (Table 4, Table 5); not yet reprodu
 # What a folder holds, by the head class it was saved from (`config.architectures`).
 CONTENTS = {
     "CAEv2Model": "the **encoder**",
-    "CAEv2ForPreTraining": "the **full pretraining model** (encoder, latent regressor and head; not the teacher)",
+    "CAEv2ForPreTraining": "the **full pretraining model** (encoder, latent regressor, head and frozen CLIP teacher)",
     "CAEv2ForImageClassification": "the encoder with a **classification head**",
 }
+# The card's list of evaluations sits between these markers, so `add_eval_results` rewrites it with the model-index.
+EVALUATIONS_START, EVALUATIONS_END = "<!-- caev2_hf:evaluations -->", "<!-- /caev2_hf:evaluations -->"
+NO_EVALUATION = "No evaluation yet."
+TRAINING_DETAILS_HEADING = "### This checkpoint"
 TAGS = ["caev2", "vision", "vit", "self-supervised-learning", "masked-image-modeling", "clip-distillation"]
 
 # How the Hub's model-index describes each result: (task type, task name, dataset id, dataset name, metric type,
@@ -83,8 +93,32 @@ def build_eval_results(results: dict[str, float], source_name: str | None, sourc
     return entries
 
 
+def format_evaluations(eval_results: list[EvalResult] | None) -> str:
+    """The card's evaluations block: a table of the model-index entries measured here (the paper's numbers have
+    their own table), nothing when only the paper's exist, else "No evaluation yet."."""
+    own = [result for result in eval_results or [] if result.source_url != PAPER_URL]
+    if not own:
+        return "" if eval_results else NO_EVALUATION
+    rows = [
+        f"| {result.task_name or result.task_type} | {result.dataset_name or result.dataset_type}"
+        f"{f' ({result.dataset_split})' if result.dataset_split else ''} | {result.metric_name or result.metric_type} "
+        f"| {result.metric_value} |"
+        for result in own
+    ]
+    header = "Evaluated with caev2_hf (the model-index of this card holds these numbers):"
+    return "\n".join([header, "", "| Evaluation | Dataset | Metric | Value |", "|---|---|---|---|", *rows])
+
+
+def evaluations_block(eval_results: list[EvalResult] | None) -> str:
+    return f"{EVALUATIONS_START}\n{format_evaluations(eval_results)}\n{EVALUATIONS_END}"
+
+
 def count_encoder_parameters(config: CAEv2Config) -> int:
     """Trainable encoder parameters (fixed tables are buffers), counted on the meta device without memory."""
+    import torch
+
+    from ..modeling_caev2 import CAEv2Model
+
     with torch.device("meta"):
         return sum(parameter.numel() for parameter in CAEv2Model(config).parameters())
 
@@ -109,6 +143,9 @@ def render_model_card(
     datasets: tuple[str, ...] | list[str] = ("ILSVRC/imagenet-1k",),
     training_details: str | None = None,
     license: str = "apache-2.0",
+    eval_results: list[EvalResult] | None = None,
+    usage_path: str | None = None,
+    picture: str | None = None,
 ) -> ModelCard:
     """The card of one checkpoint, from the single template.
 
@@ -119,14 +156,21 @@ def render_model_card(
         results: Our own evaluations (keys of `RESULT_FIELDS`, values in %); they replace the paper's numbers in the
             model-index, whose every entry names its source.
         base_model: Hub id of the checkpoint this one was trained from, if any.
-        datasets: Hub ids of the pretraining data.
+        datasets: Hub ids of the pretraining data; empty for local data (the card then says so, never ImageNet).
         training_details: Free text on how this checkpoint was trained (steps, batch, data), shown under the recipe.
         license: License id of the weights.
+        eval_results: Model-index entries to keep as they are (e.g. read from the card of the folder a checkpoint
+            comes from); they replace `results` and the paper's numbers.
+        usage_path: What the usage snippets load: a Hub id or the folder's real path; defaults to `model_id`.
+        picture: Path (relative to the card) or URL of a PNG from `python -m caev2_hf.visualize`, shown under the
+            introduction; none by default.
     """
-    if size is not None and size not in CAEV2_PRESETS:
-        raise ValueError(f"Unknown size {size!r}: choose one of {sorted(CAEV2_PRESETS)}.")
+    if size is not None and size not in SIZES:
+        raise ValueError(f"Unknown size {size!r}: choose one of {sorted(SIZES)}.")
     model_id = model_id or (f"caev2-vit-{size}" if size else "caev2-vit")
-    if results:
+    if eval_results:
+        eval_results = list(eval_results)
+    elif results:
         eval_results = build_eval_results(results, None, None)
     else:
         eval_results = build_eval_results(PAPER_RESULTS.get(size, {}), PAPER_SOURCE, PAPER_URL)
@@ -143,7 +187,7 @@ def render_model_card(
     return ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE_PATH),
-        model_id=model_id,
+        model_id=usage_path or model_id,
         size=size,
         config=config,
         num_parameters=count_encoder_parameters(config),
@@ -151,12 +195,13 @@ def render_model_card(
         supervised_tokens=describe_supervised_tokens(config),
         mask_percent=round(100 * config.num_masking_patches / config.num_patches),
         datasets=list(datasets),
-        own_results=results,
+        evaluations=evaluations_block(eval_results),
+        has_own_results=any(result.source_url != PAPER_URL for result in eval_results),
         paper_results=PAPER_RESULTS.get(size),
         paper_visible_only_results=PAPER_VISIBLE_ONLY_RESULTS.get(size),
-        result_fields=RESULT_FIELDS,
         training_details=training_details,
         paper_url=PAPER_URL,
+        picture=picture,
     )
 
 
@@ -168,11 +213,43 @@ def write_model_card(folder: str | Path, config: CAEv2Config, **kwargs) -> Path:
     return path
 
 
+def read_card_facts(folder: str | Path) -> dict:
+    """What the card of a saved folder knows that its weights do not: its `model_name`, and as `render_model_card`
+    keyword arguments the pretraining data (`datasets`, empty for local data), the evaluations (`eval_results`),
+    `base_model` and the "This checkpoint" paragraph (`training_details`: data, updates, batch, loss). Empty without
+    a card."""
+    path = Path(folder) / "README.md"
+    if not path.is_file():
+        return {}
+    card = ModelCard.load(path)
+    facts = {"datasets": list(card.data.datasets or []), "model_name": card.data.model_name}
+    if card.data.eval_results:
+        facts["eval_results"] = list(card.data.eval_results)
+    if card.data.base_model:
+        facts["base_model"] = card.data.base_model
+    found = re.search(rf"^{re.escape(TRAINING_DETAILS_HEADING)}\n+(.*?)\n*(?=^## |\Z)", card.text, re.M | re.S)
+    if found and found.group(1).strip():
+        facts["training_details"] = found.group(1).strip()
+    return facts
+
+
+def update_evaluations_in_body(text: str, eval_results: list[EvalResult] | None) -> str:
+    """The card's body with its evaluations block rewritten from `eval_results` (added at the end if it has none)."""
+    block = evaluations_block(eval_results)
+    pattern = re.compile(rf"{re.escape(EVALUATIONS_START)}.*?{re.escape(EVALUATIONS_END)}", re.S)
+    if pattern.search(text):
+        return pattern.sub(lambda _: block, text, count=1)
+    if NO_EVALUATION in text:
+        return text.replace(NO_EVALUATION, block, 1)
+    return f"{text.rstrip()}\n\n## Results\n\n{block}\n"
+
+
 def add_eval_results(folder: str | Path, eval_results: list[EvalResult]) -> Path:
-    """Adds `eval_results` to the model-index of `folder/README.md`, creating a bare card when there is none.
+    """Adds `eval_results` to the model-index of `folder/README.md` and to the card's body, creating a bare card when
+    there is none.
 
     An entry replaces one of the same task, dataset and metric name (e.g. the paper's number once it is reproduced);
-    the rest of the card is kept as it was.
+    the body's evaluations table is rewritten from the model-index, the rest of the card is kept as it was.
     """
     path = Path(folder) / "README.md"
     name = Path(folder).resolve().name
@@ -185,12 +262,15 @@ def add_eval_results(folder: str | Path, eval_results: list[EvalResult]) -> Path
         if (result.task_name, result.dataset_type, result.metric_name) not in replaced
     ]
     card.data.eval_results = kept + list(eval_results)
+    card.text = update_evaluations_in_body(card.text, card.data.eval_results)
     card.save(path)
     return path
 
 
 def write_size_cards(output_dir: str | Path, namespace: str | None = None) -> list[Path]:
     """One card per official size, `caev2-vit-{size}.md`, with ids `{namespace}/caev2-vit-{size}`."""
+    from ..configuration_caev2 import CAEV2_PRESETS, CAEv2Config
+
     paths = []
     for size in CAEV2_PRESETS:
         model_id = f"{namespace}/caev2-vit-{size}" if namespace else f"caev2-vit-{size}"
@@ -211,4 +291,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ..cli import run_main
+
+    run_main(main)

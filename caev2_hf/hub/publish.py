@@ -9,18 +9,25 @@ List, assemble, upload:
     HF_TOKEN=hf_... python -m caev2_hf.hub push --folder hub/caev2-vit-base --repo_id my-org/caev2-vit-base
 """
 
+from __future__ import annotations
+
 import argparse
 import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from huggingface_hub import HfApi
-from transformers import PreTrainedModel
 
-from .. import modeling_caev2
-from ..configuration_caev2 import CAEV2_PRESETS, CAEv2Config
-from .model_card import write_model_card
+from ..cli import UserError, run_main
+from .model_card import SIZES, read_card_facts, write_model_card
+
+
+if TYPE_CHECKING:  # torch, transformers and the model are imported when weights are loaded: `--help` stays fast
+    from transformers import PreTrainedModel
+
+    from ..configuration_caev2 import CAEv2Config
 
 
 logger = logging.getLogger(__name__)
@@ -49,6 +56,8 @@ ARCHITECTURE_FIELDS = (
 
 def check_matches_preset(config: CAEv2Config, size: str) -> None:
     """Refuse to publish under a size (and its paper numbers) weights of another architecture."""
+    from ..configuration_caev2 import CAEv2Config
+
     preset = CAEv2Config.from_preset(size)
     differences = [
         f"{field}={getattr(config, field)} (preset {getattr(preset, field)})"
@@ -56,7 +65,10 @@ def check_matches_preset(config: CAEv2Config, size: str) -> None:
         if getattr(config, field) != getattr(preset, field)
     ]
     if differences:
-        raise ValueError(f"The weights are not CAE v2 ViT-{size}: {', '.join(differences)}.")
+        raise UserError(
+            f"The weights are not CAE v2 ViT-{size}: {', '.join(differences)}. Leave out --size for another "
+            "architecture (the card then quotes no paper numbers)."
+        )
 
 
 def list_folder_files(folder: str | Path) -> list[str]:
@@ -72,7 +84,10 @@ def check_folder_is_prepared(folder: str | Path) -> None:
     if "model.safetensors" in missing and "model.safetensors.index.json" in files:
         missing.remove("model.safetensors")
     if missing:
-        raise ValueError(f"{folder} is not a prepared CAE v2 folder; missing {', '.join(missing)}.")
+        raise UserError(
+            f"{folder} is not a prepared CAE v2 folder; missing {', '.join(missing)}. Assemble one with "
+            "`python -m caev2_hf.hub prepare --weights FOLDER --output_dir FOLDER`."
+        )
 
 
 def prepare_folder(
@@ -80,7 +95,8 @@ def prepare_folder(
 ) -> list[str]:
     """Write the model (`save_pretrained` adds auto_map, code files and image processor) and its card.
 
-    Keyword arguments beyond `size` and `model_id` go to `render_model_card` (e.g. `results`, `training_details`).
+    Keyword arguments beyond `size` and `model_id` go to `render_model_card` (e.g. `results`, `training_details`,
+    `usage_path`).
     """
     if size is not None:
         check_matches_preset(model.config, size)
@@ -92,10 +108,29 @@ def prepare_folder(
 
 def load_caev2_model(weights: str | Path) -> PreTrainedModel:
     """Load a saved CAE v2 folder with the head class it was saved from (`architectures` in its config)."""
+    import json
+
+    from .. import modeling_caev2
+    from ..configuration_caev2 import CAEv2Config
+
+    config_file = Path(weights) / "config.json"
+    if not config_file.is_file():
+        problem = "no such folder" if not Path(weights).exists() else "no config.json in it"
+        if (Path(weights) / "final" / "config.json").is_file():
+            problem += f" (a run_pretrain.py output folder: its model is in {Path(weights) / 'final'})"
+        raise UserError(
+            f"--weights {weights}: {problem}. Give a folder written by save_pretrained, run_pretrain.py (its final/) "
+            "or the converter."
+        )
+    model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+    if model_type != CAEv2Config.model_type:
+        raise UserError(
+            f"--weights {weights} holds a {model_type!r} model, not a CAE v2 ({CAEv2Config.model_type!r})."
+        )
     config = CAEv2Config.from_pretrained(weights)
     architecture = (config.architectures or ["CAEv2Model"])[0]
     if architecture not in modeling_caev2.__all__:
-        raise ValueError(f"{weights} holds a {architecture}, not a CAE v2 model.")
+        raise UserError(f"{weights} holds a {architecture}, not a CAE v2 model.")
     return getattr(modeling_caev2, architecture).from_pretrained(weights)
 
 
@@ -106,12 +141,20 @@ def prepare_from_weights(
     model_id: str | None = None,
     dry_run: bool = False,
 ) -> list[str]:
-    """Prepare `output_dir` from a saved folder; with `dry_run`, prepare in a temporary folder and only list."""
+    """Prepare `output_dir` from a saved folder; with `dry_run`, prepare in a temporary folder and only list.
+
+    The new card keeps what the folder's own card knows (`model_card.read_card_facts`: pretraining data, training
+    paragraph, evaluations, base model); a folder without a card gets one that names no pretraining data rather than
+    a guessed one. Without `model_id` the usage snippets load `output_dir`, where the prepared folder is.
+    """
     model = load_caev2_model(weights)
+    card = {"datasets": [], **read_card_facts(weights), "usage_path": model_id or str(output_dir)}
+    model_id = model_id or card.pop("model_name", None)  # named as before; the snippets still load output_dir
+    card.pop("model_name", None)
     if not dry_run:
-        return prepare_folder(model, output_dir, size=size, model_id=model_id)
+        return prepare_folder(model, output_dir, size=size, model_id=model_id, **card)
     with tempfile.TemporaryDirectory() as scratch:
-        return prepare_folder(model, scratch, size=size, model_id=model_id)
+        return prepare_folder(model, scratch, size=size, model_id=model_id, **card)
 
 
 def push_folder(
@@ -132,7 +175,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     prepare = commands.add_parser("prepare", help="Assemble a ready-to-push folder from saved weights.")
     prepare.add_argument("--weights", required=True, help="Folder written by save_pretrained or the converter.")
     prepare.add_argument("--output_dir", required=True, help="Folder to assemble.")
-    prepare.add_argument("--size", choices=sorted(CAEV2_PRESETS), help="Official size: checked, and sets the card.")
+    prepare.add_argument("--size", choices=sorted(SIZES), help="Official size: checked, and sets the card.")
     prepare.add_argument("--model_id", help="Hub id shown in the card's usage snippets.")
     prepare.add_argument("--dry_run", action="store_true", help="List the files that would be uploaded; write none.")
     push = commands.add_parser("push", help="Upload a prepared folder (token from HF_TOKEN).")
@@ -146,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     if args.command == "push":
+        if not os.path.isdir(args.folder):
+            raise UserError(f"--folder {args.folder}: no such folder.")
         commit = push_folder(args.folder, args.repo_id, private=args.private)
         logger.info("Uploaded %s to %s", args.folder, getattr(commit, "commit_url", args.repo_id))
         return
@@ -155,4 +200,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -5,10 +5,21 @@ Precedence: command line > YAML file (`--config`) > the defaults below; `caev2_h
 is one flat mapping whose keys are the field names of the three dataclasses (see `configs/*.yaml`).
 """
 
+import glob
 import json
+import os
+import sys
 from dataclasses import dataclass, field
 
-from ..cli import parse_arguments_with_config
+from ..cli import (
+    UserError,
+    check_image_folder,
+    check_positive,
+    config_to_arguments,
+    parse_arguments_with_config,
+    read_config_file,
+    split_config_path,
+)
 
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
@@ -41,7 +52,7 @@ class PretrainingModelArguments:
             try:
                 self.config_overrides = json.loads(self.config_overrides)
             except json.JSONDecodeError as error:
-                raise ValueError(
+                raise UserError(
                     f"config_overrides={self.config_overrides!r} is not JSON: write e.g. "
                     "'{\"drop_path_rate\": 0.0}' on the command line."
                 ) from error
@@ -49,7 +60,8 @@ class PretrainingModelArguments:
 
 @dataclass
 class PretrainingDataArguments:
-    """Where the images come from and how they are augmented (docs/method.md#recipes). Give exactly one source."""
+    """Where the images come from and how they are augmented (docs/method.md#recipes). Give exactly one source; a
+    source on the command line replaces the config file's."""
 
     dataset_name: str | None = field(
         default=None,
@@ -57,26 +69,62 @@ class PretrainingDataArguments:
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration, if any."})
     train_split: str = field(default="train", metadata={"help": "Split to pretrain on."})
-    train_dir: str | None = field(default=None, metadata={"help": "Local image folder (one subfolder per class)."})
+    train_dir: str | None = field(
+        default=None,
+        metadata={"help": "Local image folder (one subfolder per class), streamed as up to 1,024 shards of files."},
+    )
     data_files: list[str] | None = field(
         default=None, metadata={"help": "Local webdataset .tar shards or .parquet files (globs allowed)."}
     )
     image_column: str | None = field(
         default=None, metadata={"help": "Column holding the images; found automatically (image, jpg, img, ...)."}
     )
-    shuffle_buffer_size: int = field(default=10_000, metadata={"help": "Examples in each process's shuffle buffer."})
+    shuffle_buffer_size: int = field(
+        default=10_000,
+        metadata={"help": "Undecoded examples in each loader worker's shuffle buffer (redrawn every epoch)."},
+    )
     dataloader_num_workers: int = field(
-        default=8, metadata={"help": "Loader workers per process (decode, crop and masks); at most the shard count."}
+        default=8,
+        metadata={
+            "help": "Loader workers per process (decode, crop, masks; flip and jitter run on the device); at most the "
+            "shard count. Resume with the same count."
+        },
+    )
+    dataloader_prefetch_factor: int = field(
+        default=2,
+        metadata={
+            "help": "Batches each loader worker prepares ahead. Workers never stop at epoch boundaries; raise this if "
+            "the step still waits while a worker refills its shuffle buffer (costs shared memory: a Base batch of "
+            "256 is 38.5 MB)."
+        },
     )
     crop_min_scale: float = field(default=0.4, metadata={"help": "RandomResizedCrop's smallest area fraction."})
     color_jitter: float = field(default=0.4, metadata={"help": "Brightness, contrast and saturation jitter (0: off)."})
-    num_demo_images: int = field(
-        default=0,
+    demo_dir: str | None = field(
+        default=None,
         metadata={
-            "help": "Offline demo: when > 0 and train_dir does not exist yet, first write this many crops of the two "
-            "photos shipped with scikit-learn there (no download)."
+            "help": "Offline demo (configs/demo.yaml): the demo's own image folder, a data source like train_dir. If "
+            "it does not exist yet, num_demo_images crops of the two photos shipped with scikit-learn are written "
+            "there first (no download). Images are never written into train_dir."
         },
     )
+    num_demo_images: int = field(default=0, metadata={"help": "Offline demo: how many images to write in demo_dir."})
+
+
+DATA_SOURCE_FIELDS = ("dataset_name", "dataset_config_name", "train_dir", "data_files", "demo_dir")
+
+
+def replace_data_source_of_config_file(argv: list[str] | None) -> list[str]:
+    """When the command line names a data source (`--train_dir`, `--data_files`, `--dataset_name`), the config file's
+    source fields are left out, so that the command line's source replaces the file's instead of adding a second one
+    (`--data_files shards/*.tar` on top of configs/demo.yaml). The file's values come back as flags placed first."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config_path, rest = split_config_path(argv)
+    names_source = any(token.split("=", 1)[0] in {f"--{name}" for name in DATA_SOURCE_FIELDS} for token in rest)
+    if config_path is None or not names_source:
+        return argv
+    values = read_config_file(config_path, ARGUMENT_CLASSES)
+    return config_to_arguments({key: value for key, value in values.items() if key not in DATA_SOURCE_FIELDS}) + rest
 
 
 @dataclass
@@ -144,22 +192,134 @@ class PretrainingArguments:
     push_to_hub: bool = field(default=False, metadata={"help": "Upload final/ to hub_model_id (token: HF_TOKEN)."})
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repository, e.g. my-org/caev2-vit-base."})
     hub_private_repo: bool = field(default=False, metadata={"help": "Create the Hub repository as private."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start afresh in an output_dir that holds another run (its checkpoints/ and final/ are deleted; "
+            "logs/ keeps one subfolder per run). Without it such a folder is refused unless resuming."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISIONS:
-            raise ValueError(f"mixed_precision={self.mixed_precision!r}: choose one of {MIXED_PRECISIONS}.")
+            raise UserError(f"--mixed_precision {self.mixed_precision}: choose one of {', '.join(MIXED_PRECISIONS)}.")
         if self.push_to_hub and not self.hub_model_id:
-            raise ValueError("push_to_hub needs hub_model_id (e.g. my-org/caev2-vit-base).")
+            raise UserError("--push_to_hub needs --hub_model_id (e.g. my-org/caev2-vit-base).")
+        check_positive(
+            per_device_train_batch_size=self.per_device_train_batch_size,
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
+            learning_rate=self.learning_rate,
+            learning_rate_batch_size=self.learning_rate_batch_size,
+            max_steps=self.max_steps,
+            num_train_epochs=self.num_train_epochs,
+            num_train_examples=self.num_train_examples,
+            adam_epsilon=self.adam_epsilon,
+        )
+        for name in ("min_learning_rate", "weight_decay", "max_grad_norm", "warmup_steps", "warmup_epochs"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise UserError(f"--{name} {getattr(self, name)}: must be 0 or more.")
         for name in ("logging_steps", "save_steps", "save_total_limit", "max_consecutive_skipped_steps"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be at least 1.")
+                raise UserError(f"--{name} {getattr(self, name)}: must be at least 1.")
 
 
 ARGUMENT_CLASSES = (PretrainingModelArguments, PretrainingDataArguments, PretrainingArguments)
 
 
 def parse_pretraining_arguments(
-    argv: list[str] | None = None,
+    argv: list[str] | None = None, description: str | None = None
 ) -> tuple[PretrainingModelArguments, PretrainingDataArguments, PretrainingArguments]:
-    """`--config file.yaml` sets the values, then every other `--name value` overrides them."""
-    return parse_arguments_with_config(ARGUMENT_CLASSES, argv)
+    """`--config file.yaml` sets the values, then every other `--name value` overrides them; a data source on the
+    command line replaces the file's (`replace_data_source_of_config_file`)."""
+    return parse_arguments_with_config(ARGUMENT_CLASSES, replace_data_source_of_config_file(argv), description)
+
+
+RUN_FOLDERS = ("checkpoints", "final")  # what makes an output_dir hold a run (logs/ has one subfolder per run)
+
+
+def find_previous_run(output_dir: str) -> list[str]:
+    """The folders of `output_dir` that a previous run wrote (checkpoints/ with something in it, final/)."""
+    return [
+        name
+        for name in RUN_FOLDERS
+        if os.path.isdir(os.path.join(output_dir, name)) and os.listdir(os.path.join(output_dir, name))
+    ]
+
+
+def check_data_source(data_args: PretrainingDataArguments, images_per_batch: int) -> None:
+    """Exactly one data source, and a local one that exists and holds at least one batch of images."""
+    sources = {
+        "--dataset_name": data_args.dataset_name,
+        "--train_dir": data_args.train_dir,
+        "--data_files": data_args.data_files,
+        "--demo_dir": data_args.demo_dir,
+    }
+    given = {flag: value for flag, value in sources.items() if value}
+    if not given:
+        raise UserError(
+            "No training data: give --train_dir DIR (an image folder), --data_files SHARDS (.tar/.parquet) or "
+            "--dataset_name HUB_ID; or run the offline demo, --config configs/demo.yaml."
+        )
+    if len(given) > 1:
+        listing = " and ".join(f"{flag} {value}" for flag, value in given.items())
+        raise UserError(f"Give one data source, not {len(given)}: {listing}. Keep the one you mean.")
+    num_images = None
+    if data_args.train_dir:
+        num_images = check_image_folder(data_args.train_dir, "--train_dir", at_least=images_per_batch)
+    elif data_args.data_files:
+        for pattern in data_args.data_files:
+            if not glob.glob(pattern):
+                raise UserError(f"--data_files {pattern}: no such file. Check the path or the glob pattern.")
+    elif data_args.demo_dir:
+        if os.path.exists(data_args.demo_dir):
+            num_images = check_image_folder(data_args.demo_dir, "--demo_dir", at_least=images_per_batch)
+        elif data_args.num_demo_images < 1:
+            raise UserError(
+                f"--demo_dir {data_args.demo_dir} does not exist and --num_demo_images is {data_args.num_demo_images}:"
+                " set --num_demo_images (e.g. 128) to write the demo's images there, or use --train_dir for yours."
+            )
+        else:
+            num_images = data_args.num_demo_images
+    if num_images is not None and num_images < images_per_batch:
+        raise UserError(
+            f"The data holds {num_images} images, fewer than one batch of {images_per_batch} "
+            "(per_device_train_batch_size x processes): lower --per_device_train_batch_size or add images."
+        )
+
+
+def check_pretraining_arguments(
+    model_args: PretrainingModelArguments,
+    data_args: PretrainingDataArguments,
+    training_args: PretrainingArguments,
+    num_processes: int | None = None,
+) -> None:
+    """What can be checked before anything heavy is built: the data source, the sizes and the output folder.
+
+    `num_processes` defaults to the launcher's WORLD_SIZE (what the Accelerator will join). Raises `UserError`.
+    """
+    num_processes = num_processes or int(os.environ.get("WORLD_SIZE", "1"))
+    check_positive(
+        shuffle_buffer_size=data_args.shuffle_buffer_size,
+        crop_min_scale=data_args.crop_min_scale,
+    )
+    if data_args.dataloader_num_workers < 0 or data_args.num_demo_images < 0:
+        raise UserError("--dataloader_num_workers and --num_demo_images must be 0 or more.")
+    if model_args.model_name_or_path and not os.path.isdir(model_args.model_name_or_path):
+        if os.path.exists(model_args.model_name_or_path) or model_args.model_name_or_path.startswith((".", "/")):
+            raise UserError(
+                f"--model_name_or_path {model_args.model_name_or_path}: no such folder (a saved CAEv2ForPreTraining, "
+                "e.g. a previous run's final/pretraining)."
+            )
+    if training_args.max_steps is None and None in (training_args.num_train_epochs, training_args.num_train_examples):
+        raise UserError(
+            "The run has no length: give --max_steps N, or --num_train_epochs E with --num_train_examples N "
+            "(a stream has no length)."
+        )
+    check_data_source(data_args, training_args.per_device_train_batch_size * num_processes)
+    previous = find_previous_run(training_args.output_dir)
+    if previous and not (training_args.resume_from_checkpoint or training_args.overwrite_output_dir):
+        raise UserError(
+            f"--output_dir {training_args.output_dir} holds another run ({', '.join(name + '/' for name in previous)})."
+            " Continue it with --resume_from_checkpoint latest, start afresh with --overwrite_output_dir, or choose "
+            "another --output_dir."
+        )

@@ -1,8 +1,10 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
-"""The end of a pretraining run: `final/` (encoder, image processor, model card) with `final/pretraining/` (the
-full CAEv2ForPreTraining, to continue pretraining), and its upload to the Hub in the background."""
+"""The end of a pretraining run: `final/` (encoder, image processor, model card; never the teacher) with
+`final/pretraining/` (the full CAEv2ForPreTraining with its teacher, to continue pretraining without a download),
+and its upload to the Hub in the background."""
 
 import os
+import shutil
 from concurrent.futures import Future
 
 import torch
@@ -15,6 +17,7 @@ from ..modeling_caev2 import CAEv2ForPreTraining
 
 
 PRETRAINING_SUBFOLDER = "pretraining"
+INCOMPLETE_SUFFIX = ".incomplete"  # final/ is written under this name and renamed when complete
 RANDOM_TEACHER_WARNING = (
     "**Trained against a randomly initialised teacher** (`use_random_teacher=True`, e.g. the offline demo): the "
     "targets carry no knowledge, so these features are not useful. This checkpoint only shows that the pipeline runs."
@@ -59,28 +62,47 @@ def export_final_model(
     """Saves the encoder + processor + card in `final_dir` and the pretraining model in its `pretraining/`.
 
     `size` is an official preset the architecture matches exactly (see `preset_of`), or None. Called on every
-    process: the full state dict is gathered first (needed under FSDP), the main process writes.
+    process: the full state dict is gathered first (needed under FSDP), the main process writes. The folder is
+    written as `final_dir.incomplete` and renamed when complete, so a crash never leaves a partial `final_dir` (an
+    existing one, e.g. a finished run's that is exported again, is replaced only then). Without `model_id` the card
+    is named after the run's folder and its usage snippets load `final_dir` itself, the folder that holds the model.
     """
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
+        temporary = os.path.normpath(final_dir) + INCOMPLETE_SUFFIX
+        shutil.rmtree(temporary, ignore_errors=True)  # left by a crash while exporting
         pretraining_model: CAEv2ForPreTraining = accelerator.unwrap_model(model)
         prefix = pretraining_model.base_model_prefix + "."
         encoder_state = {
             key.removeprefix(prefix): value for key, value in state_dict.items() if key.startswith(prefix)
         }  # before the next save: save_pretrained empties the state dict it is given as it writes
-        pretraining_model.save_pretrained(os.path.join(final_dir, PRETRAINING_SUBFOLDER), state_dict=state_dict)
+        pretraining_model.save_pretrained(os.path.join(temporary, PRETRAINING_SUBFOLDER), state_dict=state_dict)
         encoder = pretraining_model.caev2
-        encoder.save_pretrained(final_dir, state_dict=encoder_state)
+        encoder.save_pretrained(temporary, state_dict=encoder_state)
         write_model_card(
-            final_dir,
+            temporary,
             encoder.config,
             size=size,
-            model_id=model_id or os.path.basename(os.path.normpath(os.path.dirname(final_dir))),
+            model_id=model_id or os.path.basename(os.path.dirname(os.path.abspath(final_dir))),
+            usage_path=model_id or final_dir,
             datasets=datasets,
             training_details=training_details,
         )
+        replace_folder(temporary, final_dir)
     accelerator.wait_for_everyone()
     return final_dir
+
+
+def replace_folder(source: str, destination: str) -> None:
+    """Renames `source` to `destination`, replacing an existing one (moved aside first, deleted last)."""
+    if os.path.exists(destination):
+        aside = os.path.normpath(destination) + ".replaced"
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(destination, aside)
+        os.replace(source, destination)
+        shutil.rmtree(aside)
+    else:
+        os.replace(source, destination)
 
 
 def push_to_hub_in_background(folder: str, repo_id: str, private: bool) -> Future:

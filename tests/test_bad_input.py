@@ -1,0 +1,144 @@
+"""Wrong inputs through the real command-line entry points (issue 13): each ends in one line on stderr naming the
+problem and its fix, exit status 2, no traceback, before any model is built (a few seconds per case)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = str(REPO_ROOT / "configs" / "demo.yaml")
+PRETRAIN = [str(REPO_ROOT / "run_pretrain.py")]
+PROBE = [str(REPO_ROOT / "run_linear_probe.py")]
+FINETUNE = [str(REPO_ROOT / "run_finetune.py")]
+CONVERT = ["-m", "caev2_hf.hub.convert_official_checkpoint"]
+HUB = ["-m", "caev2_hf.hub"]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    """Every wrong input of the table below, made once: empty folders, stray files, corrupt images, bad checkpoints."""
+    root = tmp_path_factory.mktemp("inputs")
+    (root / "empty").mkdir()
+    for name in ("cat", "dog"):
+        (root / "classes_without_files" / name).mkdir(parents=True)
+    (root / "only_text" / "cat").mkdir(parents=True)
+    (root / "only_text" / "cat" / "notes.txt").write_text("not an image")
+    (root / "corrupt" / "cat").mkdir(parents=True)
+    (root / "corrupt" / "cat" / "1.jpg").write_bytes(b"not a jpeg at all")
+    Image.new("RGB", (16, 16)).save(root / "photo.jpg")
+    (root / "corrupt" / "cat" / "2.png").write_bytes((root / "photo.jpg").read_bytes()[:40])  # a cut JPEG
+    (root / "good" / "cat").mkdir(parents=True)
+    Image.new("RGB", (16, 16), "red").save(root / "good" / "cat" / "1.png")
+    (root / "notes.txt").write_text("model weights, honest\n")
+    torch.save({"model": {"encoder.cls_token": torch.zeros(1, 1, 8)}}, root / "full.pth")
+    data = (root / "full.pth").read_bytes()
+    (root / "truncated.pth").write_bytes(data[: len(data) // 2])
+    (root / "encoder").mkdir()
+    (root / "encoder" / "config.json").write_text('{"model_type": "caev2"}')
+    (root / "previous_run" / "checkpoints" / "checkpoint-00000010").mkdir(parents=True)
+    return root
+
+
+def pretrain_probe_and_convert_cases() -> list[tuple[str, list[str], list[str]]]:
+    """(case id, command after `python`, key words of the message); `{root}` is the inputs folder."""
+    probe = [*PROBE, "--model", "{root}/encoder", "--output_dir", "{root}/probe_out"]
+    finetune = [*FINETUNE, "--model", "{root}/encoder", "--output_dir", "{root}/finetune_out"]
+    return [
+        ("pretrain-missing-train-dir", [*PRETRAIN, "--train_dir", "{root}/typo", "--max_steps", "2"],
+         ["--train_dir", "typo", "no such folder"]),
+        ("pretrain-demo-config-with-missing-train-dir", [*PRETRAIN, DEMO_CONFIG, "--train_dir", "{root}/typo"],
+         ["--train_dir", "typo", "no such folder"]),
+        ("pretrain-empty-train-dir", [*PRETRAIN, DEMO_CONFIG, "--train_dir", "{root}/empty"],
+         ["--train_dir", "holds no image files"]),
+        ("pretrain-negative-batch", [*PRETRAIN, DEMO_CONFIG, "--per_device_train_batch_size", "-4"],
+         ["--per_device_train_batch_size -4", "greater than 0"]),
+        ("pretrain-zero-batch", [*PRETRAIN, DEMO_CONFIG, "--per_device_train_batch_size", "0"],
+         ["--per_device_train_batch_size 0", "greater than 0"]),
+        ("pretrain-batch-larger-than-data", [*PRETRAIN, DEMO_CONFIG, "--per_device_train_batch_size", "512"],
+         ["128 images", "fewer than one batch of 512", "--per_device_train_batch_size"]),
+        ("pretrain-no-data", [*PRETRAIN, "--max_steps", "2"], ["No training data", "--train_dir"]),
+        ("pretrain-two-sources", [*PRETRAIN, "--train_dir", "{root}/good", "--dataset_name", "x/y", "--max_steps", "2"],
+         ["one data source", "--train_dir", "--dataset_name"]),
+        ("pretrain-no-length", [*PRETRAIN, "--train_dir", "{root}/good", "--per_device_train_batch_size", "1"],
+         ["--max_steps"]),
+        ("pretrain-output-dir-holds-a-run",
+         [*PRETRAIN, DEMO_CONFIG, "--output_dir", "{root}/previous_run"],
+         ["holds another run", "--resume_from_checkpoint latest", "--overwrite_output_dir"]),
+        ("pretrain-missing-config-file", [*PRETRAIN, "--config", "{root}/nothere.yaml"], ["no such file"]),
+        ("convert-text-file", [*CONVERT, "--checkpoint", "{root}/notes.txt", "--size", "tiny", "--output_dir", "{root}/o"],
+         ["notes.txt is a text file", "not a PyTorch checkpoint"]),
+        ("convert-jpeg", [*CONVERT, "--checkpoint", "{root}/photo.jpg", "--size", "tiny", "--output_dir", "{root}/o"],
+         ["photo.jpg is a JPEG image", "not a PyTorch checkpoint"]),
+        ("convert-truncated-checkpoint",
+         [*CONVERT, "--checkpoint", "{root}/truncated.pth", "--size", "tiny", "--output_dir", "{root}/o"],
+         ["truncated or damaged", "download or copy it again"]),
+        ("convert-missing-path", [*CONVERT, "--checkpoint", "{root}/missing.pth", "--size", "tiny", "--output_dir", "{root}/o"],
+         ["missing.pth: no such file"]),
+        ("probe-class-folders-without-files",
+         [*probe, "--train_dir", "{root}/classes_without_files", "--validation_dir", "{root}/classes_without_files"],
+         ["--train_dir", "holds no image files", "no file at all"]),
+        ("probe-only-a-text-file", [*probe, "--train_dir", "{root}/only_text", "--validation_dir", "{root}/good"],
+         ["--train_dir", "holds no image files", "notes.txt"]),
+        ("probe-only-corrupt-images", [*probe, "--train_dir", "{root}/good", "--validation_dir", "{root}/corrupt"],
+         ["--validation_dir", "none of the 2 image file(s) tried opens", "corrupt"]),
+        ("probe-missing-model",
+         [*PROBE, "--model", "./nothere", "--train_dir", "{root}/good", "--validation_dir", "{root}/good",
+          "--output_dir", "{root}/p"],
+         ["--model ./nothere", "no such folder"]),
+        ("finetune-only-corrupt-images", [*finetune, "--train_dir", "{root}/corrupt", "--validation_dir", "{root}/good"],
+         ["--train_dir", "none of the 2 image file(s) tried opens"]),
+        ("finetune-no-validation-data", [*finetune, "--train_dir", "{root}/good"], ["No validation data"]),
+        ("hub-prepare-missing-weights", [*HUB, "prepare", "--weights", "{root}/nothere", "--output_dir", "{root}/h"],
+         ["--weights", "no such folder"]),
+        ("hub-push-missing-folder", [*HUB, "push", "--folder", "{root}/nothere", "--repo_id", "a/b"],
+         ["--folder", "no such folder"]),
+    ]  # fmt: skip
+
+
+CASES = pretrain_probe_and_convert_cases()
+
+
+def run_command(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, *command], cwd=cwd, env=environment, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+@pytest.mark.parametrize(("command", "key_words"), [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+def test_bad_input_ends_in_one_clear_line_and_exit_status_2(inputs: Path, tmp_path: Path, command, key_words):
+    command = [part.replace("{root}", str(inputs)) for part in command]
+    result = run_command(command, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+    for word in key_words:
+        assert word in lines[0], (word, lines[0])
+
+
+def test_demo_config_never_writes_into_a_folder_it_was_not_asked_for(inputs: Path, tmp_path: Path):
+    """configs/demo.yaml with a typo'd --train_dir: the demo's images go nowhere (not into the typo, not into the
+    demo's own folder, which the command line replaced), and nothing else is created either."""
+    result = run_command([*PRETRAIN, DEMO_CONFIG, "--train_dir", "demo_imgaes"], cwd=tmp_path)
+    assert result.returncode == 2 and "demo_imgaes: no such folder" in result.stderr
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_argparse_errors_keep_exit_status_2_without_traceback(tmp_path: Path):
+    result = run_command([*PRETRAIN, "--max_stepz", "3"], cwd=tmp_path)
+    assert result.returncode == 2 and "unrecognized arguments: --max_stepz 3" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_bug_keeps_its_traceback(tmp_path: Path):
+    """Only user errors are shortened: any other exception still shows where it happened."""
+    code = "from caev2_hf.cli import run_main\ndef main():\n    raise KeyError('a bug')\nrun_main(main)\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1 and "Traceback" in result.stderr and "KeyError: 'a bug'" in result.stderr
