@@ -1,0 +1,330 @@
+# Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
+"""CAE v2 as a transformers backbone: the encoder's block outputs as feature maps, for dense heads such as UperNet.
+
+It follows the authors' segmentation backbone (`downstream_tasks/semantic_segmentation/backbone/cae.py`), each
+difference from the pretraining encoder behind a `CAEv2Config` field whose default is the authors' setting
+(docs/segmentation.md): a relative position bias per block, the sin-cos table resized bicubically to the input grid,
+no final LayerNorm, and the multi-scale neck (strides 4, 8, 16, 32) in front of UperNet. A remote-code file: it
+imports only torch, transformers and the two model files.
+"""
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.backbone_utils import BackboneMixin
+from transformers.modeling_outputs import BackboneOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .configuration_caev2 import CAEv2Config
+from .modeling_caev2 import (
+    PRETRAINING_ONLY_KEYS,
+    CAEv2Attention,
+    CAEv2Embeddings,
+    CAEv2Layer,
+    CAEv2PreTrainedModel,
+    build_2d_sincos_position_embedding,
+    drop_path_rates,
+    eager_attention_forward,
+)
+
+
+POSITION_TABLES = ("interpolate", "exact")
+NECK_STRIDES = (4, 8, 16, 32)  # output strides of the authors' four neck branches, for any patch size
+
+
+class CAEv2BackboneEmbeddings(CAEv2Embeddings):
+    """[CLS] + patch embeddings + a fixed sin-cos table for any grid.
+
+    `"interpolate"` (the authors): the table of the `image_size` grid, resized bicubically to the input grid, which is
+    what the authors' checkpoint loader does to the pretrained table. `"exact"`: the sin-cos formula on the input grid.
+    Both give the pretraining table on the pretraining grid. Tables are cached per grid.
+    """
+
+    def __init__(self, config: CAEv2Config) -> None:
+        super().__init__(config)
+        self._tables: dict[tuple, torch.Tensor] = {}
+
+    def position_table(self, height: int, width: int, interpolate_pos_encoding: bool = True) -> torch.Tensor:
+        patch, grid = self.config.patch_size, self.config.image_size // self.config.patch_size
+        rows, cols = height // patch, width // patch
+        if (rows, cols) == (grid, grid):
+            return self.position_embeddings
+        key = (rows, cols, self.position_embeddings.device)
+        if key not in self._tables:
+            self._tables[key] = self._build_table(rows, cols).to(self.position_embeddings.device)
+        return self._tables[key]
+
+    def _build_table(self, rows: int, cols: int) -> torch.Tensor:
+        dim, grid = self.config.hidden_size, self.config.image_size // self.config.patch_size
+        if self.config.backbone_position_table == "exact":
+            return build_2d_sincos_position_embedding(rows, cols, dim)[None]
+        table = build_2d_sincos_position_embedding(grid, grid, dim)
+        patches = table[1:].reshape(1, grid, grid, dim).permute(0, 3, 1, 2)
+        patches = F.interpolate(patches, size=(rows, cols), mode="bicubic", align_corners=False)
+        return torch.cat([table[:1], patches.flatten(2).transpose(1, 2)[0]])[None]
+
+
+class CAEv2RelativePositionBias(nn.Module):
+    """One learned bias per head for each relative offset of two patches, plus [CLS]-to-patch, patch-to-[CLS] and
+    [CLS]-to-[CLS] (the authors' `relative_position_bias_table`, same layout, zero at init).
+
+    The table covers a `backbone_image_size` grid. A grid that fits inside it reads its offsets from the table
+    exactly; a larger one reads a bilinear resize of the offset table, as transformers' BEiT does.
+    """
+
+    def __init__(self, config: CAEv2Config) -> None:
+        super().__init__()
+        self.window = config.backbone_image_size // config.patch_size
+        num_offsets = (2 * self.window - 1) ** 2
+        self.relative_position_bias_table = nn.Parameter(torch.zeros(num_offsets + 3, config.num_attention_heads))
+        self._indices: dict[tuple, torch.Tensor] = {}
+
+    @staticmethod
+    def offset_index(rows: int, cols: int, table_rows: int, table_cols: int, device) -> torch.Tensor:
+        """`(1 + rows*cols, 1 + rows*cols)` indices into a table of `(2*table_rows-1) * (2*table_cols-1) + 3` rows."""
+        coords = torch.stack(
+            torch.meshgrid(torch.arange(rows, device=device), torch.arange(cols, device=device), indexing="ij")
+        ).flatten(1)
+        relative = coords[:, :, None] - coords[:, None, :]
+        offsets = (relative[0] + table_rows - 1) * (2 * table_cols - 1) + relative[1] + table_cols - 1
+        num_offsets = (2 * table_rows - 1) * (2 * table_cols - 1)
+        index = torch.zeros(rows * cols + 1, rows * cols + 1, dtype=torch.long, device=device)
+        index[1:, 1:] = offsets
+        index[0, 0:] = num_offsets  # [CLS] to patch
+        index[0:, 0] = num_offsets + 1  # patch to [CLS]
+        index[0, 0] = num_offsets + 2  # [CLS] to [CLS]
+        return index
+
+    def forward(self, rows: int, cols: int) -> torch.Tensor:
+        """Bias `(1, heads, 1 + rows*cols, 1 + rows*cols)` for a `rows x cols` patch grid."""
+        table = self.relative_position_bias_table
+        table_rows, table_cols = self.window, self.window
+        if rows > self.window or cols > self.window:
+            side = 2 * self.window - 1
+            offsets = table[:-3].T.reshape(1, -1, side, side)
+            offsets = F.interpolate(offsets, size=(2 * rows - 1, 2 * cols - 1), mode="bilinear", align_corners=False)
+            table = torch.cat([offsets[0].flatten(1).T, table[-3:]])
+            table_rows, table_cols = rows, cols
+        key = (rows, cols, table_rows, table_cols, table.device)
+        if key not in self._indices:
+            self._indices[key] = self.offset_index(rows, cols, table_rows, table_cols, table.device)
+        index = self._indices[key]
+        return table[index.view(-1)].view(*index.shape, -1).permute(2, 0, 1).unsqueeze(0)
+
+
+def attend_with_bias(
+    attention: CAEv2Attention, hidden_states: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`CAEv2Attention`'s self-attention plus an additive bias on the scores (a float mask for eager and SDPA)."""
+    implementation = attention.config._attn_implementation
+    if bias is not None and implementation not in (None, "eager", "sdpa"):
+        raise ValueError(
+            f"attn_implementation={implementation!r} cannot add the relative position bias: load with "
+            "attn_implementation='sdpa' (or 'eager'), or set backbone_relative_position_bias=False."
+        )
+    batch_size, length = hidden_states.shape[:2]
+    shape = (batch_size, length, -1, attention.head_dim)
+    query = attention.q_proj(hidden_states).view(shape).transpose(1, 2)
+    key = attention.k_proj(hidden_states).view(shape).transpose(1, 2)
+    value = attention.v_proj(hidden_states).view(shape).transpose(1, 2)
+    interface: Callable = eager_attention_forward
+    if implementation not in (None, "eager"):
+        interface = ALL_ATTENTION_FUNCTIONS[implementation]
+    if bias is not None:
+        bias = bias.to(query.dtype)
+    output, weights = interface(
+        attention, query, key, value, bias, scaling=attention.scaling, dropout=0.0, is_causal=False
+    )
+    return attention.o_proj(output.reshape(batch_size, length, -1)), weights
+
+
+class CAEv2BackboneLayer(CAEv2Layer):
+    """The encoder block (same weights and names), with the authors' relative position bias when configured."""
+
+    def __init__(self, config: CAEv2Config, drop_path_rate: float) -> None:
+        super().__init__(config, drop_path_rate)
+        self.relative_position_bias = (
+            CAEv2RelativePositionBias(config) if config.backbone_relative_position_bias else None
+        )
+
+    def forward(self, hidden_states: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        bias = self.relative_position_bias(*grid) if self.relative_position_bias is not None else None
+        attn_output, attn_weights = attend_with_bias(self.attention, self.layernorm_before(hidden_states), bias)
+        hidden_states = hidden_states + self.drop_path(self.layer_scale1(attn_output))
+        mlp_output = self.mlp(self.layernorm_after(hidden_states))
+        hidden_states = hidden_states + self.drop_path(self.layer_scale2(mlp_output))
+        return hidden_states, attn_weights
+
+
+class CAEv2BackboneEncoder(nn.Module):
+    """The block stack, named as `CAEv2Encoder` (`encoder.layers.{i}`) so encoder checkpoints load unchanged."""
+
+    def __init__(self, config: CAEv2Config) -> None:
+        super().__init__()
+        rates = drop_path_rates(config.drop_path_rate, config.num_hidden_layers)
+        self.layers = nn.ModuleList([CAEv2BackboneLayer(config, rate) for rate in rates])
+
+
+def build_neck_branch(hidden_size: int, patch_size: int, stride: int) -> nn.Module:
+    """Bring a stride-`patch_size` map to `stride`: 2x transposed convolutions (BatchNorm + GELU between two), the
+    identity, or a max-pool; for patch 16: 4x (deconv, BN, GELU, deconv), 2x (deconv), identity, 2x max-pool."""
+    if patch_size == stride:
+        return nn.Identity()
+    if patch_size < stride:
+        return nn.MaxPool2d(kernel_size=stride // patch_size, stride=stride // patch_size)
+    modules = []
+    for step in range(int(math.log2(patch_size // stride))):
+        if step:
+            modules += [nn.BatchNorm2d(hidden_size), nn.GELU()]
+        modules.append(nn.ConvTranspose2d(hidden_size, hidden_size, kernel_size=2, stride=2))
+    return nn.Sequential(*modules)
+
+
+class CAEv2Backbone(BackboneMixin, CAEv2PreTrainedModel):
+    r"""
+    The CAE v2 encoder as a transformers backbone (`AutoBackbone`, UperNet's `backbone_config`). `stage_names` are
+    `"stem"` (the embeddings) and `"stage{i}"` (output of block i, 1-based); each selected stage becomes a map
+    `(batch, hidden_size, H / patch, W / patch)` of its patch tokens, without the final LayerNorm, and with
+    `config.backbone_add_fpn` the four maps go through the authors' neck to strides 4, 8, 16 and 32. Any input whose
+    sides are multiples of the patch size works.
+
+    `CAEv2Backbone.from_pretrained(folder)` loads a checkpoint of any CAE v2 head (pretraining `final/`, encoder,
+    classifier): the relative position bias tables and the neck start fresh, the final LayerNorm and the pretraining
+    modules are left out.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from caev2_hf import CAEv2Config
+    >>> from caev2_hf.modeling_caev2_backbone import CAEv2Backbone
+    >>> config = CAEv2Config.from_preset(
+    ...     "tiny", image_size=64, num_hidden_layers=4, num_masking_patches=4, teacher_grid_resampling="bilinear"
+    ... )
+    >>> backbone = CAEv2Backbone(config).eval()
+    >>> [tuple(fmap.shape) for fmap in backbone(torch.randn(1, 3, 64, 96)).feature_maps]
+    [(1, 192, 16, 24), (1, 192, 8, 12), (1, 192, 4, 6), (1, 192, 2, 3)]
+    ```"""
+
+    # The final LayerNorm is unused (the authors' `out_with_norm=False`): an encoder checkpoint's copy is dropped.
+    _keys_to_ignore_on_load_unexpected = PRETRAINING_ONLY_KEYS + [r"^(caev2\.)?layernorm\."]
+    _no_split_modules = ["CAEv2BackboneEmbeddings", "CAEv2BackboneLayer"]
+
+    def __init__(self, config: CAEv2Config) -> None:
+        check_backbone_config(config)
+        super().__init__(config)
+        self.num_features = [config.hidden_size] * (config.num_hidden_layers + 1)
+        self.embeddings = CAEv2BackboneEmbeddings(config)
+        self.encoder = CAEv2BackboneEncoder(config)
+        if config.backbone_add_fpn:
+            for index, stride in enumerate(NECK_STRIDES, start=1):
+                self.add_module(f"fpn{index}", build_neck_branch(config.hidden_size, config.patch_size, stride))
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.patch_embeddings
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, nn.ConvTranspose2d):  # PyTorch's default, as in the authors' neck
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            fan_in = module.weight.shape[1] * module.weight[0, 0].numel()
+            init.uniform_(module.bias, -(fan_in**-0.5), fan_in**-0.5)
+        elif isinstance(module, nn.BatchNorm2d):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
+        elif isinstance(module, CAEv2RelativePositionBias):
+            init.zeros_(module.relative_position_bias_table)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BackboneOutput | tuple:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`): Normalised images
+                whose height and width are multiples of `config.patch_size`.
+            output_hidden_states (`bool`, *optional*): Also return every stage's tokens (embeddings, then each block).
+            output_attentions (`bool`, *optional*): Also return the attention maps (eager attention only).
+            return_dict (`bool`, *optional*): Return a `BackboneOutput` instead of a tuple.
+        """
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else False
+        output_attentions = output_attentions if output_attentions is not None else False
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        batch_size, _, height, width = pixel_values.shape
+        patch = self.config.patch_size
+        if height % patch or width % patch:
+            raise ValueError(
+                f"Input of {height}x{width} px is not a multiple of the patch size {patch}: pad or resize it to "
+                f"multiples of {patch} (run_semantic_segmentation.py's sliding window pads its windows)."
+            )
+        if self.config.backbone_add_fpn and min(height, width) < max(NECK_STRIDES[-1], patch):
+            raise ValueError(
+                f"Input of {height}x{width} px is smaller than the neck's coarsest stride ({NECK_STRIDES[-1]} px): "
+                f"give inputs of at least {max(NECK_STRIDES[-1], patch)} px a side, or set backbone_add_fpn=False."
+            )
+        grid = (height // patch, width // patch)
+        pixel_values = pixel_values.to(self.embeddings.patch_embeddings.projection.weight.dtype)
+        hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=True)
+        out_indices = [index % len(self.stage_names) for index in self.out_indices]  # -1: the last block
+        wanted = set(out_indices)
+        stages = {0: hidden_states} if 0 in wanted else {}
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for index, layer in enumerate(self.encoder.layers, start=1):
+            hidden_states, attn_weights = layer(hidden_states, grid)
+            if index in wanted:
+                stages[index] = hidden_states
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (attn_weights,)
+        feature_maps = tuple(
+            stages[index][:, 1:].transpose(1, 2).reshape(batch_size, -1, *grid) for index in out_indices
+        )
+        if self.config.backbone_add_fpn:
+            branches = (self.fpn1, self.fpn2, self.fpn3, self.fpn4)
+            feature_maps = tuple(branch(fmap) for branch, fmap in zip(branches, feature_maps, strict=True))
+        outputs = BackboneOutput(feature_maps=feature_maps, hidden_states=all_hidden_states, attentions=all_attentions)
+        return outputs if return_dict else outputs.to_tuple()
+
+
+def check_backbone_config(config: CAEv2Config) -> None:
+    """Refuse backbone settings the model cannot build, naming the field and the fix."""
+    if config.backbone_position_table not in POSITION_TABLES:
+        raise ValueError(
+            f"backbone_position_table={config.backbone_position_table!r}: choose one of {POSITION_TABLES}."
+        )
+    if config.backbone_image_size % config.patch_size:
+        raise ValueError(
+            f"backbone_image_size={config.backbone_image_size} is not a multiple of patch_size={config.patch_size}: "
+            "set it to the training crop size (e.g. 512)."
+        )
+    if not config.backbone_add_fpn:
+        return
+    if len(config.out_indices) != 4:
+        raise ValueError(
+            f"backbone_add_fpn=True needs 4 stages but out_indices={config.out_indices}: pass 4 out_indices (e.g. "
+            f"[4, 6, 8, 12] for 12 blocks) or set backbone_add_fpn=False."
+        )
+    patch = config.patch_size
+    if patch & (patch - 1) or patch < 2:
+        raise ValueError(
+            f"backbone_add_fpn=True needs a power-of-two patch size (strides 4 to 32), not {patch}: "
+            "set backbone_add_fpn=False."
+        )
+
+
+__all__ = ["CAEv2Backbone"]

@@ -1,0 +1,192 @@
+# Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
+"""Semantic segmentation with UperNet on a CAE v2 backbone through the transformers Trainer (docs/segmentation.md).
+
+    python run_semantic_segmentation.py configs/demo-segmentation.yaml          # offline demo, minutes on a CPU
+    accelerate launch --num_processes 8 run_semantic_segmentation.py configs/segmentation-vit-base.yaml \
+        --model outputs/caev2-vit-base/final
+    python run_semantic_segmentation.py --model my-encoder --train_image_dir data/img/train \
+        --train_annotation_dir data/ann/train --validation_image_dir data/img/val \
+        --validation_annotation_dir data/ann/val --num_labels 21 --output_dir seg
+
+Writes the UperNet model with its image processor (a folder that `pipeline("image-segmentation")` runs once
+`caev2_hf` is imported) and `results.json` (mIoU, accuracies, per-class IoU); with --eval_result_name the mIoU also
+goes into the folder's model card.
+"""
+
+import json
+import os
+
+from caev2_hf.cli import parse_arguments_with_config, parse_known_arguments_with_config, run_main
+from caev2_hf.evaluation.segmentation_arguments import SegmentationDataArguments, SegmentationModelArguments
+
+
+TRAINING_ARGUMENTS_HELP = """\
+Every option of transformers' TrainingArguments is accepted too, on the command line or in the YAML file:
+--output_dir, --max_steps, --learning_rate, --per_device_train_batch_size, --weight_decay, --warmup_steps, --bf16,
+--eval_strategy, --save_strategy, --resume_from_checkpoint, ... (`python -c "from transformers import
+TrainingArguments; help(TrainingArguments)"`)."""
+
+
+def parse_and_check_script_arguments(argv: list[str] | None = None) -> tuple:
+    """This script's own arguments (not TrainingArguments, which imports torch), checked before anything heavy."""
+    model_args, data_args = parse_known_arguments_with_config(
+        (SegmentationModelArguments, SegmentationDataArguments), argv, __doc__, TRAINING_ARGUMENTS_HELP
+    )
+    model_args.check()
+    data_args.check()
+    return model_args, data_args
+
+
+if __name__ == "__main__":  # `--help` and a bad argument are answered here, before torch is imported
+    run_main(parse_and_check_script_arguments)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from transformers import TrainingArguments, set_seed  # noqa: E402
+
+from caev2_hf.evaluation.segmentation import (  # noqa: E402
+    SegmentationTrainer,
+    add_classifier_dropout,
+    build_image_processor,
+    build_poly_schedule,
+    build_random_encoder_config,
+    build_segmentation_optimizer,
+    compute_training_steps,
+    load_segmentation_model,
+)
+from caev2_hf.evaluation.segmentation_data import (  # noqa: E402
+    SegmentationDataset,
+    SegmentationEvalTransform,
+    SegmentationTrainTransform,
+    collate_segmentation_batch,
+    open_segmentation_splits,
+)
+from caev2_hf.evaluation.segmentation_metrics import MeanIoUAccumulator  # noqa: E402
+from caev2_hf.hub.model_card import add_eval_results, build_eval_results  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> dict:
+    model_args, data_args, training_args = parse_arguments_with_config(
+        (SegmentationModelArguments, SegmentationDataArguments, TrainingArguments), argv, __doc__,
+        (SegmentationModelArguments, SegmentationDataArguments), TRAINING_ARGUMENTS_HELP,
+    )  # fmt: skip
+    model_args.check()
+    data_args.check()
+    if model_args.torch_num_threads is not None:
+        torch.set_num_threads(model_args.torch_num_threads)
+    set_seed(training_args.seed)
+    model_source = model_args.resolve_model()
+    random_config = None
+    if model_source is None:
+        random_config = build_random_encoder_config(model_args.model_preset, model_args.config_overrides)
+    model, encoder_source = load_segmentation_model(
+        model_source, data_args.num_labels, data_args.id2label, data_args.crop_size, model_args.drop_path_rate,
+        model_args.out_indices, model_args.decoder_channels, model_args.auxiliary_channels,
+        model_args.auxiliary_loss_weight, model_args.relative_position_bias, model_args.position_table,
+        data_args.ignore_index, random_config,
+    )  # fmt: skip
+    if model_args.model is not None and model_source is None:
+        encoder_source = f"{model_args.model} not found. {encoder_source}"
+    print(encoder_source, flush=True)
+    add_classifier_dropout(model, model_args.classifier_dropout)
+    if training_args.world_size > 1:  # the authors' SyncBN in the neck and heads
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+    train_rows, eval_rows = open_segmentation_splits(data_args, training_args.seed)
+    backbone_config = model.config.backbone_config
+    train_dataset = SegmentationDataset(
+        train_rows,
+        SegmentationTrainTransform(
+            data_args.crop_size, data_args.resize_scale, data_args.ratio_range, backbone_config.image_mean,
+            backbone_config.image_std, data_args.cat_max_ratio, True, data_args.photometric_distortion,
+            data_args.reduce_labels, data_args.ignore_index,
+        ),
+    )  # fmt: skip
+    eval_dataset = SegmentationDataset(
+        eval_rows,
+        SegmentationEvalTransform(
+            data_args.resize_scale, backbone_config.image_mean, backbone_config.image_std, data_args.reduce_labels,
+            data_args.ignore_index,
+        ),
+    )  # fmt: skip
+    if training_args.max_steps <= 0:
+        step_batch = training_args.train_batch_size * training_args.gradient_accumulation_steps
+        training_args.max_steps = compute_training_steps(
+            len(train_dataset), training_args.num_train_epochs, step_batch * training_args.world_size
+        )
+    training_args.batch_eval_metrics = True  # confusion matrices summed batch by batch
+    optimizer = build_segmentation_optimizer(
+        model, training_args.learning_rate, training_args.weight_decay, model_args.layer_decay,
+        (training_args.adam_beta1, training_args.adam_beta2), training_args.adam_epsilon,
+    )  # fmt: skip
+    scheduler = build_poly_schedule(
+        optimizer, training_args.get_warmup_steps(training_args.max_steps), training_args.max_steps
+    )
+    metrics = MeanIoUAccumulator(data_args.num_labels, data_args.ignore_index)
+    trainer = SegmentationTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collate_segmentation_batch,
+        processing_class=build_image_processor(model, data_args.crop_size, data_args.reduce_labels),
+        optimizers=(optimizer, scheduler),
+        compute_metrics=metrics,
+        num_labels=data_args.num_labels,
+        crop_size=data_args.crop_size,
+        eval_stride=data_args.eval_stride,
+        eval_mode=data_args.eval_mode,
+        loss_normalization=model_args.loss_normalization,
+        ignore_index=data_args.ignore_index,
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.evaluate()
+    trainer.save_model()
+    trainer.save_state()
+    results = summarize_results(
+        metrics.last_result, data_args, training_args, encoder_source, len(train_dataset), len(eval_dataset)
+    )
+    if trainer.is_world_process_zero():
+        with open(os.path.join(training_args.output_dir, "results.json"), "w") as file:
+            json.dump(results, file, indent=2)
+        if data_args.eval_result_name:
+            entries = build_eval_results({data_args.eval_result_name: round(100 * results["mean_iou"], 2)}, None, None)
+            add_eval_results(training_args.output_dir, entries)
+    print(
+        f"mIoU {100 * results['mean_iou']:.2f} on {results['num_eval_images']} images "
+        f"(pixel accuracy {100 * results['overall_accuracy']:.2f}); model and results.json in "
+        f"{training_args.output_dir}",
+        flush=True,
+    )
+    return results
+
+
+def summarize_results(
+    result: dict,
+    data_args: SegmentationDataArguments,
+    training_args: TrainingArguments,
+    encoder: str,
+    num_train: int,
+    num_eval: int,
+) -> dict:
+    """results.json: the mean scores, IoU per class (null for a class absent from both predictions and masks)."""
+    names = data_args.id2label
+    per_class = {
+        names[index]: (None if np.isnan(value) else float(value))
+        for index, value in enumerate(result["per_category_iou"])
+    }
+    return {
+        "mean_iou": result["mean_iou"],
+        "mean_accuracy": result["mean_accuracy"],
+        "overall_accuracy": result["overall_accuracy"],
+        "per_category_iou": per_class,
+        "num_labels": data_args.num_labels,
+        "num_eval_images": num_eval,
+        "num_train_images": num_train,
+        "max_steps": training_args.max_steps,
+        "encoder": encoder,
+    }
+
+
+if __name__ == "__main__":
+    run_main(main)
