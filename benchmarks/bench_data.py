@@ -1,19 +1,25 @@
 #!/usr/bin/env python
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
-"""Images/s of the pretraining data path alone: read, decode, crop, flip, jitter, collate and mask (issue 6).
+"""Images/s of the pretraining data path alone: the very stream `run_pretrain.py` trains on (issue 11).
 
-It writes local JPEG tar shards (webdataset layout) with `caev2_hf.data.images.write_demo_tar_shards`, then, for each loader
-worker count, times batches once every worker has delivered its first one. `--batched_decode cuda` also times nvJPEG
-decoding plus the same augmentation on the GPU (`torchvision.io.decode_jpeg(device="cuda")`), batch by batch, in the
-main process (`--batched_decode cpu`: the same with torchvision's CPU decoder, on one thread).
-Run from the repository root (the package need not be installed; `datasets` is only needed for `--reader datasets`):
+For each loader worker count it opens the data with `run_pretrain.open_train_stream` (the same `datasets` reader,
+shard split, shuffle buffer, `PretrainBatchStream` workers that decode, crop to uint8 and mask, the same
+`ResumableBatchStream`), skips each worker's first batch (process start, first decode, shuffle-buffer fill), then
+times the next batches, epoch boundaries included. Separately it times the device half of the augmentation
+(`augment_and_normalize`: flip, colour jitter, normalisation) on `--device`. The data are local JPEG webdataset shards
+written with `write_demo_tar_shards` (shorter side `--source_image_size`, 375 px like most ImageNet images), an image
+folder written with `write_demo_image_folder` (`--source folder`), or your own (`--data_files`, `--train_dir`).
+`--batched_decode cuda` also times nvJPEG decoding plus augmentation on the GPU in the main process (an alternative
+that is not wired into the loader). Run from the repository root (the package need not be installed):
 
-    PYTHONPATH=. python benchmarks/bench_data.py --num_workers 1 4 8 16 --output_json data.json
+    PYTHONPATH=. python benchmarks/bench_data.py --num_workers 0 2 --output_json data.json
+    PYTHONPATH=. python benchmarks/bench_data.py --num_workers 14 --data_files 'shards/*.tar' --device cuda
 """
 
 import argparse
+import glob
+import importlib.util
 import json
-import math
 import os
 import sys
 import tarfile
@@ -25,93 +31,198 @@ from pathlib import Path
 import torch
 
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: no install needed
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # the repository root: no install needed
 
 from caev2_hf import CAEV2_PRESETS, CAEv2Config  # noqa: E402
-from caev2_hf.data import images as data  # noqa: E402  imports `datasets` only to open streams: the GPU image has none
-from caev2_hf.data.masking import MaskingCollator, build_mask_generator  # noqa: E402
+from caev2_hf.data import demo  # noqa: E402
+from caev2_hf.data.device_augment import augment_and_normalize  # noqa: E402
+from caev2_hf.data.transforms import PretrainCrop  # noqa: E402
+from caev2_hf.pretraining.arguments import PretrainingDataArguments  # noqa: E402
 
 
-def read_tar_shard(path: str) -> Iterator[dict]:
-    """{"image": {"bytes", "path"}, "label"} per `{key}.jpg` + `{key}.cls` pair of one webdataset shard."""
-    members: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(path) as archive:
-        for member in archive:
-            key, suffix = member.name.rsplit(".", 1)
-            members.setdefault(key, {})[suffix] = archive.extractfile(member).read()
-    for key, files in members.items():
-        yield {"image": {"bytes": files["jpg"], "path": f"{path}/{key}.jpg"}, "label": int(files.get("cls", b"0"))}
-
-
-class TarShardStream(torch.utils.data.IterableDataset):
-    """Examples of tar shards, each loader worker reading its own shards `num_passes` times: what a `datasets`
-    webdataset stream yields, without needing `datasets`."""
-
-    def __init__(self, shards: list[str], num_passes: int = 1) -> None:
-        self.shards, self.num_passes, self.epoch = list(shards), num_passes, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[dict]:
-        worker = torch.utils.data.get_worker_info()
-        shards = self.shards[worker.id :: worker.num_workers] if worker is not None else self.shards
-        for _ in range(self.num_passes):
-            for path in shards:
-                yield from read_tar_shard(path)
-
-
-def open_stream(args: argparse.Namespace, shards: list[str], num_passes: int):
-    """The example stream: our tar reader, or the package's `datasets` path (`open_image_dataset`)."""
-    if args.reader == "tar":
-        return TarShardStream(shards, num_passes)
-    dataset = data.open_image_dataset(data_files=shards)
-    return dataset.repeat(num_passes) if num_passes > 1 else dataset
-
-
-def build_loader(args: argparse.Namespace, config: CAEv2Config, shards: list[str], num_workers: int):
-    """The training loader's pipeline on a stream long enough for warm-up plus the timed batches."""
-    examples_per_pass = args.images_per_shard * max(1, len(shards) // max(1, num_workers))
-    needed = (args.batches_per_worker + 1) * args.batch_size
-    stream = open_stream(args, shards, math.ceil(needed / examples_per_pass))
-    images = data.PretrainImageStream(stream, data.build_pretrain_transform(config.image_size), seed=args.seed)
-    return torch.utils.data.DataLoader(
-        images,
-        batch_size=args.batch_size,
-        collate_fn=MaskingCollator(build_mask_generator(config), seed=args.seed),
-        num_workers=num_workers,
-        pin_memory=torch.cuda.is_available(),
-        drop_last=True,
-    )
-
-
-def measure_loader(loader: torch.utils.data.DataLoader, num_workers: int, batches_per_worker: int) -> dict:
-    """Skips one batch per worker (process start, imports, first decode), then times the next batches."""
-    batches = iter(loader)
-    for _ in range(max(1, num_workers)):
-        next(batches)
-    num_batches, num_images = batches_per_worker * max(1, num_workers), 0
-    started = time.perf_counter()
-    for _ in range(num_batches):
-        batch = next(batches)
-        num_images += batch["pixel_values"].shape[0]
-    seconds = time.perf_counter() - started
-    del batches  # stops the workers before the next measurement starts its own
+def throughput(
+    num_workers: int, lanes: int, num_images: int, seconds: float, first_batches_seconds: float, cpu_used: float | None
+) -> dict:
+    """One loader measurement; `cpu_used` is the main process's and the workers' CPU time in the timed window."""
     return {
         "num_workers": num_workers,
+        "effective_workers": lanes if num_workers else 0,
         "images_per_second": num_images / seconds,
         "num_images": num_images,
         "seconds": seconds,
+        "first_batches_seconds": first_batches_seconds,
+        "cpu_seconds": cpu_used,
+        "images_per_cpu_second": num_images / cpu_used if cpu_used else None,
+    }
+
+
+def load_run_pretrain():
+    """`run_pretrain.py` as a module (it is a script at the repository root, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("run_pretrain", REPO_ROOT / "run_pretrain.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def read_tar_shard(path: str) -> Iterator[bytes]:
+    """The encoded `{key}.jpg` members of one webdataset shard (for `--batched_decode` only)."""
+    with tarfile.open(path) as archive:
+        for member in archive:
+            if member.name.endswith(".jpg"):
+                yield archive.extractfile(member).read()
+
+
+def data_arguments(args: argparse.Namespace, source: dict, num_workers: int) -> PretrainingDataArguments:
+    return PretrainingDataArguments(
+        **source,
+        dataloader_num_workers=num_workers,
+        shuffle_buffer_size=args.shuffle_buffer_size,
+        dataloader_prefetch_factor=args.prefetch_factor,
+        crop_min_scale=args.crop_min_scale,
+        color_jitter=args.color_jitter,
+    )
+
+
+def cpu_seconds(pids: list[int]) -> float | None:
+    """User + system CPU time of these processes so far (Linux /proc; None elsewhere): what the data path costs in
+    cores, whatever else the machine runs at the same time."""
+    try:
+        total = 0
+        for pid in pids:
+            with open(f"/proc/{pid}/stat") as file:
+                fields = file.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+        return total / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def loader_pids(stream) -> list[int]:
+    """The main process and the stream's loader workers."""
+    workers = getattr(stream._batches, "_workers", [])
+    return [os.getpid(), *(worker.pid for worker in workers)]
+
+
+def measure_stream(args: argparse.Namespace, config: CAEv2Config, source: dict, num_workers: int) -> dict:
+    """`run_pretrain.open_train_stream` for one process: one batch per worker skipped, then the timed batches."""
+    run_pretrain = load_run_pretrain()
+    started = time.perf_counter()
+    stream = run_pretrain.open_train_stream(
+        data_arguments(args, source, num_workers), config, args.seed, args.batch_size, 0, 1
+    )
+    lanes = max(1, stream.dataloader.num_workers)
+    for _ in range(lanes):
+        next(stream)
+    first_batches_seconds = time.perf_counter() - started
+    num_batches, num_images, num_skipped = args.batches_per_worker * lanes, 0, 0
+    pids = loader_pids(stream)
+    cpu_started, started = cpu_seconds(pids), time.perf_counter()
+    for _ in range(num_batches):
+        batch = next(stream)
+        num_images += batch["pixel_values"].shape[0]
+        num_skipped += int(batch["num_skipped_images"])
+    seconds, cpu_ended = time.perf_counter() - started, cpu_seconds(pids)
+    cpu_used = cpu_ended - cpu_started if cpu_started is not None and cpu_ended is not None else None
+    position = stream.position()
+    del stream  # stops the workers before the next measurement starts its own
+    return {
+        **throughput(num_workers, lanes, num_images, seconds, first_batches_seconds, cpu_used),
+        "num_skipped_images": num_skipped,
+        "epoch_at_end": position["epoch"],
+        "batch_keys": sorted(batch),
+    }
+
+
+def open_previous_stream(args: argparse.Namespace, config: CAEv2Config, source: dict, num_workers: int):
+    """The data path before issue 11, for comparison (`--previous_path on`): a per-epoch loader whose workers decode,
+    crop, flip and jitter on the host (`build_pretrain_dataloader` with `build_pretrain_transform`), batches of the
+    workers' images with `MaskingCollator`; an image folder streamed by `datasets`' imagefolder as one shard."""
+    import datasets
+
+    from caev2_hf.data.loader import build_pretrain_dataloader, iterate_forever
+    from caev2_hf.data.masking import MaskingCollator, build_mask_generator
+    from caev2_hf.data.sources import open_image_dataset
+    from caev2_hf.data.transforms import build_pretrain_transform
+
+    if "train_dir" in source:
+        dataset = datasets.load_dataset("imagefolder", data_dir=source["train_dir"], split="train", streaming=True)
+        dataset = dataset.cast_column("image", datasets.Image(decode=False))
+    else:
+        dataset = open_image_dataset(**source)
+    transform = build_pretrain_transform(config.image_size, (args.crop_min_scale, 1.0), args.color_jitter)
+    collator = MaskingCollator(build_mask_generator(config), seed=args.seed)
+    loader = build_pretrain_dataloader(dataset, transform, collator, args.batch_size, num_workers, args.seed,
+                                       shuffle_buffer_size=args.shuffle_buffer_size)  # fmt: skip
+    return iterate_forever(loader), loader
+
+
+def measure_previous_path(args: argparse.Namespace, config: CAEv2Config, source: dict, num_workers: int) -> dict:
+    """`measure_stream`'s timing on `open_previous_stream`."""
+    started = time.perf_counter()
+    batches, loader = open_previous_stream(args, config, source, num_workers)
+    lanes = max(1, loader.num_workers)
+    for _ in range(lanes):
+        next(batches)
+    first_batches_seconds = time.perf_counter() - started
+    pids = [os.getpid(), *(worker.pid for worker in getattr(loader._iterator, "_workers", []))]
+    num_batches, num_images = args.batches_per_worker * lanes, 0
+    cpu_started, started = cpu_seconds(pids), time.perf_counter()
+    for _ in range(num_batches):
+        num_images += next(batches)["pixel_values"].shape[0]
+    seconds, cpu_ended = time.perf_counter() - started, cpu_seconds(pids)
+    cpu_used = cpu_ended - cpu_started if cpu_started is not None and cpu_ended is not None else None
+    del batches, loader
+    return throughput(num_workers, lanes, num_images, seconds, first_batches_seconds, cpu_used)
+
+
+def measure_device_augmentation(args: argparse.Namespace, config: CAEv2Config, device: str) -> dict:
+    """The device half: a pinned uint8 batch with its parameters copied over, flipped, jittered, normalised."""
+    crop = PretrainCrop(config.image_size, color_jitter=args.color_jitter)
+    generator = torch.Generator().manual_seed(args.seed)
+    pixels = torch.randint(0, 256, (args.batch_size, 3, config.image_size, config.image_size), dtype=torch.uint8,
+                           generator=generator)  # fmt: skip
+    parameters = [crop.draw_parameters((500, 375)) for _ in range(args.batch_size)]
+    batch = {
+        "pixel_values": pixels,
+        "flip": torch.tensor([flip for _, flip, _, _ in parameters]),
+        "jitter_factors": torch.stack([factors for _, _, factors, _ in parameters]),
+        "jitter_order": torch.stack([order for _, _, _, order in parameters]),
+    }
+    if torch.device(device).type == "cuda":
+        batch = {key: value.pin_memory() for key, value in batch.items()}
+
+    def run() -> torch.Tensor:
+        inputs = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+        return augment_and_normalize(inputs.pop("pixel_values"), config.image_mean, config.image_std, **inputs)
+
+    run()
+    synchronize(device)
+    repeats = max(2, args.batches_per_worker)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        output = run()
+    synchronize(device)
+    seconds = time.perf_counter() - started
+    return {
+        "device": device,
+        "images_per_second": repeats * args.batch_size / seconds,
+        "ms_per_batch": 1000 * seconds / repeats,
+        "output_dtype": str(output.dtype),
     }
 
 
 def measure_batched_decode(args: argparse.Namespace, config: CAEv2Config, shards: list[str], device: str) -> dict:
-    """Decoding a batch of encoded files at once (nvJPEG on "cuda"), then the pretraining augmentation per image on
-    the same device: the alternative to decoding in loader workers. Masks are left out (workers draw them cheaply)."""
+    """Decoding a batch of encoded files at once (nvJPEG on "cuda"), then the host pretraining augmentation per image
+    on the same device: an alternative to decoding in loader workers. Masks are left out (workers draw them cheaply)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    transform = data.build_pretrain_transform(config.image_size)
-    encoded = [torch.frombuffer(bytearray(ex["image"]["bytes"]), dtype=torch.uint8) for ex in TarShardStream(shards)]
+    from caev2_hf.data.transforms import build_pretrain_transform
+
+    transform = build_pretrain_transform(config.image_size)
+    encoded = [
+        torch.frombuffer(bytearray(data), dtype=torch.uint8) for path in shards for data in read_tar_shard(path)
+    ]
 
     def run_batch(index: int) -> torch.Tensor:
         files = [encoded[(index * args.batch_size + offset) % len(encoded)] for offset in range(args.batch_size)]
@@ -143,22 +254,32 @@ def synchronize(device: str) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(CAEV2_PRESETS), default="base", help="image size and mask count")
-    parser.add_argument("--num_workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--num_workers", type=int, nargs="+", default=[0, 2], help="loader workers (0: main process)")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--batches_per_worker", type=int, default=8, help="timed batches per worker")
-    parser.add_argument("--num_shards", type=int, default=16, help="at least the largest worker count")
+    parser.add_argument("--source", choices=["tar", "folder"], default="tar", help="what to write when no data given")
+    parser.add_argument("--num_shards", type=int, default=16, help="tar shards written (at least the worker count)")
     parser.add_argument("--images_per_shard", type=int, default=32)
     parser.add_argument("--source_image_size", type=int, default=375, help="shorter side (most of ImageNet: 375)")
-    parser.add_argument("--shard_dir", default=None, help="where shards are written (default: a temporary folder)")
-    parser.add_argument("--reader", choices=["tar", "datasets"], default="tar")
+    parser.add_argument("--shard_dir", default=None, help="where data are written (default: a temporary folder)")
+    parser.add_argument("--data_files", nargs="+", default=None, help="your own .tar/.parquet shards (globs allowed)")
+    parser.add_argument("--train_dir", default=None, help="your own image folder")
+    parser.add_argument("--shuffle_buffer_size", type=int, default=PretrainingDataArguments.shuffle_buffer_size)
+    parser.add_argument("--prefetch_factor", type=int, default=PretrainingDataArguments.dataloader_prefetch_factor)
+    parser.add_argument("--crop_min_scale", type=float, default=0.4)
+    parser.add_argument("--color_jitter", type=float, default=0.4)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the device half of the augmentation is timed")  # fmt: skip
     parser.add_argument("--batched_decode", choices=["off", "cpu", "cuda"], default="off", help="also time this path")
+    parser.add_argument("--previous_path", choices=["off", "on"], default="off",
+                        help="also time the data path before issue 11 (host augmentation, per-epoch loader), per count")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_json", default=None)
     args = parser.parse_args(argv)
-    if args.num_shards < max(args.num_workers):
-        parser.error(f"--num_shards {args.num_shards} is below the largest worker count: workers would idle.")
     if args.batched_decode == "cuda" and not torch.cuda.is_available():
         parser.error("--batched_decode cuda needs a CUDA device.")
+    if args.batched_decode != "off" and (args.data_files or args.train_dir or args.source != "tar"):
+        parser.error("--batched_decode reads the tar shards this script writes: leave out --data_files/--train_dir.")
     return args
 
 
@@ -169,40 +290,63 @@ def write_json(path: str | None, result: dict) -> None:
             json.dump(result, file, indent=2)
 
 
-def measure_workers(args: argparse.Namespace, config: CAEv2Config, shards: list[str], num_workers: int) -> dict:
-    loader = build_loader(args, config, shards, num_workers)
-    return measure_loader(loader, num_workers, args.batches_per_worker)
-
-
 def try_measure(label: str, measure: Callable[..., dict], *measure_args) -> dict:
     """Runs one measurement; a failure (e.g. too small a /dev/shm for many workers) is recorded, not raised."""
     try:
         measured = measure(*measure_args)
-        print(f"{label}: {measured['images_per_second']:.1f} images/s", flush=True)
+        per_core = measured.get("images_per_cpu_second")
+        per_core = f" ({per_core:.1f} per CPU-second of its processes)" if per_core else ""
+        print(f"{label}: {measured['images_per_second']:.1f} images/s{per_core}", flush=True)
     except Exception as error:
         measured = {"error": f"{type(error).__name__}: {error}"}
         print(f"{label} failed: {measured['error']}", flush=True)
     return measured
 
 
-def run_benchmark(args: argparse.Namespace, shard_dir: str) -> dict:
-    """Writes the shards, then measures each worker count (the JSON is rewritten after each, in case of a kill)."""
+def prepare_source(args: argparse.Namespace, data_dir: str) -> tuple[dict, list[str]]:
+    """(the data source as `PretrainingDataArguments` fields, the tar shards written); writes the demo data if needed."""
+    if args.data_files:
+        return {"data_files": sorted(path for pattern in args.data_files for path in glob.glob(pattern))}, []
+    if args.train_dir:
+        return {"train_dir": args.train_dir}, []
+    num_images = args.num_shards * args.images_per_shard
+    if args.source == "folder":
+        folder = os.path.join(data_dir, "images")
+        if not os.path.isdir(folder):
+            demo.write_demo_image_folder(folder, num_images, args.source_image_size, args.seed)
+        return {"train_dir": folder}, []
+    shards = demo.write_demo_tar_shards(
+        data_dir, args.num_shards, args.images_per_shard, image_size=args.source_image_size, seed=args.seed
+    )
+    return {"data_files": shards}, shards
+
+
+def data_megabytes(source: dict) -> float:
+    paths = source.get("data_files") or [
+        os.path.join(root, name) for root, _, names in os.walk(source["train_dir"]) for name in names
+    ]
+    return sum(os.path.getsize(path) for path in paths) / 2**20
+
+
+def run_benchmark(args: argparse.Namespace, data_dir: str) -> dict:
+    """Prepares the data, then measures each worker count (the JSON is rewritten after each, in case of a kill)."""
     config = CAEv2Config.from_preset(args.preset)
     started = time.perf_counter()
-    shards = data.write_demo_tar_shards(
-        shard_dir,
-        num_shards=args.num_shards,
-        images_per_shard=args.images_per_shard,
-        image_size=args.source_image_size,
-        seed=args.seed,
-    )
+    source, shards = prepare_source(args, data_dir)
     settings = {key: value for key, value in vars(args).items() if key != "output_json"}
-    result = {**settings, "shard_seconds": time.perf_counter() - started, "cpu_count": os.cpu_count(), "loader": []}
-    result["shard_megabytes"] = sum(os.path.getsize(path) for path in shards) / 2**20
+    result = {**settings, "data_seconds": time.perf_counter() - started, "cpu_count": os.cpu_count(), "loader": []}
+    result["data_megabytes"] = data_megabytes(source)
     for num_workers in args.num_workers:
-        measured = try_measure(f"data path, {num_workers} workers", measure_workers, args, config, shards, num_workers)
+        if args.previous_path == "on":
+            label = f"previous data path, {num_workers} workers"
+            measured = try_measure(label, measure_previous_path, args, config, source, num_workers)
+            result.setdefault("previous_loader", []).append({"num_workers": num_workers, **measured})
+        measured = try_measure(f"data path, {num_workers} workers", measure_stream, args, config, source, num_workers)
         result["loader"].append({"num_workers": num_workers, **measured})
         write_json(args.output_json, result)
+    label = f"device augmentation on {args.device}"
+    result["device_augmentation"] = try_measure(label, measure_device_augmentation, args, config, args.device)
+    write_json(args.output_json, result)
     if args.batched_decode != "off":
         label = f"batched decode + augmentation on {args.batched_decode}"
         result["batched_decode_result"] = try_measure(
@@ -221,8 +365,8 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         if args.shard_dir:
             return run_benchmark(args, args.shard_dir)
-        with tempfile.TemporaryDirectory(prefix="caev2_bench_data_") as shard_dir:
-            return run_benchmark(args, shard_dir)
+        with tempfile.TemporaryDirectory(prefix="caev2_bench_data_") as data_dir:
+            return run_benchmark(args, data_dir)
     finally:
         torch.set_num_threads(num_threads)
 

@@ -71,7 +71,7 @@ def fixed_mask() -> torch.Tensor:
 @pytest.fixture(scope="session")
 def demo_image_folder(tmp_path_factory: pytest.TempPathFactory) -> str:
     """16 JPEGs of 32 px in two class folders (china, flower), written once per session."""
-    from caev2_hf.data.images import write_demo_image_folder
+    from caev2_hf.data.demo import write_demo_image_folder
 
     return write_demo_image_folder(str(tmp_path_factory.mktemp("demo_image_folder")), num_images=16, image_size=32)
 
@@ -79,7 +79,7 @@ def demo_image_folder(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="session")
 def demo_tar_shards(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """4 webdataset shards of 8 JPEGs of 32 px (keys jpg / cls), written once per session."""
-    from caev2_hf.data.images import write_demo_tar_shards
+    from caev2_hf.data.demo import write_demo_tar_shards
 
     output_dir = str(tmp_path_factory.mktemp("demo_tar_shards"))
     return write_demo_tar_shards(output_dir, num_shards=4, images_per_shard=8, image_size=32)

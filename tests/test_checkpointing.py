@@ -8,8 +8,10 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from caev2_hf.data.images import build_eval_transform, build_pretrain_dataloader, open_image_dataset
-from caev2_hf.data.masking import MaskingCollator, RandomMaskGenerator
+from caev2_hf.data.loader import build_pretrain_loader
+from caev2_hf.data.masking import RandomMaskGenerator
+from caev2_hf.data.sources import open_image_dataset
+from caev2_hf.data.transforms import PretrainCrop
 from caev2_hf.pretraining.checkpointing import (
     ResumableBatchStream,
     list_checkpoints,
@@ -95,42 +97,59 @@ def test_load_checkpoint_refuses_another_number_of_processes(tmp_path: Path, fre
         load_checkpoint(Accelerator(cpu=True), str(tmp_path / "checkpoint-00000003"))
 
 
-def build_loader(tar_paths: list[str]) -> torch.utils.data.DataLoader:
-    """One shard of 8 images, batches of 3: two batches per epoch (the incomplete third is dropped)."""
-    collator = MaskingCollator(RandomMaskGenerator((2, 2), 1), seed=0)
-    dataset = open_image_dataset(data_files=tar_paths[:1])
-    return build_pretrain_dataloader(dataset, build_eval_transform(16, 16), collator, 3, num_workers=0, seed=0)
+def build_loader(tar_paths: list[str], num_workers: int = 0) -> torch.utils.data.DataLoader:
+    """8 images per shard, batches of 3: two batches per shard and epoch (the incomplete third is dropped)."""
+    dataset = open_image_dataset(data_files=tar_paths)
+    mask_generator = RandomMaskGenerator((2, 2), 1)
+    return build_pretrain_loader(
+        dataset, PretrainCrop(8), mask_generator, 3, num_workers, seed=0, shuffle_buffer_size=4
+    )
 
 
 def test_resumable_batch_stream_tracks_its_position_across_epochs(demo_tar_shards: list[str]) -> None:
-    stream = ResumableBatchStream(build_loader(demo_tar_shards))
-    positions = []
+    stream = ResumableBatchStream(build_loader(demo_tar_shards[:1]))
+    lanes = []
     for _ in range(5):
         next(stream)
-        positions.append(stream.position())
-    assert positions == [
-        {"epoch": 0, "batches_in_epoch": 1},
-        {"epoch": 0, "batches_in_epoch": 2},
-        {"epoch": 1, "batches_in_epoch": 1},
-        {"epoch": 1, "batches_in_epoch": 2},
-        {"epoch": 2, "batches_in_epoch": 1},
+        lanes.append(stream.position()["lanes"][0])
+    # the epoch's last batch reaches the end of the pass (it carries the dropped tail's skips)
+    assert [(lane["epoch"], lane["start"], lane["end"], lane["end_of_epoch"]) for lane in lanes] == [
+        (0, 0, 3, False),
+        (0, 3, 8, True),
+        (1, 0, 3, False),
+        (1, 3, 8, True),
+        (2, 0, 3, False),
     ]
+    assert stream.position()["epoch"] == 2 and stream.position()["batches"] == 5
 
 
-def test_resumable_batch_stream_replays_to_a_saved_position(demo_tar_shards: list[str]) -> None:
-    uninterrupted = ResumableBatchStream(build_loader(demo_tar_shards))
-    batches = [next(uninterrupted) for _ in range(5)]
-    resumed = ResumableBatchStream(build_loader(demo_tar_shards), epoch=1, batches_in_epoch=1)  # after batch 3
-    assert resumed.position() == {"epoch": 1, "batches_in_epoch": 1}
-    for expected in batches[3:]:
-        batch = next(resumed)
-        assert all(torch.equal(batch[key], expected[key]) for key in expected)
-    assert not torch.equal(batches[0]["bool_masked_pos"], batches[2]["bool_masked_pos"])  # epochs differ
+def assert_same_batches(batches: list[dict], expected: list[dict]) -> None:
+    assert len(batches) == len(expected)
+    for batch, reference in zip(batches, expected, strict=True):
+        assert batch.keys() == reference.keys()
+        assert all(torch.equal(batch[key], reference[key]) for key in reference)
+
+
+@pytest.mark.parametrize(("num_workers", "stop_after"), [(0, 3), (2, 3), (2, 4)])
+def test_resumable_batch_stream_replays_to_a_saved_position(demo_tar_shards, num_workers, stop_after) -> None:
+    # Two workers take turns: stopping after 3 batches leaves worker 1 next, which the resumed stream must honour.
+    uninterrupted = ResumableBatchStream(build_loader(demo_tar_shards[:2], num_workers))
+    batches = [next(uninterrupted) for _ in range(10)]
+    interrupted = ResumableBatchStream(build_loader(demo_tar_shards[:2], num_workers))
+    assert_same_batches([next(interrupted) for _ in range(stop_after)], batches[:stop_after])
+    position = json.loads(json.dumps(interrupted.position()))  # as stored in training_state.json
+    resumed = ResumableBatchStream(build_loader(demo_tar_shards[:2], num_workers), position)
+    assert resumed.position() == position
+    assert_same_batches([next(resumed) for _ in range(10 - stop_after)], batches[stop_after:])
+    assert not torch.equal(batches[0]["bool_masked_pos"], batches[1]["bool_masked_pos"])
+    assert not torch.equal(batches[0]["jitter_factors"], batches[4]["jitter_factors"])  # epochs differ
 
 
 def test_resumable_batch_stream_warns_when_the_epoch_got_shorter(demo_tar_shards: list[str], caplog) -> None:
-    stream = ResumableBatchStream(build_loader(demo_tar_shards), epoch=0, batches_in_epoch=3)  # epochs hold 2
-    assert stream.position() == {"epoch": 1, "batches_in_epoch": 1}
+    position = {"batches": 3, "lanes": [{"epoch": 0, "start": 9, "end": 12, "end_of_epoch": False}]}  # 8 per pass
+    stream = ResumableBatchStream(build_loader(demo_tar_shards[:1]), position)
+    next(stream)
+    assert stream.position()["lanes"][0] == {"epoch": 1, "start": 0, "end": 3, "end_of_epoch": False}
     assert "the data changed" in caplog.text
 
 

@@ -1,4 +1,5 @@
-"""Tests for caev2_hf/data.py: opening local data, bad images, transforms, normalisation, sharding, the loader."""
+"""Tests for caev2_hf/data/: opening local data, bad images, transforms, normalisation, sharding, the evaluation loader
+(the pretraining stream: tests/test_pretrain_stream.py)."""
 
 import io
 import os
@@ -13,22 +14,14 @@ import torch
 from datasets.exceptions import DatasetNotFoundError
 from PIL import Image
 
-import caev2_hf.data.images as data
-from caev2_hf.data.images import (
-    PretrainImageStream,
-    build_eval_transform,
-    build_pretrain_dataloader,
-    build_pretrain_transform,
-    decode_rgb_image,
-    iterate_forever,
-    normalize_pixel_values,
-    open_image_dataset,
-    shard_for_process,
-    to_rgb_image,
-    write_demo_image_folder,
-    write_demo_tar_shards,
-)
+from caev2_hf.data import loader, sources
+from caev2_hf.data.decoding import decode_rgb_image, to_rgb_image
+from caev2_hf.data.demo import write_demo_image_folder, write_demo_tar_shards
+from caev2_hf.data.device_augment import normalize_pixel_values
+from caev2_hf.data.loader import PretrainImageStream, build_pretrain_dataloader, iterate_forever
 from caev2_hf.data.masking import MaskingCollator, RandomMaskGenerator
+from caev2_hf.data.sources import open_image_dataset, shard_for_process
+from caev2_hf.data.transforms import build_eval_transform, build_pretrain_transform
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -57,7 +50,8 @@ def palette_image(color: tuple[int, int, int]) -> Image.Image:
 
 def record_warnings(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     messages = []
-    monkeypatch.setattr(data.logger, "warning", lambda message, *args: messages.append(message))
+    for module in (loader, sources):
+        monkeypatch.setattr(module.logger, "warning", lambda message, *args: messages.append(message))
     return messages
 
 
@@ -98,7 +92,7 @@ def test_open_image_dataset_reads_an_image_folder(demo_image_folder: str) -> Non
 def test_open_image_dataset_maps_webdataset_jpg_and_cls_columns(demo_tar_shards: list[str]) -> None:
     dataset = open_image_dataset(data_files=demo_tar_shards)
     examples = list(dataset)
-    assert dataset.column_names == ["image", "label"] and dataset.num_shards == 4
+    assert dataset.column_names == ["image", "label", "__url__"] and dataset.num_shards == 4  # url: to name skips
     assert [example["label"] for example in examples] == [index % 2 for index in range(32)]
     assert isinstance(examples[0]["image"]["bytes"], bytes)
 
@@ -196,7 +190,7 @@ def test_to_rgb_image_returns_none_for_unusable_images(tmp_path) -> None:
     assert to_rgb_image({"bytes": jpeg[: len(jpeg) // 2], "path": None}) is None
     assert to_rgb_image(b"not an image") is None
     assert to_rgb_image({"bytes": None, "path": str(tmp_path / "missing.jpg")}) is None
-    assert decode_rgb_image(Image.new("RGB", (4, 30))) == (None, "4x30 px is smaller than 8 px")
+    assert decode_rgb_image(Image.new("RGB", (1, 1)))[0].size == (1, 1)  # tiny but valid: used
     assert decode_rgb_image(jpeg[:100])[1].startswith("OSError")
 
 
@@ -229,15 +223,20 @@ def test_normalize_pixel_values_matches_hand_computation() -> None:
 
 def test_pretrain_image_stream_counts_skipped_images(monkeypatch: pytest.MonkeyPatch) -> None:
     good = {"bytes": encode(Image.new("RGB", (16, 16), (9, 9, 9))), "path": None}
-    bad, tiny = {"bytes": b"broken", "path": None}, {"bytes": encode(Image.new("RGB", (4, 4))), "path": None}
+    bad, tiny = (
+        {"bytes": b"broken", "path": "bad.jpg"},
+        {"bytes": encode(Image.new("RGB", (1, 1), (9, 9, 9))), "path": None},
+    )
     images = [good, bad, bad, good, tiny, good, bad]
     dataset = datasets.Dataset.from_dict({"image": images, "label": list(range(7))}).to_iterable_dataset()
     warnings = record_warnings(monkeypatch)
     examples = list(PretrainImageStream(dataset, build_eval_transform(image_size=8, resize_size=8)))
-    assert [(example["label"], example["num_skipped"]) for example in examples] == [(0, 0), (3, 2), (5, 1)]
-    assert len(warnings) == 4 and "UnidentifiedImageError" in warnings[0] and "smaller than 8 px" in warnings[2]
+    assert [(example["label"], example["num_skipped"]) for example in examples] == [(0, 0), (3, 2), (4, 0), (5, 0)]
+    # the same file is logged once, by name, not as PIL's `<_io.BytesIO object at ...>`
+    assert len(warnings) == 1 and "bad.jpg" in warnings[0] and "UnidentifiedImageError" in warnings[0]
+    assert "BytesIO" not in warnings[0]
     batch = MaskingCollator(RandomMaskGenerator((1, 1), 0))(examples)
-    assert batch["num_skipped_images"].item() == 3 and batch["pixel_values"].flatten().unique().tolist() == [9]
+    assert batch["num_skipped_images"].item() == 2 and batch["pixel_values"].flatten().unique().tolist() == [9]
 
 
 def test_shard_for_process_gives_disjoint_complete_parts(demo_tar_shards: list[str]) -> None:
@@ -255,8 +254,8 @@ def test_shard_for_process_warns_and_stays_complete_when_shards_do_not_divide(de
     assert set(parts[0]).isdisjoint(parts[1]) and len(parts[0]) + len(parts[1]) == 24
 
 
-def test_shard_for_process_refuses_fewer_shards_than_processes(demo_image_folder: str) -> None:
-    dataset = open_image_dataset(train_dir=demo_image_folder)  # a local image folder streams as one shard
+def test_shard_for_process_refuses_fewer_shards_than_processes(demo_tar_shards: list[str]) -> None:
+    dataset = open_image_dataset(data_files=demo_tar_shards[:1])
     with pytest.raises(ValueError, match=r"1 shards cannot feed 2 processes: write at least 2 shards"):
         shard_for_process(dataset, 0, 2)
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -23,7 +24,8 @@ from transformers import AutoImageProcessor, AutoModel
 
 import caev2_hf.hub.publish
 from caev2_hf import CAEv2Config, CAEv2ForPreTraining, CAEv2Model
-from caev2_hf.data.images import write_demo_image_folder
+from caev2_hf.cli import UserError
+from caev2_hf.data.demo import write_demo_image_folder
 from caev2_hf.pretraining.arguments import parse_pretraining_arguments
 from caev2_hf.pretraining.checkpointing import read_training_state
 from caev2_hf.pretraining.step import PretrainingStep, build_accelerator
@@ -80,7 +82,7 @@ def test_demo_config_runs_end_to_end_and_its_final_folder_loads(tmp_path: Path) 
     output_dir, image_dir = tmp_path / "demo_output", tmp_path / "demo_images"
     run_pretrain.main(
         ["--config", str(REPO_ROOT / "configs" / "demo.yaml"), "--output_dir", str(output_dir),
-         "--train_dir", str(image_dir), "--num_demo_images", "16", "--per_device_train_batch_size", "4",
+         "--demo_dir", str(image_dir), "--num_demo_images", "16", "--per_device_train_batch_size", "4",
          "--max_steps", "3", "--warmup_steps", "1", "--logging_steps", "1", "--save_steps", "1"]
     )  # fmt: skip
     assert len(list(image_dir.rglob("*.jpg"))) == 16
@@ -94,7 +96,8 @@ def test_demo_config_runs_end_to_end_and_its_final_folder_loads(tmp_path: Path) 
     assert processor.crop_size == {"height": 64, "width": 64}
     card = (output_dir / "final" / "README.md").read_text()
     assert "randomly initialised teacher" in card and "3 updates at an effective batch of 4" in card
-    events = EventAccumulator(str(output_dir / "logs" / "caev2-pretraining"))
+    (run_logs,) = (output_dir / "logs").iterdir()  # one subfolder per run
+    events = EventAccumulator(str(run_logs))
     events.Reload()
     for name in ("loss", "visible_loss", "masked_loss", "cls_loss", "learning_rate", "grad_norm",
                  "images_per_second", "skipped_images", "skipped_steps"):  # fmt: skip
@@ -104,7 +107,7 @@ def test_demo_config_runs_end_to_end_and_its_final_folder_loads(tmp_path: Path) 
     assert 0 < events.Scalars("train/loss")[-1].value < 2  # cosine distance lies in [0, 2]
 
 
-@pytest.mark.parametrize("source, num_workers", [("folder", 0), ("shards", 2)])
+@pytest.mark.parametrize("source, num_workers", [("folder", 0), ("folder", 2), ("shards", 2)])
 def test_resume_matches_uninterrupted_run(
     tmp_path: Path, demo_image_folder: str, demo_tar_shards: list[str], monkeypatch, source: str, num_workers: int
 ) -> None:
@@ -135,9 +138,15 @@ def test_resume_matches_uninterrupted_run(
         torch.testing.assert_close(resumed[name], expected[name], rtol=0, atol=0, msg=name)
     positions = checkpoint_state(tmp_path / "interrupted", 6)["data_positions"]
     assert positions == checkpoint_state(tmp_path / "uninterrupted", 6)["data_positions"]
-    assert positions == (
-        [{"epoch": 2, "batches_in_epoch": 4}] if source == "folder" else [{"epoch": 1, "batches_in_epoch": 4}]
-    )
+    # 12 batches of 4. Folder, no worker: one lane of 16 images, so the last batch taken ends epoch 2 (the next comes
+    # from epoch 3). Folder, 2 workers: two lanes of 8 images taking turns, 6 batches each, also ending epoch 2.
+    # Shards: two lanes of 16 images, each 6 batches in: epoch 1, its second batch.
+    expected = {
+        ("folder", 0): {"epoch": 3, "lanes": [{"epoch": 2, "start": 12, "end": 16, "end_of_epoch": True}]},
+        ("folder", 2): {"epoch": 3, "lanes": [{"epoch": 2, "start": 4, "end": 8, "end_of_epoch": True}] * 2},
+        ("shards", 2): {"epoch": 1, "lanes": [{"epoch": 1, "start": 4, "end": 8, "end_of_epoch": False}] * 2},
+    }[source, num_workers]
+    assert positions == [{**expected, "batches": 12}]
 
 
 def find_free_port() -> int:
@@ -157,40 +166,47 @@ class ConcatenatedStreams:
 
     def __next__(self) -> dict[str, torch.Tensor]:
         batches = [next(stream) for stream in self.streams]
-        merged = {key: torch.cat([batch[key] for batch in batches]) for key in ("pixel_values", "bool_masked_pos")}
+        keys = ("pixel_values", "bool_masked_pos", "flip", "jitter_factors", "jitter_order")  # + device augmentation
+        merged = {key: torch.cat([batch[key] for batch in batches]) for key in keys}
         return {**merged, "num_skipped_images": sum(batch["num_skipped_images"] for batch in batches)}
 
     def position(self) -> dict[str, int]:
         return self.streams[0].position()
 
 
-def raw_image_bytes(stream) -> set[bytes]:
-    """The encoded images a rank's stream reads (before decoding), from the sharded, shuffled dataset it wraps."""
-    return {example["image"]["bytes"] for example in stream.dataloader.dataset.dataset}
+def raw_images(stream) -> set[bytes | str]:
+    """The images a rank's stream reads (encoded bytes, or file paths of an image folder), from its part of the data."""
+    return {example["image"]["bytes"] or example["image"]["path"] for example in stream.dataloader.dataset.dataset}
 
 
+@pytest.mark.parametrize("source", ["shards", "folder"])
 def test_two_processes_match_one_process_with_the_same_global_batch(
-    tmp_path: Path, demo_tar_shards: list[str], monkeypatch
+    tmp_path: Path, demo_tar_shards: list[str], demo_image_folder: str, monkeypatch, source: str
 ) -> None:
     # Exactly comparable: rank r's crops and masks depend only on (seed, r, epoch, position), so the one-process
     # run below can be fed the very batches the two ranks drew; no dropout, drop path 0, no BatchNorm.
-    two = write_config(tmp_path, "two_processes", data_files=demo_tar_shards, per_device_train_batch_size=2,
-                       max_steps=3, save_steps=3)  # fmt: skip
+    data = {"data_files": demo_tar_shards} if source == "shards" else {"train_dir": demo_image_folder}
+    two = write_config(tmp_path, "two_processes", **data, per_device_train_batch_size=2, max_steps=3, save_steps=3)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                "--master_port", str(find_free_port()), str(REPO_ROOT / "run_pretrain.py"), "--config", two]  # fmt: skip
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
-    assert checkpoint_state(tmp_path / "two_processes", 3)["data_positions"] == [
-        {"epoch": 0, "batches_in_epoch": 3},
-        {"epoch": 0, "batches_in_epoch": 3},
-    ]  # both ranks ran the same number of updates on the same number of batches
+    last_batch = {"epoch": 0, "start": 4, "end": 6, "end_of_epoch": False}  # raw examples 4 and 5 of epoch 0
+    assert (
+        checkpoint_state(tmp_path / "two_processes", 3)["data_positions"]
+        == [
+            {"epoch": 0, "batches": 3, "lanes": [last_batch]},
+        ]
+        * 2
+    )  # both ranks ran the same number of updates on the same number of batches
 
     model_args, data_args, training_args = parse_pretraining_arguments(["--config", two])
     config = CAEv2Config.from_preset("base", **model_args.config_overrides)
     streams = [run_pretrain.open_train_stream(data_args, config, 0, 2, rank, 2) for rank in (0, 1)]
-    rank_images = [raw_image_bytes(stream) for stream in streams]
-    assert not rank_images[0] & rank_images[1] and len(rank_images[0] | rank_images[1]) == 32
+    rank_images = [raw_images(stream) for stream in streams]
+    num_images = 32 if source == "shards" else 16
+    assert not rank_images[0] & rank_images[1] and len(rank_images[0] | rank_images[1]) == num_images
     monkeypatch.setattr(run_pretrain, "open_train_stream", lambda *args, **kwargs: ConcatenatedStreams(streams))
     run_pretrain.main(["--config", two, "--per_device_train_batch_size", "4", "--output_dir", str(tmp_path / "one")])
 
@@ -241,31 +257,39 @@ def encode(image: Image.Image, image_format: str) -> bytes:
 def test_unusable_images_are_skipped_and_counted(tmp_path: Path, caplog) -> None:
     folder = Path(write_demo_image_folder(str(tmp_path / "images"), num_images=5, image_size=32))
     photo = Image.open(next(folder.rglob("*.jpg")))
-    files = {  # names sort the unusable ones first, so they are counted on the first usable image of the pass
+    files = {
         "a_truncated.jpg": encode(photo, "JPEG")[:200],
         "b_not_an_image.jpg": b"not an image",
-        "c_tiny.png": encode(Image.new("RGB", (4, 4)), "PNG"),
+        "c_tiny.png": encode(Image.new("RGB", (1, 1)), "PNG"),  # usable: RandomResizedCrop resizes it
         "d_cmyk.jpg": encode(photo.convert("CMYK"), "JPEG"),
         "e_gray.png": encode(photo.convert("L"), "PNG"),
         "f_rgba.png": encode(photo.convert("RGBA"), "PNG"),
+        "g_16_bit.png": encode(Image.fromarray(np.full((8, 8), 40000, np.uint16)), "PNG"),
     }
     for name, payload in files.items():
         (folder / "china" / name).write_bytes(payload)
+    # 10 usable images, batches of 4: one epoch is 2 batches and a dropped tail of 2; the 2 unusable files are
+    # counted wherever the shuffle put them, the dropped tail included.
     config = write_config(tmp_path, train_dir=str(folder), shuffle_buffer_size=1, max_steps=2, save_steps=2)
     run_pretrain.main(["--config", config])
-    assert checkpoint_state(tmp_path / "config", 2)["skipped_images"] == 3  # 8 usable images = 2 batches of 4
+    assert checkpoint_state(tmp_path / "config", 2)["skipped_images"] == 2
     skips = [record.getMessage() for record in caplog.records if "Skipping an unusable image" in record.getMessage()]
-    assert len(skips) == 3 and any("smaller than" in message for message in skips)
+    assert len(skips) == 2 and not any("BytesIO" in message for message in skips)
+    assert sorted(Path(message.split()[4].rstrip(":")).name for message in skips) == [
+        "a_truncated.jpg",
+        "b_not_an_image.jpg",
+    ]
+    assert "2 unusable images were skipped in all" in caplog.text  # the total, at the end of the run
 
 
 def test_empty_dataset_is_reported(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(Exception, match="doesn't contain any data files"):
+    with pytest.raises(UserError, match="empty holds no image files"):
         run_pretrain.main(["--config", write_config(tmp_path, train_dir=str(tmp_path / "empty"))])
 
 
 def test_dataset_of_only_unreadable_images_is_reported(tmp_path: Path) -> None:
-    for index in range(3):
+    for index in range(5):  # more files than a batch of 4, so that only reading them finds them all unusable
         (tmp_path / "broken" / "class").mkdir(parents=True, exist_ok=True)
         (tmp_path / "broken" / "class" / f"{index}.jpg").write_bytes(b"not an image")
     with pytest.raises(RuntimeError, match="gave no batch"):
@@ -385,3 +409,23 @@ def test_training_state_records_numbers_and_arguments(tmp_path: Path, demo_image
                                 "warmup_steps": 1, "steps_per_epoch": None}  # fmt: skip
     assert state["arguments"]["train_dir"] == demo_image_folder and state["step"] == 2
     assert json.dumps(state)  # plain JSON all the way down
+
+
+def test_rerun_refuses_overwrites_or_resumes_and_a_finished_resume_keeps_its_loss(
+    tmp_path: Path, demo_image_folder: str, caplog
+) -> None:
+    config = write_config(tmp_path, train_dir=demo_image_folder, max_steps=2, report_to="tensorboard")
+    run_pretrain.main(["--config", config])
+    output_dir = tmp_path / "config"
+    with pytest.raises(UserError, match="holds another run"):
+        run_pretrain.main(["--config", config])
+    run_pretrain.main(["--config", config, "--overwrite_output_dir", "true"])
+    assert len(list((output_dir / "logs").iterdir())) == 2  # each run its own TensorBoard subfolder
+    loss = checkpoint_state(output_dir, 2)["last_metrics"]["loss"]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="run_pretrain"):
+        run_pretrain.main(["--config", config, "--resume_from_checkpoint", "latest"])  # already finished
+    assert f"Done. Final loss {loss:.4f}." in caplog.text
+    assert f"Training loss at the end: {loss:.4f}." in (output_dir / "final" / "README.md").read_text()
+    assert len(list((output_dir / "logs").iterdir())) == 2  # the resumed run continues its run's subfolder
+    assert not list(output_dir.glob("final.*"))  # no temporary folder left beside final/

@@ -1,14 +1,14 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
 """Atomic pretraining checkpoints and exact resume, including the position in a data stream.
 
-A checkpoint folder holds what `Accelerator.save_state` writes (model without the teacher, optimizer, scheduler,
+A checkpoint folder holds what `Accelerator.save_state` writes (model with its frozen teacher, optimizer, scheduler,
 GradScaler, and every process's RNG states) plus `training_state.json`: the update count, each process's data
 position, the skip counters, the derived numbers and the arguments.
 
-Data position: a stream has no random access, so a resumed run rebuilds each process's loader with the same seeds,
-starts the saved epoch and replays (decodes and drops) the batches it had already consumed in that epoch. The crops
-and masks depend only on (seed, process, worker, epoch, position), so the replay is exact; its cost is loading
-time only, at most one epoch of this process's share of the data.
+Data position: a stream has no random access, so a resumed run rebuilds each process's loader with the same seeds and
+each loader worker skips the raw examples it had consumed in its current epoch, without decoding them. Crops, their
+augmentation parameters and masks depend only on (seed, process, worker, epoch, position), so the resumed batches
+are the uninterrupted run's; the cost is reading (not decoding) at most one epoch of this process's share.
 """
 
 import json
@@ -22,8 +22,6 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from transformers.utils import logging
 
-from ..data.images import iterate_forever
-
 
 logger = logging.get_logger(__name__)
 
@@ -33,39 +31,66 @@ TRAINING_STATE_NAME = "training_state.json"
 
 
 class ResumableBatchStream:
-    """Batches forever from a loader, knowing its position (epoch, batches consumed in it) for checkpoints.
+    """Batches forever from a `data.build_pretrain_loader` loader, knowing its position for checkpoints.
+
+    The loader is iterated once for the whole run: its workers (lanes) go from epoch to epoch on their own, and the
+    loader takes their batches in turn (worker 0, 1, ..., 0, ...). The position is the number of batches taken and,
+    per lane, the last batch taken (epoch, first and end raw example, whether it ended the epoch). Resuming starts
+    each lane after its last batch, without decoding what came before; the lanes already polled in the unfinished
+    round start one batch earlier and that batch is dropped, so batches come in the uninterrupted run's order.
 
     Args:
-        dataloader: a loader from `data.build_pretrain_dataloader` (its dataset has `epoch` and `set_epoch`).
-        epoch: epoch to start in.
-        batches_in_epoch: batches of that epoch already consumed; they are replayed and dropped now.
+        dataloader: a loader from `data.build_pretrain_loader`.
+        position: a previous `position()` (from a checkpoint), or None to start at the beginning.
     """
 
-    def __init__(self, dataloader: torch.utils.data.DataLoader, epoch: int = 0, batches_in_epoch: int = 0) -> None:
+    def __init__(self, dataloader: torch.utils.data.DataLoader, position: dict | None = None) -> None:
         self.dataloader = dataloader
-        self.epoch, self.batches_in_epoch = epoch, 0
-        self._batches = iterate_forever(dataloader, start_epoch=epoch)
-        for _ in range(batches_in_epoch):
-            next(self)
-        if self.epoch != epoch:
-            logger.warning(
-                f"Epoch {epoch} now has fewer than the {batches_in_epoch} batches consumed before the checkpoint: the "
-                f"data changed, so the run continues from the start of epoch {self.epoch}, not from the same images."
+        num_lanes = max(1, dataloader.num_workers)
+        position = position or {}
+        self.lanes = list(position.get("lanes") or [None] * num_lanes)
+        if len(self.lanes) != num_lanes:
+            raise ValueError(
+                f"The checkpoint's data position was written with {len(self.lanes)} loader worker(s) per process but "
+                f"this run has {num_lanes}: each worker resumes its own part of the stream, so set "
+                f"dataloader_num_workers={len(self.lanes)} (or the number of shards, if lower) again."
             )
+        self.num_batches = position.get("batches", 0)
+        replayed = self.num_batches % num_lanes  # lanes 0 .. replayed-1 were polled in the unfinished round
+        starts = {}
+        for lane, last in enumerate(self.lanes):
+            if last is None:
+                starts[lane] = (0, 0)
+            elif lane < replayed:
+                starts[lane] = (last["epoch"], last["start"])
+            else:
+                starts[lane] = (last["epoch"] + 1, 0) if last["end_of_epoch"] else (last["epoch"], last["end"])
+        dataloader.dataset.start_at(starts)
+        self._batches = iter(dataloader)
+        for _ in range(replayed):
+            next(self._batches)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         return self
 
     def __next__(self) -> dict[str, torch.Tensor]:
         batch = next(self._batches)
-        epoch = self.dataloader.dataset.epoch  # iterate_forever moves it only when the next pass starts
-        if epoch != self.epoch:
-            self.epoch, self.batches_in_epoch = epoch, 0
-        self.batches_in_epoch += 1
+        lane, epoch, start, end, end_of_epoch = batch.pop("position").tolist()
+        self.lanes[lane] = {"epoch": epoch, "start": start, "end": end, "end_of_epoch": bool(end_of_epoch)}
+        self.num_batches += 1
         return batch
 
-    def position(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch}
+    @property
+    def epoch(self) -> int:
+        """The epoch of the lane furthest behind (lanes of unequal length drift apart by a fraction of an epoch)."""
+        return min((lane["epoch"] + lane["end_of_epoch"] if lane else 0) for lane in self.lanes)
+
+    def position(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "batches": self.num_batches,
+            "lanes": [dict(lane) if lane else None for lane in self.lanes],
+        }
 
 
 def read_training_state(checkpoint: str) -> dict:

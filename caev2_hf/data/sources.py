@@ -1,0 +1,191 @@
+"""Opening the images: a Hub dataset, a local image folder or local tar/parquet shards, as a `datasets` stream of
+{"image", "label"} with undecoded images, split into many shards so loader workers and processes share it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from huggingface_hub.errors import GatedRepoError
+from transformers.utils import logging
+
+
+if TYPE_CHECKING:  # `datasets` is imported where a stream is opened: decoding and transforms work without it
+    import datasets
+
+logger = logging.get_logger(__name__)
+
+IMAGE_COLUMN_CANDIDATES = ("image", "img", "jpg", "jpeg", "png", "webp")
+LABEL_COLUMN_CANDIDATES = ("label", "labels", "cls", "class")
+SOURCE_COLUMNS = ("__url__",)  # kept when present: a skipped shard member is logged as `shard:member`
+MAX_IMAGE_FOLDER_SHARDS = 1024  # divisible by every power-of-two worker x process count up to 1024
+
+
+def _load_from_hub(
+    dataset_name: str, dataset_config_name: str | None, split: str, streaming: bool
+) -> datasets.Dataset | datasets.IterableDataset:
+    """`load_dataset` from the Hub; access errors come back saying how to get access."""
+    import datasets
+    from datasets.exceptions import DatasetNotFoundError
+
+    try:
+        return datasets.load_dataset(dataset_name, dataset_config_name, split=split, streaming=streaming)
+    except (DatasetNotFoundError, GatedRepoError) as error:
+        raise DatasetNotFoundError(
+            f"{error}\nIf '{dataset_name}' is gated (ImageNet is), accept its terms on "
+            f"https://huggingface.co/datasets/{dataset_name}, then run `huggingface-cli login` or set HF_TOKEN."
+        ) from error
+
+
+def _builder_for_files(data_files: list[str] | str) -> str:
+    """Picks the `datasets` builder from the file extensions: .tar -> webdataset, .parquet -> parquet."""
+    files = [data_files] if isinstance(data_files, str) else list(data_files)
+    builders = {"webdataset" if f.endswith(".tar") else "parquet" if f.endswith(".parquet") else None for f in files}
+    if len(builders) != 1 or None in builders:
+        raise ValueError(f"data_files={files} must all end in .tar (webdataset shards) or all in .parquet.")
+    return builders.pop()
+
+
+def _as_stream(dataset: datasets.Dataset) -> datasets.IterableDataset:
+    """Streams a prepared dataset from up to 64 shards (divisible by the usual world sizes)."""
+    if len(dataset) == 0:
+        raise ValueError("The dataset has no examples: check the split and the data location.")
+    return dataset.to_iterable_dataset(num_shards=min(64, len(dataset)))
+
+
+def _resolve_column(columns: list[str], requested: str | None, candidates: Sequence[str], kind: str) -> str | None:
+    """Returns the requested column, else the first known name present, else None."""
+    if requested is not None and requested not in columns:
+        raise ValueError(f"No column '{requested}' in the dataset; its columns are {columns}. Fix --{kind}_column.")
+    return requested or next((name for name in candidates if name in columns), None)
+
+
+def list_image_folder(train_dir: str, split: str = "train") -> tuple[list[str], list[str] | None]:
+    """(sorted image paths, class names or None) of an image folder, found as `datasets`' imagefolder finds them.
+
+    The split's files come from `datasets`' own resolution (a `train/` subfolder, or the whole folder); images are
+    the files with an extension PIL opens; the class of an image is its parent folder's name, as in imagefolder.
+    """
+    import datasets
+    from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+
+    builder = datasets.load_dataset_builder("imagefolder", data_dir=train_dir)  # raises when the folder is empty
+    if split not in builder.config.data_files:
+        raise ValueError(f"No '{split}' split in {train_dir}: it has {list(builder.config.data_files)}.")
+    extensions = {extension.lower() for extension in ImageFolder.EXTENSIONS}
+    files = sorted(
+        path for path in builder.config.data_files[split] if os.path.splitext(path)[1].lower() in extensions
+    )
+    if not files:
+        raise ValueError(f"{train_dir} holds no image files (extensions {sorted(extensions)[:8]}...).")
+    parents = [os.path.dirname(path) for path in files]
+    in_class_folders = all(os.path.normpath(parent) != os.path.normpath(train_dir) for parent in parents)
+    class_names = sorted({os.path.basename(parent) for parent in parents}) if in_class_folders else None
+    return files, class_names
+
+
+def _image_folder_examples(chunks: list[list[str]], class_names: tuple[str, ...] | None) -> Iterator[dict]:
+    """The generator of `open_image_folder`: one chunk of paths per shard; images stay undecoded."""
+    label_of = {name: index for index, name in enumerate(class_names or [])}
+    for chunk in chunks:
+        for path in chunk:
+            example = {"image": {"bytes": None, "path": path}}
+            if class_names is not None:
+                example["label"] = label_of[os.path.basename(os.path.dirname(path))]
+            yield example
+
+
+def open_image_folder(train_dir: str, split: str = "train", num_shards: int | None = None) -> datasets.IterableDataset:
+    """An image folder as a stream of many shards: the sorted file list cut into interleaved chunks (shard k holds
+    files k, k + n, k + 2n, ..., so every shard spans every class), given to `IterableDataset.from_generator` as a list
+    in `gen_kwargs`, which `datasets` splits among processes (`split_dataset_by_node`) and loader workers, and
+    whose order `shuffle` redraws each epoch. Reading a file is left to the loader workers."""
+    import datasets
+
+    files, class_names = list_image_folder(train_dir, split)
+    num_shards = min(len(files), num_shards or MAX_IMAGE_FOLDER_SHARDS)
+    features = {"image": datasets.Image(decode=False)}
+    if class_names is not None:
+        features["label"] = datasets.ClassLabel(names=class_names)
+    return datasets.IterableDataset.from_generator(
+        _image_folder_examples,
+        features=datasets.Features(features),
+        gen_kwargs={
+            "chunks": [files[shard::num_shards] for shard in range(num_shards)],
+            "class_names": tuple(class_names or ()) or None,
+        },  # a list would count as shards
+    )
+
+
+def open_image_dataset(
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    split: str = "train",
+    train_dir: str | None = None,
+    data_files: list[str] | str | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    streaming: bool = True,
+) -> datasets.IterableDataset:
+    """Opens a Hub dataset, a local image folder or local tar/parquet shards as a stream of {"image", "label"}.
+
+    Images stay undecoded ({"bytes", "path"}) so that a broken file can be skipped instead of crashing the iterator.
+    An image folder streams as up to 1,024 shards of file paths (`open_image_folder`). With `streaming=False` the
+    data is first prepared in the local Arrow cache, then streamed from 64 shards (divisible by common world sizes).
+    """
+    import datasets
+
+    if sum(source is not None for source in (dataset_name, train_dir, data_files)) != 1:
+        raise ValueError(
+            "Give exactly one of dataset_name (Hub), train_dir (image folder) or data_files (.tar/.parquet)."
+        )
+    if dataset_name is not None:
+        dataset = _load_from_hub(dataset_name, dataset_config_name, split, streaming)
+    elif train_dir is not None and streaming:
+        dataset = open_image_folder(train_dir, split)
+    elif train_dir is not None:
+        dataset = datasets.load_dataset("imagefolder", data_dir=train_dir, split=split)
+    else:
+        builder = _builder_for_files(data_files)
+        dataset = datasets.load_dataset(builder, data_files=data_files, split=split, streaming=streaming)
+    if not streaming:
+        dataset = _as_stream(dataset)
+    columns = dataset.column_names or list(next(iter(dataset), {}))  # some Hub streams only know them after a read
+    image_column = _resolve_column(columns, image_column, IMAGE_COLUMN_CANDIDATES, "image")
+    if image_column is None:
+        raise ValueError(f"No image column among the dataset's columns {columns}: name it with --image_column.")
+    label_column = _resolve_column(columns, label_column, LABEL_COLUMN_CANDIDATES, "label")
+    kept = [image_column] + ([label_column] if label_column else [])
+    dataset = dataset.select_columns(kept + [name for name in SOURCE_COLUMNS if name in columns])
+    if dataset.features is not None and not (
+        isinstance(dataset.features[image_column], datasets.Image) and not dataset.features[image_column].decode
+    ):  # keep images undecoded; a stream without features yields raw values anyway
+        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+    renames = {old: new for old, new in ((image_column, "image"), (label_column, "label")) if old and old != new}
+    return dataset.rename_columns(renames) if renames else dataset
+
+
+def shard_for_process(
+    dataset: datasets.IterableDataset, process_index: int, num_processes: int
+) -> datasets.IterableDataset:
+    """Gives this process its part of the stream; refuses a split that would leave a process without shards."""
+    if num_processes == 1:
+        return dataset
+    num_shards = dataset.num_shards
+    if num_shards < num_processes:
+        raise ValueError(
+            f"{num_shards} shards cannot feed {num_processes} processes: write at least {num_processes} shards, "
+            f"e.g. `write_demo_tar_shards(..., num_shards={num_processes})` or `Dataset.to_parquet` per shard, "
+            "or use an image folder (streamed as up to 1,024 shards)."
+        )
+    if num_shards % num_processes:
+        logger.warning(
+            f"{num_shards} shards do not divide among {num_processes} processes: each process reads every shard "
+            f"and keeps 1/{num_processes} of the examples (no duplicates, no drops, but {num_processes}x the "
+            "reading). Write a multiple of the process count to read each shard once."
+        )
+    from datasets.distributed import split_dataset_by_node
+
+    return split_dataset_by_node(dataset, rank=process_index, world_size=num_processes)
