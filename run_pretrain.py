@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
-"""Pretrain CAE v2 with Accelerate on a stream of images (docs/design.md#training-loop, recipe in docs/method.md#recipes).
+r"""Pretrain CAE v2 with Accelerate on a stream of images (docs/design.md#training-loop, recipe in docs/method.md#recipes).
 
     python run_pretrain.py --config configs/demo.yaml            # offline demo on a CPU, well under a minute
     accelerate launch --config_file configs/accelerate/ddp-8gpu.yaml run_pretrain.py --config configs/vit-base.yaml
@@ -9,8 +9,10 @@
     torchrun --nproc_per_node 2 run_pretrain.py --config configs/vit-tiny.yaml --per_device_train_batch_size 128
 
 Every key of the YAML file can be overridden on the command line (`--max_steps 100`). Outputs, under output_dir:
-checkpoints/ (atomic, last save_total_limit kept), logs/ (TensorBoard) and final/ (encoder + image processor +
-model card, with final/pretraining/ holding the regressor and head too).
+checkpoints/ (atomic, last save_total_limit kept), logs/RUN/ (TensorBoard, one subfolder per run), loss.png (the
+curves, redrawn at each checkpoint; needs matplotlib) and final/ (encoder + image processor + model card, with
+final/pretraining/ holding the regressor and head too). An output_dir that holds another run is refused unless
+resuming (--resume_from_checkpoint latest) or --overwrite_output_dir.
 """
 
 import dataclasses
@@ -18,6 +20,30 @@ import json
 import logging
 import os
 import shutil
+import time
+
+from caev2_hf.cli import UserError, run_main
+from caev2_hf.pretraining.arguments import (
+    RUN_FOLDERS,
+    PretrainingArguments,
+    PretrainingDataArguments,
+    PretrainingModelArguments,
+    check_pretraining_arguments,
+    parse_pretraining_arguments,
+)
+
+
+def parse_and_check_arguments(
+    argv: list[str] | None = None,
+) -> tuple[PretrainingModelArguments, PretrainingDataArguments, PretrainingArguments]:
+    """The arguments, checked before anything heavy is imported or built: a bad one costs a second, not a setup."""
+    model_args, data_args, training_args = parse_pretraining_arguments(argv, description=__doc__)
+    check_pretraining_arguments(model_args, data_args, training_args)
+    return model_args, data_args, training_args
+
+
+if __name__ == "__main__":  # `--help` and a bad argument are answered here, before torch is imported
+    run_main(parse_and_check_arguments)
 
 import torch
 from accelerate import Accelerator
@@ -25,20 +51,12 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from caev2_hf import CAEv2Config, CAEv2ForPreTraining
-from caev2_hf.data.images import (
-    build_pretrain_dataloader,
-    build_pretrain_transform,
-    open_image_dataset,
-    shard_for_process,
-    write_demo_image_folder,
-)
-from caev2_hf.data.masking import MaskingCollator, build_mask_generator
-from caev2_hf.pretraining.arguments import (
-    PretrainingArguments,
-    PretrainingDataArguments,
-    PretrainingModelArguments,
-    parse_pretraining_arguments,
-)
+from caev2_hf.data.demo import write_demo_image_folder
+from caev2_hf.data.loader import build_pretrain_loader
+from caev2_hf.data.masking import build_mask_generator
+from caev2_hf.data.sources import open_image_dataset, shard_for_process
+from caev2_hf.data.transforms import PretrainCrop
+from caev2_hf.plots import TrainingCurves
 from caev2_hf.pretraining.checkpointing import (
     ResumableBatchStream,
     load_checkpoint,
@@ -92,33 +110,47 @@ def compute_numbers(training_args: PretrainingArguments, num_processes: int) -> 
     return numbers
 
 
-def build_model(model_args: PretrainingModelArguments, accelerator: Accelerator, seed: int) -> CAEv2ForPreTraining:
+def build_model(
+    model_args: PretrainingModelArguments, accelerator: Accelerator, seed: int, resuming: bool = False
+) -> CAEv2ForPreTraining:
     """The student from a preset (or a saved folder) with the same initial weights on every process, and its
-    teacher's weights unless a random teacher is intended."""
+    teacher's weights unless a random teacher is intended. The teacher is saved with the model
+    (docs/design.md#teacher): a folder whose teacher was loaded, or the checkpoint a resumed run restores, brings
+    its weights, so only a teacher that never received any is downloaded."""
     set_seed(seed)
     if model_args.model_name_or_path:
         model = CAEv2ForPreTraining.from_pretrained(model_args.model_name_or_path)
     else:
         config = CAEv2Config.from_preset(model_args.model_preset, **(model_args.config_overrides or {}))
         model = CAEv2ForPreTraining(config)
-    if not model.config.use_random_teacher:
+    teacher_dtype = torch.bfloat16 if accelerator.device.type == "cuda" else None
+    if model.config.use_random_teacher:
+        pass
+    elif resuming or bool(model.teacher.has_weights):
+        if teacher_dtype is not None:  # the precision load_teacher gives, so a resumed run computes the same
+            model.teacher.model.to(teacher_dtype)
+    else:
         with accelerator.main_process_first():  # one download; the other processes then read the cache
-            model.load_teacher(dtype=torch.bfloat16 if accelerator.device.type == "cuda" else None)
+            model.load_teacher(dtype=teacher_dtype)
     set_seed(seed, device_specific=True)  # same initial weights everywhere, but each process its own drop-path draws
     return model
 
 
-def write_demo_images_once(data_args: PretrainingDataArguments, image_size: int, accelerator: Accelerator) -> None:
-    """The offline demo's images: crops of scikit-learn's sample photos, written once (to a temporary name first)."""
-    if not (data_args.num_demo_images and data_args.train_dir):
-        return
+def write_demo_images_once(
+    data_args: PretrainingDataArguments, image_size: int, accelerator: Accelerator
+) -> PretrainingDataArguments:
+    """The offline demo's images: crops of scikit-learn's sample photos, written once (to a temporary name first)
+    into the demo's own folder (`demo_dir`, never `train_dir`); returns the data arguments that read them."""
+    if not data_args.demo_dir:
+        return data_args
     with accelerator.main_process_first():
-        if accelerator.is_main_process and not os.path.isdir(data_args.train_dir):
-            temporary = data_args.train_dir.rstrip("/") + ".incomplete"
+        if accelerator.is_main_process and not os.path.isdir(data_args.demo_dir):
+            temporary = data_args.demo_dir.rstrip("/") + ".incomplete"
             shutil.rmtree(temporary, ignore_errors=True)
             write_demo_image_folder(temporary, num_images=data_args.num_demo_images, image_size=2 * image_size)
-            os.replace(temporary, data_args.train_dir)
-            logger.info(f"Wrote {data_args.num_demo_images} demo images to {data_args.train_dir}.")
+            os.replace(temporary, data_args.demo_dir)
+            logger.info(f"Wrote {data_args.num_demo_images} demo images to {data_args.demo_dir}.")
+    return dataclasses.replace(data_args, train_dir=data_args.demo_dir, demo_dir=None)
 
 
 def open_train_stream(
@@ -128,9 +160,12 @@ def open_train_stream(
     batch_size: int,
     process_index: int,
     num_processes: int,
-    position: dict[str, int] | None = None,
+    position: dict | None = None,
+    masks_per_image: int = 1,
 ) -> ResumableBatchStream:
-    """This process's part of the data as uint8 crops with masks, from `position` (a checkpoint's) on."""
+    """This process's part of the data as uint8 crops with masks (`masks_per_image` per image) and augmentation
+    parameters (flip and colour jitter run on the device, in `PretrainingStep.prepare_inputs`), from `position` (a
+    checkpoint's) on."""
     dataset = open_image_dataset(
         dataset_name=data_args.dataset_name,
         dataset_config_name=data_args.dataset_config_name,
@@ -140,15 +175,13 @@ def open_train_stream(
         image_column=data_args.image_column,
     )
     dataset = shard_for_process(dataset, process_index, num_processes)
-    transform = build_pretrain_transform(
-        config.image_size, scale=(data_args.crop_min_scale, 1.0), color_jitter=data_args.color_jitter
-    )
-    collator = MaskingCollator(build_mask_generator(config), seed=seed, process_index=process_index)
-    dataloader = build_pretrain_dataloader(
-        dataset, transform, collator, batch_size, data_args.dataloader_num_workers, seed,
-        shuffle_buffer_size=data_args.shuffle_buffer_size, process_index=process_index,
+    crop = PretrainCrop(config.image_size, scale=(data_args.crop_min_scale, 1.0), color_jitter=data_args.color_jitter)
+    dataloader = build_pretrain_loader(
+        dataset, crop, build_mask_generator(config), batch_size, data_args.dataloader_num_workers, seed,
+        process_index=process_index, shuffle_buffer_size=data_args.shuffle_buffer_size,
+        prefetch_factor=data_args.dataloader_prefetch_factor, masks_per_image=masks_per_image,
     )  # fmt: skip
-    return ResumableBatchStream(dataloader, **(position or {}))
+    return ResumableBatchStream(dataloader, position)
 
 
 def resume(
@@ -172,6 +205,7 @@ def train(
     numbers: TrainingNumbers,
     start_step: int,
     checkpoint_state: dict,
+    curves: TrainingCurves | None = None,
 ) -> dict[str, float]:
     """Updates `start_step + 1 .. max_steps`; every process runs exactly that many, so none waits for another.
     Returns the last logged metrics."""
@@ -188,18 +222,26 @@ def train(
         is_last = update == numbers.max_steps
         if update % training_args.logging_steps == 0 or is_last:
             metrics = {**step.tracker.summarize(accelerator), "learning_rate": step.scheduler.get_last_lr()[0]}
+            if curves is not None:
+                curves.record(update, metrics)
             accelerator.log({f"train/{name}": value for name, value in metrics.items()}, step=update)
             progress.set_postfix(
                 loss=f"{metrics['loss']:.4f}", lr=f"{metrics['learning_rate']:.3g}",
                 images_per_s=f"{metrics['images_per_second']:.1f}",
             )  # fmt: skip
         if update % training_args.save_steps == 0 or is_last:
-            state = {**checkpoint_state, **step.tracker.totals(accelerator)}
+            state = {**checkpoint_state, **step.tracker.totals(accelerator), "last_metrics": metrics}
             save_checkpoint(
                 accelerator, checkpoints_dir(training_args.output_dir), update, stream.position(), state,
                 training_args.save_total_limit,
             )  # fmt: skip
+            if curves is not None and accelerator.is_main_process:
+                curves.write()  # loss.png in output_dir, at every checkpoint and so at the end
     progress.close()
+    if metrics.get("skipped_images"):  # the data path logs each one once per worker, and a total per worker and epoch
+        logger.warning(
+            f"{metrics['skipped_images']} unusable images were skipped in all (every process, every epoch)."
+        )
     return metrics
 
 
@@ -218,7 +260,10 @@ def finish(
 ) -> None:
     """Exports final/ (+ pretraining/), starts the Hub upload in the background, says where everything is."""
     output_dir, preset = arguments["output_dir"], arguments["model_preset"]
-    data_source = arguments["dataset_name"] or arguments["train_dir"] or ", ".join(arguments["data_files"] or [])
+    data_source = (
+        arguments["dataset_name"] or arguments["train_dir"] or arguments["demo_dir"]
+        or ", ".join(arguments["data_files"] or [])
+    )  # fmt: skip
     config = accelerator.unwrap_model(model).config
     size = preset_of(config, preset)  # named in the card only when the architecture is exactly the preset's
     details = describe_training(size, numbers.to_dict(), final_loss, data_source, config.use_random_teacher)
@@ -228,8 +273,9 @@ def finish(
     upload = None
     if arguments["push_to_hub"] and accelerator.is_main_process:
         upload = push_to_hub_in_background(final_dir, arguments["hub_model_id"], arguments["hub_private_repo"])
+    loss = "not logged" if final_loss is None else f"{final_loss:.4f}"
     logger.info(
-        f"Done. Final loss {final_loss}.\n  checkpoints: {checkpoints_dir(output_dir)}\n"
+        f"Done. Final loss {loss}.\n  checkpoints: {checkpoints_dir(output_dir)}\n"
         f"  TensorBoard: tensorboard --logdir {os.path.join(output_dir, 'logs')}\n"
         f"  final model: {final_dir} (encoder + image processor + card; pretraining/ holds regressor and head)"
     )
@@ -237,8 +283,27 @@ def finish(
         logger.info(f"Uploaded to https://huggingface.co/{arguments['hub_model_id']}: {upload.result()}")
 
 
+def clear_previous_run(training_args: PretrainingArguments, accelerator: Accelerator) -> None:
+    """With --overwrite_output_dir (and no resume), the previous run's checkpoints/ and final/ are deleted first."""
+    if training_args.overwrite_output_dir and not training_args.resume_from_checkpoint:
+        if accelerator.is_main_process:
+            for name in RUN_FOLDERS:
+                shutil.rmtree(os.path.join(training_args.output_dir, name), ignore_errors=True)
+        accelerator.wait_for_everyone()
+
+
+def tensorboard_run_name(state: dict, output_dir: str) -> str:
+    """logs/ holds one subfolder per run, named by its start time: a resumed run continues the one it resumes."""
+    if state.get("run_name"):
+        return state["run_name"]
+    name = base = time.strftime("run-%Y%m%d-%H%M%S")
+    while os.path.exists(os.path.join(output_dir, "logs", name)):
+        name = f"{base}-{int(name.rsplit('-', 1)[1]) + 1 if name != base else 2}"
+    return name
+
+
 def main(argv: list[str] | None = None) -> None:
-    model_args, data_args, training_args = parse_pretraining_arguments(argv)
+    model_args, data_args, training_args = parse_and_check_arguments(argv)
     arguments = {
         **dataclasses.asdict(model_args),
         **dataclasses.asdict(data_args),
@@ -246,16 +311,24 @@ def main(argv: list[str] | None = None) -> None:
     }
     accelerator = build_logged_accelerator(training_args)
     try:
-        numbers = compute_numbers(training_args, accelerator.num_processes)
-        model = build_model(model_args, accelerator, training_args.seed)
+        try:
+            numbers = compute_numbers(training_args, accelerator.num_processes)
+        except ValueError as error:  # the step counts the arguments imply: a user's choice, not a bug
+            raise UserError(str(error)) from error
+        clear_previous_run(training_args, accelerator)
+        checkpoint = resolve_resume_checkpoint(
+            training_args.resume_from_checkpoint, checkpoints_dir(training_args.output_dir)
+        )
+        model = build_model(model_args, accelerator, training_args.seed, resuming=checkpoint is not None)
         config = model.config
-        write_demo_images_once(data_args, config.image_size, accelerator)
+        data_args = write_demo_images_once(data_args, config.image_size, accelerator)
         optimizer, scheduler = build_optimizer_and_scheduler(model, training_args, numbers)
         model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-        state = resume(accelerator, training_args.resume_from_checkpoint, training_args.output_dir, numbers)
+        state = resume(accelerator, checkpoint, training_args.output_dir, numbers)  # the teacher comes back too
         stream = open_train_stream(
             data_args, config, training_args.seed, training_args.per_device_train_batch_size,
             accelerator.process_index, accelerator.num_processes, state["data_position"],
+            masks_per_image=training_args.masks_per_image,
         )  # fmt: skip
         tracker = StepTracker(
             accelerator.device, numbers.effective_batch_size, training_args.max_consecutive_skipped_steps,
@@ -263,15 +336,19 @@ def main(argv: list[str] | None = None) -> None:
         )  # fmt: skip
         step = PretrainingStep(
             accelerator, model, optimizer, scheduler, tracker, training_args.max_grad_norm, config.image_mean,
-            config.image_std,
+            config.image_std, masks_per_image=training_args.masks_per_image, teacher_fp8=training_args.teacher_fp8,
         )  # fmt: skip
-        accelerator.init_trackers("caev2-pretraining", config=flat_hyperparameters(arguments))
-        checkpoint_state = {"numbers": numbers.to_dict(), "arguments": arguments}
-        metrics = train(step, stream, training_args, numbers, state["step"], checkpoint_state)
-        finish(accelerator, model, arguments, numbers, metrics.get("loss"))
+        run_name = tensorboard_run_name(state, training_args.output_dir)
+        accelerator.init_trackers(run_name, config=flat_hyperparameters(arguments))
+        checkpoint_state = {"numbers": numbers.to_dict(), "arguments": arguments, "run_name": run_name}
+        curves = TrainingCurves(training_args.output_dir, state["step"], logger)
+        metrics = train(step, stream, training_args, numbers, state["step"], checkpoint_state, curves)
+        # A resumed run that had already finished trains no update: its loss is the last checkpoint's.
+        final_loss = metrics.get("loss", state.get("last_metrics", {}).get("loss"))
+        finish(accelerator, model, arguments, numbers, final_loss)
     finally:
         accelerator.end_training()  # closes the trackers and destroys the process group
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

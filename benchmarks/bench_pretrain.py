@@ -36,6 +36,7 @@ from bench_data import write_json  # noqa: E402
 from caev2_hf import CAEV2_PRESETS, CAEv2Config, CAEv2ForPreTraining  # noqa: E402
 from caev2_hf.data.masking import build_mask_generator  # noqa: E402
 from caev2_hf.pretraining.arguments import PretrainingArguments  # noqa: E402
+from caev2_hf.pretraining.fp8_teacher import Fp8Linear  # noqa: E402
 from caev2_hf.pretraining.schedule import compute_training_numbers  # noqa: E402
 from caev2_hf.pretraining.step import PretrainingStep, build_accelerator, build_optimizer_and_scheduler  # noqa: E402
 from caev2_hf.pretraining.step_tracking import StepTracker, unwrap_optimizer  # noqa: E402
@@ -111,11 +112,12 @@ def count_teacher_forward_flops(teacher_config) -> dict[str, int]:
     }
 
 
-def count_step_flops(config: CAEv2Config, use_teacher: bool = True) -> dict[str, int]:
-    """Per-image FLOPs of a training step: 3 x student forward (forward + backward) + 1 x teacher forward."""
+def count_step_flops(config: CAEv2Config, use_teacher: bool = True, masks_per_image: int = 1) -> dict[str, int]:
+    """Per-image FLOPs of a training step: 3 x student forward (forward + backward) for each of the image's
+    `masks_per_image` views, + 1 x teacher forward."""
     student = sum(count_student_forward_flops(config).values())
     teacher = sum(count_teacher_forward_flops(config.teacher_config).values()) if use_teacher else 0
-    return {"student_forward": student, "teacher_forward": teacher, "total": 3 * student + teacher}
+    return {"student_forward": student, "teacher_forward": teacher, "total": 3 * masks_per_image * student + teacher}
 
 
 def detect_peak_flops(device: torch.device, precision: str) -> float | None:
@@ -231,6 +233,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--attn_implementation", choices=["eager", "sdpa", "flash_attention_2"], default="sdpa")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (warm-up includes compiling)")
     parser.add_argument("--teacher", choices=["on", "off"], default="on", help="off: pass random target_features")
+    parser.add_argument(
+        "--masks_per_image", type=int, default=1, help="teacher amortisation: student views per teacher pass"
+    )
+    parser.add_argument(
+        "--teacher_fp8", choices=["on", "off"], default="off", help="on: the teacher's Linear layers in FP8"
+    )
     parser.add_argument("--warmup_steps", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument(
@@ -246,8 +254,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="on: after timing, profile 2 steps (torch.profiler): time per part of the step and the top kernels",
     )
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.warmup_steps < 0 or args.batch_size < 1:
-        parser.error("--steps and --batch_size must be at least 1, --warmup_steps at least 0.")
+    if args.steps < 1 or args.warmup_steps < 0 or args.batch_size < 1 or args.masks_per_image < 1:
+        parser.error("--steps, --batch_size and --masks_per_image must be at least 1, --warmup_steps at least 0.")
     if args.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
         parser.error("--attn_implementation flash_attention_2 needs the flash_attn package, which is not installed.")
     if args.precision == "fp16" and not torch.cuda.is_available():
@@ -263,7 +271,8 @@ def build_step(args: argparse.Namespace, output_dir: str) -> PretrainingStep:
         torch_compile=args.compile, report_to="none", max_steps=args.warmup_steps + args.steps + 1, warmup_steps=1,
         max_grad_norm=RECIPE["max_grad_norm"], learning_rate=RECIPE["learning_rate"],
         learning_rate_batch_size=args.batch_size, min_learning_rate=RECIPE["min_learning_rate"],
-        weight_decay=RECIPE["weight_decay"],
+        weight_decay=RECIPE["weight_decay"], masks_per_image=args.masks_per_image,
+        teacher_fp8=args.teacher_fp8 == "on",
     )  # fmt: skip
     accelerator = build_accelerator(training_args)
     config = CAEv2Config.from_preset(
@@ -280,17 +289,17 @@ def build_step(args: argparse.Namespace, output_dir: str) -> PretrainingStep:
     tracker = StepTracker(accelerator.device, numbers.effective_batch_size, max_consecutive_skipped_steps=10**9)
     step = PretrainingStep(
         accelerator, model, optimizer, scheduler, tracker, training_args.max_grad_norm, config.image_mean,
-        config.image_std,
+        config.image_std, masks_per_image=training_args.masks_per_image, teacher_fp8=training_args.teacher_fp8,
     )  # fmt: skip
     step.model.train()
     return step
 
 
 def build_synthetic_batches(
-    config: CAEv2Config, batch_size: int, device: torch.device, seed: int, teacher: str
+    config: CAEv2Config, batch_size: int, device: torch.device, seed: int, teacher: str, masks_per_image: int = 1
 ) -> list[dict]:
-    """Two loader-like batches (random uint8 pixels, block masks), pinned when the device is a GPU; with the
-    teacher off, random unit-norm targets stand in for its output."""
+    """Two loader-like batches (random uint8 pixels, `masks_per_image` block masks per image), pinned when the
+    device is a GPU; with the teacher off, random unit-norm targets stand in for its output."""
     generator, rng = torch.Generator().manual_seed(seed), np.random.default_rng(seed)
     mask_generator = build_mask_generator(config)
     shape = (batch_size, config.num_channels, config.image_size, config.image_size)
@@ -298,7 +307,9 @@ def build_synthetic_batches(
     for _ in range(2):
         batch = {
             "pixel_values": torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator),
-            "bool_masked_pos": torch.from_numpy(np.stack([mask_generator(rng) for _ in range(batch_size)])),
+            "bool_masked_pos": torch.from_numpy(
+                np.stack([mask_generator(rng) for _ in range(masks_per_image * batch_size)])
+            ),
         }
         if teacher == "off":
             targets = torch.randn(batch_size, 1 + config.num_patches, config.target_hidden_size, generator=generator)
@@ -369,14 +380,14 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as output_dir:
         step = build_step(args, output_dir)
     device, config = step.accelerator.device, step.accelerator.unwrap_model(step.model).config
-    batches = build_synthetic_batches(config, args.batch_size, device, args.seed, args.teacher)
+    batches = build_synthetic_batches(config, args.batch_size, device, args.seed, args.teacher, args.masks_per_image)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     timing = time_steps(step, batches, args.warmup_steps, args.steps)
     host_syncs = count_host_syncs(step, batches[0]) if args.sync_debug == "on" else None
     profile = profile_steps(step, batches, compiled=args.compile) if args.profile == "on" else None
-    flops = count_step_flops(config, use_teacher=args.teacher == "on")
-    images_per_second = args.steps * args.batch_size / timing["elapsed_seconds"]
+    flops = count_step_flops(config, use_teacher=args.teacher == "on", masks_per_image=args.masks_per_image)
+    images_per_second = args.steps * args.batch_size / timing["elapsed_seconds"]  # unique images
     peak_flops = args.peak_tflops * 1e12 if args.peak_tflops else detect_peak_flops(device, args.precision)
     achieved_flops = flops["total"] * images_per_second
     matmul_flops = measure_matmul_flops(device, args.precision)
@@ -384,6 +395,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         **{key: value for key, value in vars(args).items() if key != "output_json"},
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "images_per_second": images_per_second,
+        "student_samples_per_second": images_per_second * args.masks_per_image,
+        "teacher_fp8_layers": sum(isinstance(module, Fp8Linear) for module in step.teacher.modules()),
         "step_ms": 1000 * timing["elapsed_seconds"] / args.steps,
         "warmup_seconds": timing["warmup_seconds"],
         "peak_memory_mib": peak_memory_mib(device),

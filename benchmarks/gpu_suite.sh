@@ -106,6 +106,10 @@ pretrain small_bf16_sdpa 90 "${BASE[@]}" --preset small
 pretrain large_bf16_sdpa 120 "${BASE[@]}" --preset large
 run_config data_loader 90 benchmarks/bench_data.py "${DATA_ARGS[@]}"
 pretrain base_bf16_sdpa_compile 180 "${BASE[@]}" --compile
+pretrain base_bf16_sdpa_profile 90 "${BASE[@]}" --profile on --steps 5
+pretrain base_bf16_sdpa_compile_fp8_teacher 180 "${BASE[@]}" --compile --teacher_fp8 on
+pretrain base_bf16_sdpa_compile_k2 180 "${BASE[@]}" --compile --masks_per_image 2
+pretrain base_bf16_sdpa_compile_profile 180 "${BASE[@]}" --compile --profile on --steps 5
 pretrain base_bf16_eager_compile 200 "${BASE[@]}" --attn_implementation eager --compile
 
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv 2>/dev/null

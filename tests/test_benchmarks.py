@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import build_tiny_config
 
 from caev2_hf import CAEv2Config
 
@@ -18,6 +19,7 @@ BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS_DIR))
 
 import bench_data  # noqa: E402
+import bench_end_to_end  # noqa: E402
 import bench_pretrain  # noqa: E402
 
 
@@ -81,22 +83,33 @@ def test_bench_pretrain_without_known_peak_reports_no_mfu(tmp_path: Path):
     assert math.isfinite(result["achieved_tflops"]) and result["achieved_tflops"] > 0
 
 
-def test_bench_data_writes_json_per_worker_count(tmp_path: Path):
+def test_bench_data_measures_the_stream_run_pretrain_uses(tmp_path: Path):
     output = tmp_path / "data.json"
     argv = ["--num_workers", "0", "1", "--num_shards", "2", "--images_per_shard", "4", "--batch_size", "4"]
-    argv += ["--batches_per_worker", "1", "--source_image_size", "64", "--output_json", str(output)]
-    bench_data.main(argv)
+    argv += ["--batches_per_worker", "3", "--source_image_size", "64", "--previous_path", "on"]
+    bench_data.main([*argv, "--output_json", str(output)])
     result = json.loads(output.read_text())
     assert [measured["num_workers"] for measured in result["loader"]] == [0, 1]
-    assert [measured["num_images"] for measured in result["loader"]] == [4, 4]  # one timed batch of 4 each
-    assert all(measured["images_per_second"] > 0 for measured in result["loader"])
-    assert result["shard_megabytes"] > 0 and "batched_decode_result" not in result
+    assert [measured["num_images"] for measured in result["previous_loader"]] == [12, 12]  # the path before issue 11
+    # 3 timed batches of 4 from 8 images: the endless stream crosses epoch boundaries without stopping
+    assert [measured["num_images"] for measured in result["loader"]] == [12, 12]
+    assert all(measured["images_per_second"] > 0 and measured["epoch_at_end"] >= 1 for measured in result["loader"])
+    keys = result["loader"][0]["batch_keys"]  # run_pretrain's batches: uint8 crops, masks and device-side parameters
+    assert {"pixel_values", "bool_masked_pos", "flip", "jitter_factors", "jitter_order"} <= set(keys)
+    assert result["device_augmentation"]["images_per_second"] > 0 and result["data_megabytes"] > 0
+    assert "batched_decode_result" not in result
+
+
+def test_bench_data_reads_an_image_folder(tmp_path: Path):
+    argv = ["--num_workers", "2", "--source", "folder", "--num_shards", "2", "--images_per_shard", "4"]
+    result = bench_data.main([*argv, "--batch_size", "2", "--batches_per_worker", "2", "--source_image_size", "40"])
+    (measured,) = result["loader"]
+    assert measured["effective_workers"] == 2 and measured["num_images"] == 8  # 8 files: 8 shards, 2 workers
 
 
 def test_batched_decode_returns_augmented_batches(tmp_path: Path):
     """The decode-on-device path (nvJPEG with --batched_decode cuda), run here through torchvision's CPU decoder."""
-    data = bench_data.data
-    shards = data.write_demo_tar_shards(str(tmp_path), num_shards=1, images_per_shard=3, image_size=40)
+    shards = bench_data.demo.write_demo_tar_shards(str(tmp_path), num_shards=1, images_per_shard=3, image_size=40)
     args = bench_data.parse_args(["--batch_size", "2", "--batches_per_worker", "1", "--num_shards", "2"])
     measured = bench_data.measure_batched_decode(args, CAEv2Config.from_preset("base"), shards, "cpu")
     assert measured["batch_shape"] == [2, 3, 224, 224] and measured["num_images"] == 8  # 4 timed batches of 2
@@ -111,13 +124,23 @@ def test_try_measure_records_a_failure_instead_of_raising():
     assert bench_data.try_measure("1 worker", lambda: {"images_per_second": 5.0}) == {"images_per_second": 5.0}
 
 
-def test_tar_shard_stream_reads_every_example_of_each_pass(tmp_path: Path):
-    data = bench_data.data
-    shards = data.write_demo_tar_shards(str(tmp_path), num_shards=2, images_per_shard=3, image_size=16)
-    examples = list(bench_data.TarShardStream(shards, num_passes=2))
-    assert len(examples) == 12
-    assert [example["label"] for example in examples[:6]] == [0, 1, 0, 1, 0, 1]  # the demo alternates its 2 photos
-    assert all(example["image"]["bytes"][:2] == b"\xff\xd8" for example in examples)  # JPEG start marker
+def test_bench_end_to_end_times_run_pretrain_after_warmup(tmp_path: Path):
+    tiny = {key: value for key, value in build_tiny_config(regressor_num_hidden_layers=1).to_diff_dict().items()
+            if key not in ("model_type", "transformers_version")}  # fmt: skip
+    output = tmp_path / "end_to_end.json"
+    argv = ["--preset", "base", "--config_overrides", json.dumps(tiny), "--batch_size", "2", "--precision", "fp32"]
+    argv += ["--num_workers", "0", "--warmup_steps", "1", "--steps", "3", "--num_shards", "1", "--images_per_shard"]
+    argv += ["4", "--source_image_size", "40", "--logging_steps", "2", "--output_json", str(output)]
+    bench_end_to_end.main(argv)
+    result = json.loads(output.read_text())
+    for run in ("end_to_end", "synthetic"):
+        measured = result[run]
+        assert measured["updates_timed"] == 3 and measured["images_per_second"] == pytest.approx(
+            6 / measured["seconds"]
+        )
+        assert 0 <= measured["data_wait_seconds"] < measured["seconds"] and measured["warmup_seconds"] > 0
+    ratio = result["end_to_end"]["images_per_second"] / result["synthetic"]["images_per_second"]
+    assert result["end_to_end_share_of_synthetic"] == pytest.approx(ratio)
 
 
 def test_benchmarks_import_without_datasets_installed():
@@ -125,9 +148,9 @@ def test_benchmarks_import_without_datasets_installed():
     code = (
         "import sys; sys.modules['datasets'] = None\n"  # makes `import datasets` fail as if it were not installed
         f"sys.path.insert(0, {str(BENCHMARKS_DIR)!r})\n"
-        "import torch, bench_data, bench_pretrain\n"
+        "import torch, bench_data, bench_end_to_end, bench_pretrain\n"
         "pixels = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)\n"
-        "print(bench_data.data.normalize_pixel_values(pixels, [0.5] * 3, [0.25] * 3).flatten().tolist()[0])\n"
+        "print(bench_data.augment_and_normalize(pixels, [0.5] * 3, [0.25] * 3).flatten().tolist()[0])\n"
     )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
@@ -148,3 +171,15 @@ def test_bench_pretrain_profile_splits_the_eager_step_into_its_parts(tmp_path: P
     assert all(ms > 0 for ms in profile["parts_ms"].values())
     assert 0 <= profile["rest_of_step_ms"] < profile["step_ms"]  # backward, clipping and the loss are the rest
     assert len(profile["top_kernels_ms"]) == 15 and profile["top_kernels_ms"][0]["ms"] > 0
+
+
+def test_bench_pretrain_times_the_amortised_fp8_teacher_step(tmp_path: Path):
+    result = run_bench_pretrain(tmp_path, "--masks_per_image", "2", "--teacher_fp8", "on")
+    config = CAEv2Config.from_preset("tiny")
+    assert result["student_samples_per_second"] == pytest.approx(2 * result["images_per_second"])
+    assert result["flops_per_image"] == bench_pretrain.count_step_flops(config, masks_per_image=2)
+    flops = result["flops_per_image"]
+    assert flops["total"] == 6 * flops["student_forward"] + flops["teacher_forward"]
+    # 12 blocks x (q, k, v, out, fc1, fc2) of the CLIP-B/16 teacher; its final projection stays in its dtype
+    assert result["teacher_fp8_layers"] == 72
+    assert result["loss_is_finite"]

@@ -89,7 +89,7 @@ def test_the_check_reports_upward_and_sideways_imports(tmp_path: Path):
     upward = package / "data" / "bad.py"
     upward.write_text("from ..pretraining.step import PretrainingStep\nfrom .masking import MaskingCollator\n")
     sideways = package / "evaluation" / "bad.py"
-    sideways.write_text("import caev2_hf.pretraining.schedule\nfrom caev2_hf.data import images\n")
+    sideways.write_text("import caev2_hf.pretraining.schedule\nfrom caev2_hf.data import masking\n")
     assert layer_violations(upward, package) == ["bad.py (data) imports caev2_hf.pretraining.step, a higher layer"]
     assert layer_violations(sideways, package) == [
         "bad.py: job evaluation imports job pretraining; move the shared part down"

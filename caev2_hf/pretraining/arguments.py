@@ -172,6 +172,20 @@ class PretrainingArguments:
     torch_compile: bool = field(
         default=False, metadata={"help": "Compile the model with torch.compile (static shapes: fixed mask count)."}
     )
+    masks_per_image: int = field(
+        default=1,
+        metadata={
+            "help": "Teacher amortisation: the student sees each image under this many masks per teacher pass (the "
+            "batch then holds per_device_train_batch_size x this student samples). 1 is the authors' recipe."
+        },
+    )
+    teacher_fp8: bool = field(
+        default=False,
+        metadata={
+            "help": "Run the frozen teacher's Linear layers as FP8 matmuls (fast on Hopper GPUs), if its targets on "
+            "the first batch stay at a mean cosine of 0.999 or more to its own; otherwise it keeps its precision."
+        },
+    )
     logging_steps: int = field(default=50, metadata={"help": "Read losses on the host and log every N updates."})
     save_steps: int = field(default=2500, metadata={"help": "Checkpoint every N updates (and at the end)."})
     save_total_limit: int = field(default=3, metadata={"help": "Checkpoints kept; older ones are deleted."})
@@ -208,6 +222,7 @@ class PretrainingArguments:
         check_positive(
             per_device_train_batch_size=self.per_device_train_batch_size,
             gradient_accumulation_steps=self.gradient_accumulation_steps,
+            masks_per_image=self.masks_per_image,
             learning_rate=self.learning_rate,
             learning_rate_batch_size=self.learning_rate_batch_size,
             max_steps=self.max_steps,

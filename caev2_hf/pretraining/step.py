@@ -12,9 +12,10 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, send_to_device
 
-from ..data.images import normalize_pixel_values
+from ..data.device_augment import AUGMENTATION_KEYS, augment_and_normalize
 from ..optim import build_parameter_groups
 from .arguments import PretrainingArguments
+from .fp8_teacher import enable_fp8_teacher
 from .schedule import TrainingNumbers, build_lr_scheduler
 from .step_tracking import StepTracker
 
@@ -64,7 +65,13 @@ def build_optimizer_and_scheduler(
 @dataclass
 class PretrainingStep:
     """One micro-batch of pretraining: copy to the device, normalise, forward, backward and, on the last micro-batch
-    of an update, clip + AdamW + scheduler. Objects come prepared by `accelerator.prepare`."""
+    of an update, clip + AdamW + scheduler. Objects come prepared by `accelerator.prepare`.
+
+    Two options change the teacher's cost, both off by default (docs/design.md#teacher):
+    `masks_per_image = K > 1` runs the teacher once per image and the student on K masked views of it (the batch
+    then holds K masks per image, `MaskingCollator(masks_per_image=K)`); `teacher_fp8` moves the teacher's matmuls
+    to FP8 on the first batch, if its targets stay within the fidelity bar there (`fp8_teacher.py`).
+    """
 
     accelerator: Accelerator
     model: torch.nn.Module
@@ -74,18 +81,55 @@ class PretrainingStep:
     max_grad_norm: float | None
     image_mean: tuple[float, ...]
     image_std: tuple[float, ...]
+    masks_per_image: int = 1
+    teacher_fp8: bool = False
 
     def prepare_inputs(self, batch: dict) -> dict[str, torch.Tensor]:
-        """The model's keyword arguments on the device; pixels travel as uint8 (a quarter of float's bytes)."""
-        inputs = {key: batch[key] for key in (*MODEL_INPUTS, "target_features") if key in batch}
+        """The model's keyword arguments on the device; pixels travel as uint8 (a quarter of float's bytes). When the
+        batch carries per-image flip and colour-jitter parameters (`data.transforms.PretrainCrop`), they are applied
+        there, batched, before the student's normalisation (docs/design.md#data-path)."""
+        keys = (*MODEL_INPUTS, "target_features", *AUGMENTATION_KEYS)
+        inputs = {key: batch[key] for key in keys if key in batch}
         inputs = send_to_device(inputs, self.accelerator.device, non_blocking=True)
-        inputs["pixel_values"] = normalize_pixel_values(inputs["pixel_values"], self.image_mean, self.image_std)
+        augmentation = {key: inputs.pop(key) for key in AUGMENTATION_KEYS if key in inputs}
+        inputs["pixel_values"] = augment_and_normalize(
+            inputs["pixel_values"], self.image_mean, self.image_std, **augmentation
+        )
         return inputs
+
+    @property
+    def teacher(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.model).teacher
+
+    def share_teacher_pass(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """K views per image, one teacher pass: targets for the B images, then images and targets repeated K times
+        to meet the batch's K x B masks (copy k of image b at row k * B + b)."""
+        pixel_values, masks = inputs["pixel_values"], inputs["bool_masked_pos"]
+        if masks.shape[0] != self.masks_per_image * pixel_values.shape[0]:
+            raise ValueError(
+                f"{masks.shape[0]} masks for {pixel_values.shape[0]} images: masks_per_image={self.masks_per_image} "
+                "needs the collator to draw as many masks per image (MaskingCollator(masks_per_image=...))."
+            )
+        targets = inputs.get("target_features")
+        if targets is None:
+            targets = self.teacher(pixel_values)
+        repeats = self.masks_per_image
+        return {
+            "pixel_values": pixel_values.repeat(repeats, 1, 1, 1),
+            "bool_masked_pos": masks,
+            "target_features": targets.repeat(repeats, 1, 1),
+        }
 
     def __call__(self, batch: dict):
         accelerator, optimizer = self.accelerator, self.optimizer
         with accelerator.accumulate(self.model):
-            outputs = self.model(**self.prepare_inputs(batch))
+            inputs = self.prepare_inputs(batch)
+            if self.teacher_fp8:  # after any resume: the FP8 copies must be made from the teacher's final weights
+                enable_fp8_teacher(self.teacher, inputs["pixel_values"])
+                self.teacher_fp8 = False
+            if self.masks_per_image > 1:
+                inputs = self.share_teacher_pass(inputs)
+            outputs = self.model(**inputs)
             accelerator.backward(outputs.loss)
             if accelerator.sync_gradients:
                 grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), self.max_grad_norm or float("inf"))
