@@ -38,6 +38,16 @@ def run_main(main: Callable[[], object]) -> None:
         sys.exit(USER_ERROR_EXIT_CODE)
 
 
+def parse_json_mapping(value: dict | str | None, flag: str, example: str) -> dict | None:
+    """A mapping given in YAML arrives as a dict, on the command line as JSON text: both become a dict."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as error:
+        raise UserError(f"{flag}={value!r} is not JSON: write e.g. '{example}' on the command line.") from error
+
+
 def check_positive(**values: float | None) -> None:
     """Refuses a size, count or rate that is not > 0 (None means unset and passes)."""
     for name, value in values.items():

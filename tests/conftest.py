@@ -1,6 +1,7 @@
 """Shared fixtures: tiny CAE v2 configs and a tiny random CLIP teacher, so every test runs offline on CPU."""
 
 import os
+import textwrap
 
 import pytest
 import torch
@@ -13,6 +14,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from caev2_hf import CAEv2Config  # noqa: E402
 
+
+# Put first in a script run in a fresh process, to show it works where caev2_hf cannot be imported (remote code).
+BLOCK_CAEV2_HF = textwrap.dedent(
+    """
+    import importlib.abc
+    import sys
+
+    class BlockCaev2(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "caev2_hf" or name.startswith("caev2_hf."):
+                raise ImportError("caev2_hf is blocked in this process")
+
+    sys.meta_path.insert(0, BlockCaev2())
+    """
+)
 
 TINY_TEACHER = {
     "hidden_size": 32,

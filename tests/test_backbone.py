@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import build_tiny_config
+from conftest import BLOCK_CAEV2_HF, build_tiny_config
 from transformers import AutoBackbone, UperNetConfig, UperNetForSemanticSegmentation
 
 from caev2_hf import CAEv2Backbone, CAEv2Config, CAEv2ForPreTraining, CAEv2Model
@@ -188,17 +188,10 @@ def test_saved_backbone_reloads_with_identical_outputs_and_auto_map(tmp_path):
         torch.testing.assert_close(backbone(pixel_values).feature_maps, reloaded(pixel_values).feature_maps)
 
 
-REMOTE_LOADER = textwrap.dedent(
+REMOTE_LOADER = BLOCK_CAEV2_HF + textwrap.dedent(
     """
     import sys
-    import importlib.abc
 
-    class BlockCaev2(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "caev2_hf" or name.startswith("caev2_hf."):
-                raise ImportError("caev2_hf is blocked in this process")
-
-    sys.meta_path.insert(0, BlockCaev2())
     import torch
     from transformers import AutoConfig
     from transformers.dynamic_module_utils import get_class_from_dynamic_module

@@ -5,11 +5,10 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import torch
-from conftest import build_tiny_config
+from conftest import BLOCK_CAEV2_HF, build_tiny_config
 from PIL import Image
 from torch import nn
 
@@ -18,20 +17,6 @@ from caev2_hf.evaluation.probe_outputs import build_probe_classifier
 
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-# Prepended to an example run in a fresh process: it must work where caev2_hf cannot be imported.
-BLOCK_CAEV2_HF = textwrap.dedent(
-    """
-    import importlib.abc
-    import sys
-
-    class BlockCaev2(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "caev2_hf" or name.startswith("caev2_hf."):
-                raise ImportError("caev2_hf is blocked in this process")
-
-    sys.meta_path.insert(0, BlockCaev2())
-    """
-)
 
 
 def python_examples() -> list[str]:

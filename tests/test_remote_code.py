@@ -7,22 +7,15 @@ import sys
 import textwrap
 
 import torch
-from conftest import build_tiny_config
+from conftest import BLOCK_CAEV2_HF, build_tiny_config
 
 from caev2_hf import CAEv2ForPreTraining
 
 
-LOADER = textwrap.dedent(
+LOADER = BLOCK_CAEV2_HF + textwrap.dedent(
     """
     import sys
-    import importlib.abc
 
-    class BlockCaev2(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "caev2_hf" or name.startswith("caev2_hf."):
-                raise ImportError("caev2_hf is blocked in this process")
-
-    sys.meta_path.insert(0, BlockCaev2())
     import torch
     from transformers import AutoModel, AutoModelForPreTraining
 

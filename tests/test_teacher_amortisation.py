@@ -9,7 +9,7 @@ import torch
 from accelerate import Accelerator
 
 from caev2_hf import CAEv2ForPreTraining
-from caev2_hf.data.masking import MaskingCollator, build_mask_generator
+from caev2_hf.data.masking import build_mask_generator
 from caev2_hf.pretraining.step import PretrainingStep
 
 
@@ -20,25 +20,6 @@ def build_step(model: CAEv2ForPreTraining, masks_per_image: int) -> PretrainingS
         Accelerator(cpu=True), model, None, None, None, None, config.image_mean, config.image_std,
         masks_per_image=masks_per_image,
     )  # fmt: skip
-
-
-def images(count: int, size: int = 32) -> list[dict]:
-    generator = torch.Generator().manual_seed(0)
-    return [{"pixel_values": torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=generator)}
-            for _ in range(count)]  # fmt: skip
-
-
-def test_collator_draws_k_masks_per_image_and_keeps_the_single_mask_draws(tiny_config):
-    generator = build_mask_generator(tiny_config)
-    single = MaskingCollator(generator, seed=3)(images(4))
-    double = MaskingCollator(generator, seed=3, masks_per_image=2)(images(4))
-    assert double["bool_masked_pos"].shape == (8, tiny_config.num_patches)
-    assert double["pixel_values"].shape == (4, 3, 32, 32)  # the images are not copied on the host
-    assert torch.equal(double["bool_masked_pos"][:4], single["bool_masked_pos"])
-    assert double["bool_masked_pos"].sum(dim=1).tolist() == [tiny_config.num_masking_patches] * 8
-    assert not torch.equal(double["bool_masked_pos"][:4], double["bool_masked_pos"][4:])
-    with pytest.raises(ValueError, match="masks_per_image=0"):
-        MaskingCollator(generator, masks_per_image=0)
 
 
 def test_amortised_step_equals_k_separate_steps_with_the_same_targets(tiny_config, pixel_values):

@@ -94,8 +94,8 @@ class PretrainBatchStream(torch.utils.data.IterableDataset):
         seed: the same on every process (`split_dataset_by_node` relies on one shard order).
         process_index: this process's rank, so processes draw different crops and masks.
         shuffle_buffer_size: examples in each lane's shuffle buffer.
-        masks_per_image: K masks per image (`PretrainingStep`'s teacher amortisation), laid out as
-            `MaskingCollator` lays them: copy k of image b at row k * batch + b; the first copy is the K = 1 draw.
+        masks_per_image: K masks per image (`PretrainingStep`'s teacher amortisation): copy k of image b at row
+            k * batch + b; the first copy is the K = 1 draw.
     """
 
     def __init__(

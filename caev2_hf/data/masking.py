@@ -167,23 +167,15 @@ class MaskingCollator:
     worker the epoch is read from the worker's dataset (`datasets` shares it with persistent workers); without
     workers, `set_epoch` provides it.
 
-    With `masks_per_image = K > 1` (one teacher pass for K student views, `PretrainingStep`) it draws K masks per
-    image, copy k of image b at row k * batch + b; the first K = 1 draws are those of a run without the option.
-
-    Returns `pixel_values` uint8 (batch, 3, H, W), `bool_masked_pos` bool (K * batch, num_patches), `labels` int64
+    Returns `pixel_values` uint8 (batch, 3, H, W), `bool_masked_pos` bool (batch, num_patches), `labels` int64
     (batch,) when every example has a label, and `num_skipped_images`, an int64 scalar: how many unreadable images
     were dropped before the images of this batch (see `data.PretrainImageStream`).
     """
 
-    def __init__(
-        self, mask_generator: MaskGenerator, seed: int = 0, process_index: int = 0, masks_per_image: int = 1
-    ) -> None:
+    def __init__(self, mask_generator: MaskGenerator, seed: int = 0, process_index: int = 0) -> None:
         if seed < 0 or process_index < 0:
             raise ValueError(f"seed={seed} and process_index={process_index} must be non-negative (they seed numpy).")
-        if masks_per_image < 1:
-            raise ValueError(f"masks_per_image={masks_per_image} must be at least 1.")
         self.mask_generator = mask_generator
-        self.masks_per_image = masks_per_image
         self.seed = seed
         self.process_index = process_index
         self.epoch = 0
@@ -205,7 +197,7 @@ class MaskingCollator:
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         rng = self._next_rng()
-        masks = np.stack([self.mask_generator(rng) for _ in range(self.masks_per_image) for _ in examples])
+        masks = np.stack([self.mask_generator(rng) for _ in examples])
         batch = {
             "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
             "bool_masked_pos": torch.from_numpy(masks),

@@ -3,11 +3,10 @@
 mistake ends in one line naming the field and the fix (a `UserError`). Imports nothing heavy: the script checks them
 before it imports torch."""
 
-import json
 import os
 from dataclasses import dataclass, field
 
-from ..cli import UserError, check_model_path
+from ..cli import UserError, check_model_path, parse_json_mapping
 
 
 LOSS_NORMALIZATIONS = ("all_pixels", "valid_pixels")
@@ -68,13 +67,7 @@ class SegmentationModelArguments:
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.config_overrides, str):
-            try:
-                self.config_overrides = json.loads(self.config_overrides)
-            except json.JSONDecodeError as error:
-                raise UserError(
-                    f"config_overrides={self.config_overrides!r} is not JSON: write e.g. '{{\"hidden_size\": 96}}'."
-                ) from error
+        self.config_overrides = parse_json_mapping(self.config_overrides, "config_overrides", '{"hidden_size": 96}')
         if self.loss_normalization not in LOSS_NORMALIZATIONS:
             raise UserError(f"--loss_normalization {self.loss_normalization!r}: choose one of {LOSS_NORMALIZATIONS}.")
         if self.model is None and not self.random_encoder_if_missing:

@@ -6,7 +6,6 @@ is one flat mapping whose keys are the field names of the three dataclasses (see
 """
 
 import glob
-import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from ..cli import (
     check_positive,
     config_to_arguments,
     parse_arguments_with_config,
+    parse_json_mapping,
     read_config_file,
     split_config_path,
 )
@@ -48,14 +48,9 @@ class PretrainingModelArguments:
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.config_overrides, str):
-            try:
-                self.config_overrides = json.loads(self.config_overrides)
-            except json.JSONDecodeError as error:
-                raise UserError(
-                    f"config_overrides={self.config_overrides!r} is not JSON: write e.g. "
-                    "'{\"drop_path_rate\": 0.0}' on the command line."
-                ) from error
+        self.config_overrides = parse_json_mapping(
+            self.config_overrides, "config_overrides", '{"drop_path_rate": 0.0}'
+        )
 
 
 @dataclass

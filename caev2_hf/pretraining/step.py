@@ -69,8 +69,8 @@ class PretrainingStep:
 
     Two options change the teacher's cost, both off by default (docs/design.md#teacher):
     `masks_per_image = K > 1` runs the teacher once per image and the student on K masked views of it (the batch
-    then holds K masks per image, `MaskingCollator(masks_per_image=K)`); `teacher_fp8` moves the teacher's matmuls
-    to FP8 on the first batch, if its targets stay within the fidelity bar there (`fp8_teacher.py`).
+    then holds K masks per image, `build_pretrain_loader(masks_per_image=K)`); `teacher_fp8` moves the teacher's
+    matmuls to FP8 on the first batch, if its targets stay within the fidelity bar there (`fp8_teacher.py`).
     """
 
     accelerator: Accelerator
@@ -108,7 +108,7 @@ class PretrainingStep:
         if masks.shape[0] != self.masks_per_image * pixel_values.shape[0]:
             raise ValueError(
                 f"{masks.shape[0]} masks for {pixel_values.shape[0]} images: masks_per_image={self.masks_per_image} "
-                "needs the collator to draw as many masks per image (MaskingCollator(masks_per_image=...))."
+                "needs the loader to draw as many masks per image (build_pretrain_loader(masks_per_image=...))."
             )
         targets = inputs.get("target_features")
         if targets is None:
