@@ -160,7 +160,11 @@ def build_drop_path(drop_prob: float) -> nn.Module:
 
 
 class CAEv2PatchEmbeddings(nn.Module):
-    """Conv2d patchifier: `(batch, channels, H, W)` -> `(batch, num_patches, hidden_size)` in row-major order."""
+    """Patchifier: `(batch, channels, H, W)` -> `(batch, num_patches, hidden_size)` in row-major order.
+
+    The weights are a Conv2d's (the official layout), applied as one matmul on the cut-out patches; the same
+    numbers as the convolution, and with `patch_ids` only those patches are embedded (the encoder's visible ones).
+    """
 
     def __init__(self, config: CAEv2Config) -> None:
         super().__init__()
@@ -169,8 +173,17 @@ class CAEv2PatchEmbeddings(nn.Module):
             config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
         )
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.projection(pixel_values).flatten(2).transpose(1, 2)
+    def forward(self, pixel_values: torch.Tensor, patch_ids: torch.Tensor | None = None) -> torch.Tensor:
+        batch_size, channels, height, width = pixel_values.shape
+        size = self.patch_size
+        rows, columns = height // size, width // size  # a partial patch at the edge is dropped, as by the Conv2d
+        patches = pixel_values[:, :, : rows * size, : columns * size].reshape(
+            batch_size, channels, rows, size, columns, size
+        )
+        patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(batch_size, rows * columns, channels * size * size)
+        if patch_ids is not None:
+            patches = gather_tokens(patches, patch_ids)
+        return F.linear(patches, self.projection.weight.flatten(1), self.projection.bias)
 
 
 class CAEv2Embeddings(nn.Module):
@@ -208,9 +221,10 @@ class CAEv2Embeddings(nn.Module):
     ) -> torch.Tensor:
         height, width = pixel_values.shape[-2:]
         positions = self.position_table(height, width, interpolate_pos_encoding).to(pixel_values.dtype)
-        patches = self.patch_embeddings(pixel_values) + positions[:, 1:]
+        patch_positions = positions[:, 1:].expand(pixel_values.shape[0], -1, -1)
         if visible_ids is not None:
-            patches = gather_tokens(patches, visible_ids)
+            patch_positions = gather_tokens(patch_positions, visible_ids)
+        patches = self.patch_embeddings(pixel_values, visible_ids) + patch_positions
         cls_tokens = (self.cls_token + positions[:, :1]).expand(patches.shape[0], -1, -1)
         return torch.cat([cls_tokens, patches], dim=1)
 
