@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> None:
         )  # fmt: skip
         step = PretrainingStep(
             accelerator, model, optimizer, scheduler, tracker, training_args.max_grad_norm, config.image_mean,
-            config.image_std, masks_per_image=training_args.masks_per_image, teacher_fp8=training_args.teacher_fp8,
+            config.image_std, masks_per_image=training_args.masks_per_image,
         )  # fmt: skip
         run_name = tensorboard_run_name(state, training_args.output_dir)
         accelerator.init_trackers(run_name, config=flat_hyperparameters(arguments))

@@ -35,8 +35,7 @@ from bench_data import write_json  # noqa: E402
 
 from caev2_hf import CAEV2_PRESETS, CAEv2Config, CAEv2ForPreTraining  # noqa: E402
 from caev2_hf.data.masking import build_mask_generator  # noqa: E402
-from caev2_hf.pretraining.arguments import PretrainingArguments  # noqa: E402
-from caev2_hf.pretraining.fp8_teacher import Fp8Linear  # noqa: E402
+from caev2_hf.pretraining.arguments import COMPILE_MODES, PretrainingArguments  # noqa: E402
 from caev2_hf.pretraining.schedule import compute_training_numbers  # noqa: E402
 from caev2_hf.pretraining.step import PretrainingStep, build_accelerator, build_optimizer_and_scheduler  # noqa: E402
 from caev2_hf.pretraining.step_tracking import StepTracker, unwrap_optimizer  # noqa: E402
@@ -179,10 +178,49 @@ def add_part_ranges(model: torch.nn.Module, optimizer: torch.optim.Optimizer) ->
     return handles
 
 
+# Kernel families by name fragment, first match wins (cuBLAS/CUTLASS GEMMs, flash/cuDNN attention, Triton kernels
+# that inductor generated, the fused optimizer and foreach clipping, cuDNN convolutions (their sgemm too), copies).
+KERNEL_FAMILIES = (
+    ("attention", ("flash", "fmha", "attention", "attn", "cudnn_generated_fort_native_sdpa")),
+    ("optimizer_and_clipping", ("adam", "multi_tensor", "foreach", "norm_kernel")),
+    ("convolution", ("conv", "implicit")),
+    ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "scaled_mm", "wgmma", "sm90")),
+    ("triton_fused", ("triton",)),
+    ("copy", ("memcpy", "memset", "copy", "cat")),
+)
+
+
+# The profiler also puts op and range names (`aten::mm`, `## Call CompiledFxGraph ... ##`) on the device timeline;
+# they span kernels already counted, so only the kernels themselves are summed. On the CPU, ops are the unit.
+ANNOTATION_PREFIXES = (
+    "aten::",
+    "##",
+    "CompiledFunction",
+    "Optimizer.",
+    "Torch-Compiled",
+    "forward/",
+    "optimizer",
+    "step",
+)
+PART_RANGES = ("forward/", "optimizer", "step")
+
+
+def is_kernel(event, on_gpu: bool) -> bool:
+    if on_gpu:
+        return event.device_type == torch.autograd.DeviceType.CUDA and not event.key.startswith(ANNOTATION_PREFIXES)
+    return not event.key.startswith(PART_RANGES)
+
+
+def kernel_family(name: str) -> str:
+    lowered = name.lower()
+    return next((family for family, fragments in KERNEL_FAMILIES if any(f in lowered for f in fragments)), "other")
+
+
 def profile_steps(step: PretrainingStep, batches: list[dict], compiled: bool, num_steps: int = 2) -> dict:
     """Device (else CPU) milliseconds per step for each part, the rest of the step (backward, clipping, loss,
     copies), and the 15 most expensive kernels."""
     device = step.accelerator.device
+    on_gpu = device.type == "cuda"
     model, optimizer = step.accelerator.unwrap_model(step.model), unwrap_optimizer(step.optimizer)
     handles = [] if compiled else add_part_ranges(model, optimizer)
     activities = [torch.profiler.ProfilerActivity.CPU]
@@ -203,22 +241,27 @@ def profile_steps(step: PretrainingStep, batches: list[dict], compiled: bool, nu
     step_ms = (
         totals.get("step", 0.0)
         if device.type != "cuda"
-        else sum(time_of(event) for event in events if event.device_type == torch.autograd.DeviceType.CUDA)
-        / 1000
-        / num_steps
+        else sum(time_of(event) for event in events if is_kernel(event, on_gpu)) / 1000 / num_steps
     )
     kernels = sorted(
-        (event for event in events if not event.key.startswith(("forward/", "optimizer", "step"))),
+        (event for event in events if is_kernel(event, on_gpu)),
         key=lambda event: event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total,
         reverse=True,
     )[:15]
     self_time = (lambda e: e.self_device_time_total) if device.type == "cuda" else (lambda e: e.self_cpu_time_total)
+    families: dict[str, float] = {}
+    for event in events:
+        if on_gpu and is_kernel(event, on_gpu):
+            family = kernel_family(event.key)
+            families[family] = families.get(family, 0.0) + time_of(event) / 1000 / num_steps
     return {
         "clock": "device" if device.type == "cuda" else "cpu",
         "step_ms": step_ms,
         "parts_ms": parts,
         "rest_of_step_ms": step_ms - sum(parts.values()),
         "top_kernels_ms": [{"name": event.key, "ms": self_time(event) / 1000 / num_steps} for event in kernels],
+        "kernel_families_ms": dict(sorted(families.items(), key=lambda item: -item[1])),
+        "kernel_launches_per_step": sum(event.count for event in events if is_kernel(event, on_gpu)) / num_steps,
     }
 
 
@@ -232,12 +275,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--precision", choices=sorted(DTYPES), default="bf16", help="autocast dtype and teacher dtype")
     parser.add_argument("--attn_implementation", choices=["eager", "sdpa", "flash_attention_2"], default="sdpa")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (warm-up includes compiling)")
+    parser.add_argument(
+        "--compile_mode",
+        choices=COMPILE_MODES,
+        default=None,
+        help="torch.compile mode (--torch_compile_mode of run_pretrain.py); implies --compile",
+    )
     parser.add_argument("--teacher", choices=["on", "off"], default="on", help="off: pass random target_features")
     parser.add_argument(
         "--masks_per_image", type=int, default=1, help="teacher amortisation: student views per teacher pass"
-    )
-    parser.add_argument(
-        "--teacher_fp8", choices=["on", "off"], default="off", help="on: the teacher's Linear layers in FP8"
     )
     parser.add_argument("--warmup_steps", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
@@ -254,6 +300,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="on: after timing, profile 2 steps (torch.profiler): time per part of the step and the top kernels",
     )
     args = parser.parse_args(argv)
+    args.compile = args.compile or args.compile_mode is not None
     if args.steps < 1 or args.warmup_steps < 0 or args.batch_size < 1 or args.masks_per_image < 1:
         parser.error("--steps, --batch_size and --masks_per_image must be at least 1, --warmup_steps at least 0.")
     if args.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
@@ -268,11 +315,11 @@ def build_step(args: argparse.Namespace, output_dir: str) -> PretrainingStep:
     teacher kept in the step's precision, as `load_teacher(dtype=...)` leaves it."""
     training_args = PretrainingArguments(
         output_dir=output_dir, per_device_train_batch_size=args.batch_size, mixed_precision=MIXED_PRECISION[args.precision],
-        torch_compile=args.compile, report_to="none", max_steps=args.warmup_steps + args.steps + 1, warmup_steps=1,
+        torch_compile=args.compile, torch_compile_mode=args.compile_mode, report_to="none",
+        max_steps=args.warmup_steps + args.steps + 1, warmup_steps=1,
         max_grad_norm=RECIPE["max_grad_norm"], learning_rate=RECIPE["learning_rate"],
         learning_rate_batch_size=args.batch_size, min_learning_rate=RECIPE["min_learning_rate"],
         weight_decay=RECIPE["weight_decay"], masks_per_image=args.masks_per_image,
-        teacher_fp8=args.teacher_fp8 == "on",
     )  # fmt: skip
     accelerator = build_accelerator(training_args)
     config = CAEv2Config.from_preset(
@@ -289,7 +336,7 @@ def build_step(args: argparse.Namespace, output_dir: str) -> PretrainingStep:
     tracker = StepTracker(accelerator.device, numbers.effective_batch_size, max_consecutive_skipped_steps=10**9)
     step = PretrainingStep(
         accelerator, model, optimizer, scheduler, tracker, training_args.max_grad_norm, config.image_mean,
-        config.image_std, masks_per_image=training_args.masks_per_image, teacher_fp8=training_args.teacher_fp8,
+        config.image_std, masks_per_image=training_args.masks_per_image,
     )  # fmt: skip
     step.model.train()
     return step
@@ -396,7 +443,6 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "images_per_second": images_per_second,
         "student_samples_per_second": images_per_second * args.masks_per_image,
-        "teacher_fp8_layers": sum(isinstance(module, Fp8Linear) for module in step.teacher.modules()),
         "step_ms": 1000 * timing["elapsed_seconds"] / args.steps,
         "warmup_seconds": timing["warmup_seconds"],
         "peak_memory_mib": peak_memory_mib(device),
@@ -450,6 +496,11 @@ def main(argv: list[str] | None = None) -> dict:
         print(
             f"{profile['clock']} ms per step: {profile['step_ms']:.1f} = {parts}, rest {profile['rest_of_step_ms']:.1f}"
         )
+        if profile["kernel_families_ms"]:
+            families = ", ".join(f"{name} {ms:.1f}" for name, ms in profile["kernel_families_ms"].items())
+            print(f"kernel ms per step by family: {families}; {profile['kernel_launches_per_step']:.0f} kernels")
+        for kernel in profile["top_kernels_ms"][:10]:
+            print(f"  {kernel['ms']:7.2f} ms  {kernel['name'][:110]}")
     write_json(args.output_json, result)
     return result
 

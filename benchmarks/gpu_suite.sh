@@ -85,7 +85,7 @@ run_config() {  # name limit_s script [args...]: one configuration under `timeou
 pretrain() {  # name limit_s [bench_pretrain args...]
   local name=$1 limit=$2
   shift 2
-  if [[ $SMOKE == 1 && " $* " == *" --compile "* ]]; then return; fi
+  if [[ $SMOKE == 1 && " $* " == *" --compile"* ]]; then return; fi  # --compile and --compile_mode
   run_config "$name" "$limit" benchmarks/bench_pretrain.py "$@" ${PRETRAIN_SMOKE[@]+"${PRETRAIN_SMOKE[@]}"}
 }
 
@@ -107,7 +107,8 @@ pretrain large_bf16_sdpa 120 "${BASE[@]}" --preset large
 run_config data_loader 90 benchmarks/bench_data.py "${DATA_ARGS[@]}"
 pretrain base_bf16_sdpa_compile 180 "${BASE[@]}" --compile
 pretrain base_bf16_sdpa_profile 90 "${BASE[@]}" --profile on --steps 5
-pretrain base_bf16_sdpa_compile_fp8_teacher 180 "${BASE[@]}" --compile --teacher_fp8 on
+pretrain base_bf16_sdpa_compile_reduce_overhead 180 "${BASE[@]}" --compile_mode reduce-overhead
+pretrain base_bf16_sdpa_compile_teacher_off 180 "${BASE[@]}" --compile --teacher off
 pretrain base_bf16_sdpa_compile_k2 180 "${BASE[@]}" --compile --masks_per_image 2
 pretrain base_bf16_sdpa_compile_profile 180 "${BASE[@]}" --compile --profile on --steps 5
 pretrain base_bf16_eager_compile 200 "${BASE[@]}" --attn_implementation eager --compile

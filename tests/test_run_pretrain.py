@@ -383,23 +383,25 @@ def test_open_train_stream_passes_hub_dataset_arguments(tmp_path: Path, demo_tar
     assert batch["pixel_values"].shape == (4, 3, 32, 32) and batch["bool_masked_pos"].sum(dim=1).tolist() == [6] * 4
 
 
-@pytest.mark.parametrize("torch_compile, mixed_precision, backend", [(True, "bf16", "INDUCTOR"), (False, "no", "NO")])
+@pytest.mark.parametrize(
+    "compile_arguments, mixed_precision, backend, mode",
+    [
+        (["--torch_compile", "True"], "bf16", "INDUCTOR", "default"),
+        (["--torch_compile_mode", "reduce-overhead"], "bf16", "INDUCTOR", "reduce-overhead"),  # the mode turns it on
+        (["--torch_compile", "False"], "no", "NO", None),
+    ],
+)
 def test_build_accelerator_applies_compile_and_precision(
-    tmp_path: Path, torch_compile: bool, mixed_precision: str, backend: str
+    tmp_path: Path, compile_arguments: list[str], mixed_precision: str, backend: str, mode: str | None
 ) -> None:
     _, _, training_args = parse_pretraining_arguments(
-        [
-            "--config",
-            write_config(tmp_path),
-            "--mixed_precision",
-            mixed_precision,
-            "--torch_compile",
-            str(torch_compile),
-        ]
+        ["--config", write_config(tmp_path), "--mixed_precision", mixed_precision, *compile_arguments]
     )
     accelerator = build_accelerator(training_args)
     assert accelerator.mixed_precision == mixed_precision
     assert accelerator.state.dynamo_plugin.backend.value == backend
+    if mode is not None:
+        assert accelerator.state.dynamo_plugin.mode == mode
 
 
 def test_training_state_records_numbers_and_arguments(tmp_path: Path, demo_image_folder: str) -> None:

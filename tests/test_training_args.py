@@ -64,6 +64,7 @@ def test_config_overrides_read_json_from_the_command_line() -> None:
     [
         (["--mixed_precision", "fp8"], "--mixed_precision fp8: choose one of no, fp16, bf16"),
         (["--push_to_hub"], "--push_to_hub needs --hub_model_id"),
+        (["--torch_compile_mode", "fast"], "--torch_compile_mode fast: choose one of default, reduce-overhead, max-"),
         (["--logging_steps", "0"], "--logging_steps 0: must be at least 1"),
         (["--per_device_train_batch_size", "-4"], "--per_device_train_batch_size -4: must be greater than 0"),
         (["--learning_rate", "0"], "--learning_rate 0.0: must be greater than 0"),

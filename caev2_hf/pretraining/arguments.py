@@ -23,6 +23,7 @@ from ..cli import (
 
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
 
 @dataclass
@@ -167,18 +168,18 @@ class PretrainingArguments:
     torch_compile: bool = field(
         default=False, metadata={"help": "Compile the model with torch.compile (static shapes: fixed mask count)."}
     )
+    torch_compile_mode: str | None = field(
+        default=None,
+        metadata={
+            "help": "torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune or "
+            "max-autotune-no-cudagraphs. Setting it turns torch_compile on."
+        },
+    )
     masks_per_image: int = field(
         default=1,
         metadata={
             "help": "Teacher amortisation: the student sees each image under this many masks per teacher pass (the "
             "batch then holds per_device_train_batch_size x this student samples). 1 is the authors' recipe."
-        },
-    )
-    teacher_fp8: bool = field(
-        default=False,
-        metadata={
-            "help": "Run the frozen teacher's Linear layers as FP8 matmuls (fast on Hopper GPUs), if its targets on "
-            "the first batch stay at a mean cosine of 0.999 or more to its own; otherwise it keeps its precision."
         },
     )
     logging_steps: int = field(default=50, metadata={"help": "Read losses on the host and log every N updates."})
@@ -212,6 +213,12 @@ class PretrainingArguments:
     def __post_init__(self) -> None:
         if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISIONS:
             raise UserError(f"--mixed_precision {self.mixed_precision}: choose one of {', '.join(MIXED_PRECISIONS)}.")
+        if self.torch_compile_mode is not None:
+            if self.torch_compile_mode not in COMPILE_MODES:
+                raise UserError(
+                    f"--torch_compile_mode {self.torch_compile_mode}: choose one of {', '.join(COMPILE_MODES)}."
+                )
+            self.torch_compile = True
         if self.push_to_hub and not self.hub_model_id:
             raise UserError("--push_to_hub needs --hub_model_id (e.g. my-org/caev2-vit-base).")
         check_positive(

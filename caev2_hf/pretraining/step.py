@@ -10,12 +10,11 @@ from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, send_to_device
+from accelerate.utils import ProjectConfiguration, TorchDynamoPlugin, send_to_device
 
 from ..data.device_augment import AUGMENTATION_KEYS, augment_and_normalize
 from ..optim import build_parameter_groups
 from .arguments import PretrainingArguments
-from .fp8_teacher import enable_fp8_teacher
 from .schedule import TrainingNumbers, build_lr_scheduler
 from .step_tracking import StepTracker
 
@@ -36,7 +35,9 @@ def build_accelerator(training_args: PretrainingArguments) -> Accelerator:
         project_config=ProjectConfiguration(
             project_dir=training_args.output_dir, logging_dir=os.path.join(training_args.output_dir, "logs")
         ),
-        dynamo_backend="inductor" if training_args.torch_compile else None,
+        dynamo_plugin=TorchDynamoPlugin(backend="inductor", mode=training_args.torch_compile_mode or "default")
+        if training_args.torch_compile
+        else None,
         step_scheduler_with_optimizer=False,  # we step it once per update; Accelerate would step it per process
     )
     if accelerator.num_processes != launched_processes:
@@ -67,10 +68,9 @@ class PretrainingStep:
     """One micro-batch of pretraining: copy to the device, normalise, forward, backward and, on the last micro-batch
     of an update, clip + AdamW + scheduler. Objects come prepared by `accelerator.prepare`.
 
-    Two options change the teacher's cost, both off by default (docs/design.md#teacher):
-    `masks_per_image = K > 1` runs the teacher once per image and the student on K masked views of it (the batch
-    then holds K masks per image, `build_pretrain_loader(masks_per_image=K)`); `teacher_fp8` moves the teacher's
-    matmuls to FP8 on the first batch, if its targets stay within the fidelity bar there (`fp8_teacher.py`).
+    Teacher amortisation, off by default (docs/design.md#teacher): `masks_per_image = K > 1` runs the teacher once
+    per image and the student on K masked views of it (the batch then holds K masks per image,
+    `build_pretrain_loader(masks_per_image=K)`).
     """
 
     accelerator: Accelerator
@@ -82,7 +82,6 @@ class PretrainingStep:
     image_mean: tuple[float, ...]
     image_std: tuple[float, ...]
     masks_per_image: int = 1
-    teacher_fp8: bool = False
 
     def prepare_inputs(self, batch: dict) -> dict[str, torch.Tensor]:
         """The model's keyword arguments on the device; pixels travel as uint8 (a quarter of float's bytes). When the
@@ -124,9 +123,6 @@ class PretrainingStep:
         accelerator, optimizer = self.accelerator, self.optimizer
         with accelerator.accumulate(self.model):
             inputs = self.prepare_inputs(batch)
-            if self.teacher_fp8:  # after any resume: the FP8 copies must be made from the teacher's final weights
-                enable_fp8_teacher(self.teacher, inputs["pixel_values"])
-                self.teacher_fp8 = False
             if self.masks_per_image > 1:
                 inputs = self.share_teacher_pass(inputs)
             outputs = self.model(**inputs)
