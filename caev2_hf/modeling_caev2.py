@@ -159,11 +159,32 @@ def build_drop_path(drop_prob: float) -> nn.Module:
     return CAEv2DropPath(drop_prob) if drop_prob > 0 else nn.Identity()
 
 
+def embed_patches(
+    pixel_values: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    patch_size: int,
+    patch_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """A patchifying Conv2d (kernel = stride = `patch_size`) as one matmul on the cut-out patches:
+    `(batch, channels, H, W)` -> `(batch, num_patches, out_channels)` in row-major order, or only the patches in
+    `patch_ids`. The same numbers as the convolution, which cuDNN runs slowly at these shapes (BENCHMARKS.md)."""
+    batch_size, channels, height, width = pixel_values.shape
+    rows, columns = height // patch_size, width // patch_size  # a partial patch at the edge is dropped, as by Conv2d
+    patches = pixel_values[:, :, : rows * patch_size, : columns * patch_size].reshape(
+        batch_size, channels, rows, patch_size, columns, patch_size
+    )
+    patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(batch_size, rows * columns, channels * patch_size**2)
+    if patch_ids is not None:
+        patches = gather_tokens(patches, patch_ids)
+    return F.linear(patches, weight.flatten(1), bias)
+
+
 class CAEv2PatchEmbeddings(nn.Module):
     """Patchifier: `(batch, channels, H, W)` -> `(batch, num_patches, hidden_size)` in row-major order.
 
-    The weights are a Conv2d's (the official layout), applied as one matmul on the cut-out patches; the same
-    numbers as the convolution, and with `patch_ids` only those patches are embedded (the encoder's visible ones).
+    The weights are a Conv2d's (the official layout), applied by `embed_patches`; with `patch_ids` only those patches
+    are embedded (the encoder's visible ones).
     """
 
     def __init__(self, config: CAEv2Config) -> None:
@@ -174,16 +195,30 @@ class CAEv2PatchEmbeddings(nn.Module):
         )
 
     def forward(self, pixel_values: torch.Tensor, patch_ids: torch.Tensor | None = None) -> torch.Tensor:
-        batch_size, channels, height, width = pixel_values.shape
-        size = self.patch_size
-        rows, columns = height // size, width // size  # a partial patch at the edge is dropped, as by the Conv2d
-        patches = pixel_values[:, :, : rows * size, : columns * size].reshape(
-            batch_size, channels, rows, size, columns, size
-        )
-        patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(batch_size, rows * columns, channels * size * size)
-        if patch_ids is not None:
-            patches = gather_tokens(patches, patch_ids)
-        return F.linear(patches, self.projection.weight.flatten(1), self.projection.bias)
+        projection = self.projection
+        return embed_patches(pixel_values, projection.weight, projection.bias, self.patch_size, patch_ids)
+
+
+class CAEv2PatchConv2d(nn.Conv2d):
+    """A patchifying Conv2d computed by `embed_patches`, with the Conv2d's output shape and state-dict keys: it
+    replaces the CLIP teacher's patch embedding (`CAEv2Teacher`)."""
+
+    @classmethod
+    def replacing(cls, conv: nn.Conv2d) -> nn.Conv2d:
+        """A `CAEv2PatchConv2d` sharing `conv`'s parameters, or `conv` itself when it is not a plain patchifier."""
+        size = conv.kernel_size[0]
+        patchifier = conv.kernel_size == conv.stride == (size, size) and conv.padding == (0, 0)
+        if type(conv) is not nn.Conv2d or not patchifier or conv.dilation != (1, 1) or conv.groups != 1:
+            return conv
+        replacement = cls(conv.in_channels, conv.out_channels, size, size, bias=conv.bias is not None, device="meta")
+        replacement.weight, replacement.bias = conv.weight, conv.bias
+        return replacement
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        batch_size, _, height, width = pixel_values.shape
+        size = self.kernel_size[0]
+        embedded = embed_patches(pixel_values, self.weight, self.bias, size)
+        return embedded.transpose(1, 2).reshape(batch_size, -1, height // size, width // size)
 
 
 class CAEv2Embeddings(nn.Module):
@@ -439,6 +474,8 @@ class CAEv2Teacher(nn.Module):
         super().__init__()
         self.config = config
         self.model = CLIPVisionModelWithProjection(config.teacher_config)
+        embeddings = self.model.vision_model.embeddings
+        embeddings.patch_embedding = CAEv2PatchConv2d.replacing(embeddings.patch_embedding)
         # Saved in the state dict: `load_teacher()` sets it, `from_pretrained` / `load_state_dict` restore it.
         self.register_buffer("has_weights", torch.zeros((), dtype=torch.bool))
         input_scale, input_shift = self.renormalisation(config)

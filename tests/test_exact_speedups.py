@@ -3,9 +3,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+from transformers import CLIPVisionModelWithProjection
 
 from caev2_hf import CAEv2ForPreTraining
-from caev2_hf.modeling_caev2 import CAEv2PatchEmbeddings, gather_tokens
+from caev2_hf.modeling_caev2 import CAEv2PatchConv2d, CAEv2PatchEmbeddings, gather_tokens
 
 
 @pytest.mark.parametrize("height, width", [(32, 32), (36, 44)])  # 36 x 44 leaves partial patches, as Conv2d drops
@@ -49,3 +51,29 @@ def test_the_training_step_gives_the_loss_and_gradients_of_the_convolution(
     assert "caev2.embeddings.patch_embeddings.projection.weight" in gradients
     for name, gradient in gradients.items():
         torch.testing.assert_close(gradient, reference_gradients[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_the_teacher_patch_embedding_gives_the_targets_of_the_convolution(tiny_config, pixel_values, monkeypatch):
+    torch.manual_seed(0)
+    teacher = CAEv2ForPreTraining(tiny_config).teacher
+    assert isinstance(teacher.model.vision_model.embeddings.patch_embedding, CAEv2PatchConv2d)
+    targets = teacher(pixel_values)
+    monkeypatch.setattr(CAEv2PatchConv2d, "forward", nn.Conv2d.forward)
+    torch.testing.assert_close(targets, teacher(pixel_values), rtol=1e-5, atol=1e-6)
+    # The keys stay CLIP's: the teacher's weights load into a plain CLIP vision tower and back, strictly.
+    plain = CLIPVisionModelWithProjection(tiny_config.teacher_config)
+    plain.load_state_dict(teacher.model.state_dict())
+    teacher.model.load_state_dict(plain.state_dict())
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [nn.Conv2d(3, 8, 4, stride=2), nn.Conv2d(3, 8, 4, stride=4, padding=1), nn.Conv2d(4, 8, 4, stride=4, groups=2)],
+)
+def test_only_a_plain_patchifying_convolution_is_replaced(conv):
+    assert CAEv2PatchConv2d.replacing(conv) is conv
+    patchifier = nn.Conv2d(3, 8, 4, stride=4)
+    replacement = CAEv2PatchConv2d.replacing(patchifier)
+    assert isinstance(replacement, CAEv2PatchConv2d) and replacement.weight is patchifier.weight
+    pixel_values = torch.randn(2, 3, 12, 14)
+    torch.testing.assert_close(replacement(pixel_values), patchifier(pixel_values), rtol=1e-5, atol=1e-6)
