@@ -112,6 +112,8 @@ pretrain base_bf16_sdpa_compile_teacher_off 180 "${BASE[@]}" --compile --teacher
 pretrain base_bf16_sdpa_compile_k2 180 "${BASE[@]}" --compile --masks_per_image 2
 pretrain base_bf16_sdpa_compile_profile 180 "${BASE[@]}" --compile --profile on --steps 5
 pretrain base_bf16_eager_compile 200 "${BASE[@]}" --attn_implementation eager --compile
+# Triton matmul templates with fused epilogues: minutes of autotuning at start; run it alone (SUITE_ONLY, SUITE_BUDGET_S=600).
+pretrain base_bf16_sdpa_compile_max_autotune 590 "${BASE[@]}" --compile_mode max-autotune-no-cudagraphs
 
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv 2>/dev/null
 echo "== done in ${SECONDS}s; results in $OUT_DIR/results.json"

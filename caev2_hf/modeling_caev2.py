@@ -168,7 +168,8 @@ def embed_patches(
 ) -> torch.Tensor:
     """A patchifying Conv2d (kernel = stride = `patch_size`) as one matmul on the cut-out patches:
     `(batch, channels, H, W)` -> `(batch, num_patches, out_channels)` in row-major order, or only the patches in
-    `patch_ids`. The same numbers as the convolution, which cuDNN runs slowly at these shapes (BENCHMARKS.md)."""
+    `patch_ids`. The same numbers as the convolution, which cuDNN runs slowly at these shapes (about 4 ms of an
+    86 ms ViT-B training step at batch 256 on an H100, for under 0.1 ms of matmul work)."""
     batch_size, channels, height, width = pixel_values.shape
     rows, columns = height // patch_size, width // patch_size  # a partial patch at the edge is dropped, as by Conv2d
     patches = pixel_values[:, :, : rows * patch_size, : columns * patch_size].reshape(
