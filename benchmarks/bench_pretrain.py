@@ -192,17 +192,8 @@ KERNEL_FAMILIES = (
 
 # The profiler also puts op and range names (`aten::mm`, `## Call CompiledFxGraph ... ##`) on the device timeline;
 # they span kernels already counted, so only the kernels themselves are summed. On the CPU, ops are the unit.
-ANNOTATION_PREFIXES = (
-    "aten::",
-    "##",
-    "CompiledFunction",
-    "Optimizer.",
-    "Torch-Compiled",
-    "forward/",
-    "optimizer",
-    "step",
-)
 PART_RANGES = ("forward/", "optimizer", "step")
+ANNOTATION_PREFIXES = ("aten::", "##", "CompiledFunction", "Optimizer.", "Torch-Compiled", *PART_RANGES)
 
 
 def is_kernel(event, on_gpu: bool) -> bool:
@@ -224,7 +215,7 @@ def profile_steps(step: PretrainingStep, batches: list[dict], compiled: bool, nu
     model, optimizer = step.accelerator.unwrap_model(step.model), unwrap_optimizer(step.optimizer)
     handles = [] if compiled else add_part_ranges(model, optimizer)
     activities = [torch.profiler.ProfilerActivity.CPU]
-    if device.type == "cuda":
+    if on_gpu:
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     synchronize(device)
     with torch.profiler.profile(activities=activities) as profiler:
@@ -234,34 +225,28 @@ def profile_steps(step: PretrainingStep, batches: list[dict], compiled: bool, nu
         synchronize(device)
     for handle in handles:
         handle.remove()
-    time_of = (lambda event: event.device_time_total) if device.type == "cuda" else (lambda e: e.cpu_time_total)
+    time_of = (lambda e: e.device_time_total) if on_gpu else (lambda e: e.cpu_time_total)
+    self_time = (lambda e: e.self_device_time_total) if on_gpu else (lambda e: e.self_cpu_time_total)
     events = profiler.key_averages()
     totals = {event.key: time_of(event) / 1000 / num_steps for event in events}
     parts = {name: totals[name] for name in totals if name.startswith("forward/") or name == "optimizer"}
-    step_ms = (
-        totals.get("step", 0.0)
-        if device.type != "cuda"
-        else sum(time_of(event) for event in events if is_kernel(event, on_gpu)) / 1000 / num_steps
-    )
-    kernels = sorted(
-        (event for event in events if is_kernel(event, on_gpu)),
-        key=lambda event: event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total,
-        reverse=True,
-    )[:15]
-    self_time = (lambda e: e.self_device_time_total) if device.type == "cuda" else (lambda e: e.self_cpu_time_total)
+    kernels = [event for event in events if is_kernel(event, on_gpu)]
+    step_ms = sum(time_of(event) for event in kernels) / 1000 / num_steps if on_gpu else totals.get("step", 0.0)
     families: dict[str, float] = {}
-    for event in events:
-        if on_gpu and is_kernel(event, on_gpu):
-            family = kernel_family(event.key)
-            families[family] = families.get(family, 0.0) + time_of(event) / 1000 / num_steps
+    for event in kernels if on_gpu else []:
+        family = kernel_family(event.key)
+        families[family] = families.get(family, 0.0) + time_of(event) / 1000 / num_steps
     return {
-        "clock": "device" if device.type == "cuda" else "cpu",
+        "clock": "device" if on_gpu else "cpu",
         "step_ms": step_ms,
         "parts_ms": parts,
         "rest_of_step_ms": step_ms - sum(parts.values()),
-        "top_kernels_ms": [{"name": event.key, "ms": self_time(event) / 1000 / num_steps} for event in kernels],
+        "top_kernels_ms": [
+            {"name": event.key, "ms": self_time(event) / 1000 / num_steps}
+            for event in sorted(kernels, key=self_time, reverse=True)[:15]
+        ],
         "kernel_families_ms": dict(sorted(families.items(), key=lambda item: -item[1])),
-        "kernel_launches_per_step": sum(event.count for event in events if is_kernel(event, on_gpu)) / num_steps,
+        "kernel_launches_per_step": sum(event.count for event in kernels) / num_steps,
     }
 
 

@@ -70,6 +70,22 @@ def write_config(tmp_path: Path, name: str = "config", **arguments) -> str:
     return str(path)
 
 
+def run_until_preempted(monkeypatch: pytest.MonkeyPatch, config_path: str, step_calls: int) -> None:
+    """Runs `run_pretrain.py --config config_path` and stops it as a preemption would, with a KeyboardInterrupt at
+    the start of its step call number `step_calls` (counted from 0, one per micro-batch)."""
+    original_call, calls = PretrainingStep.__call__, itertools.count()
+
+    def crash(step, batch):
+        if next(calls) == step_calls:
+            raise KeyboardInterrupt("simulated preemption")
+        return original_call(step, batch)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(PretrainingStep, "__call__", crash)
+        with pytest.raises(KeyboardInterrupt):
+            run_pretrain.main(["--config", config_path])
+
+
 def final_weights(output_dir: str | Path) -> dict[str, torch.Tensor]:
     return load_file(os.path.join(output_dir, "final", "pretraining", "model.safetensors"))
 
@@ -119,17 +135,7 @@ def test_resume_matches_uninterrupted_run(
     interrupted = write_config(tmp_path, "interrupted", **data, **arguments)
     run_pretrain.main(["--config", uninterrupted])
 
-    original_call, calls = PretrainingStep.__call__, itertools.count()
-
-    def crash_during_update_4(step, batch):
-        if next(calls) == 7:
-            raise KeyboardInterrupt("simulated preemption")
-        return original_call(step, batch)
-
-    monkeypatch.setattr(PretrainingStep, "__call__", crash_during_update_4)
-    with pytest.raises(KeyboardInterrupt):
-        run_pretrain.main(["--config", interrupted])
-    monkeypatch.setattr(PretrainingStep, "__call__", original_call)
+    run_until_preempted(monkeypatch, interrupted, step_calls=7)  # the middle of update 4's accumulation
     run_pretrain.main(["--config", interrupted, "--resume_from_checkpoint", "latest"])
 
     expected, resumed = final_weights(tmp_path / "uninterrupted"), final_weights(tmp_path / "interrupted")

@@ -1,18 +1,16 @@
 """The teacher in run_pretrain.py (docs/design.md#teacher): downloaded once for a fresh model, then carried by every
 checkpoint and pretraining folder, so resuming or continuing from a folder downloads nothing."""
 
-import itertools
 from pathlib import Path
 
 import pytest
 import torch
 from accelerate import Accelerator
-from test_run_pretrain import final_weights, run_pretrain, tiny_model_overrides, write_config
+from test_run_pretrain import final_weights, run_pretrain, run_until_preempted, tiny_model_overrides, write_config
 from transformers import CLIPVisionModelWithProjection
 
 from caev2_hf import CAEv2ForPreTraining
 from caev2_hf.pretraining.arguments import PretrainingModelArguments
-from caev2_hf.pretraining.step import PretrainingStep
 
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
@@ -75,17 +73,7 @@ def test_resume_with_a_real_teacher_restores_it_without_a_download(
     uninterrupted = write_config(tmp_path, "uninterrupted", **arguments)
     interrupted = write_config(tmp_path, "interrupted", **arguments)
     run_pretrain.main(["--config", uninterrupted])
-    original_call, calls = PretrainingStep.__call__, itertools.count()
-
-    def crash_in_update_3(step, batch):
-        if next(calls) == 2:
-            raise KeyboardInterrupt("simulated preemption")
-        return original_call(step, batch)
-
-    monkeypatch.setattr(PretrainingStep, "__call__", crash_in_update_3)
-    with pytest.raises(KeyboardInterrupt):
-        run_pretrain.main(["--config", interrupted])
-    monkeypatch.setattr(PretrainingStep, "__call__", original_call)
+    run_until_preempted(monkeypatch, interrupted, step_calls=2)  # in update 3
     assert downloads == [clip_folder, clip_folder]
     run_pretrain.main(["--config", interrupted, "--resume_from_checkpoint", "latest"])
     assert downloads == [clip_folder, clip_folder]  # the resumed run took its teacher from the checkpoint
