@@ -270,6 +270,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--masks_per_image", type=int, default=1, help="teacher amortisation: student views per teacher pass"
     )
+    parser.add_argument(
+        "--teacher_patch_embedding",
+        choices=["matmul", "conv"],
+        default="matmul",
+        help="matmul: as run_pretrain.py runs it; conv: CLIP's own Conv2d (cuDNN), for an A/B row in the same call",
+    )
     parser.add_argument("--warmup_steps", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument(
@@ -311,6 +317,8 @@ def build_step(args: argparse.Namespace, output_dir: str) -> PretrainingStep:
         args.preset, use_random_teacher=True, attn_implementation=args.attn_implementation
     )
     model = CAEv2ForPreTraining(config)
+    if args.teacher_patch_embedding == "conv":
+        restore_teacher_conv2d(model)
     model.teacher.to(DTYPES[args.precision])
     numbers = compute_training_numbers(
         args.batch_size, 1, accelerator.num_processes, training_args.learning_rate,
@@ -325,6 +333,17 @@ def build_step(args: argparse.Namespace, output_dir: str) -> PretrainingStep:
     )  # fmt: skip
     step.model.train()
     return step
+
+
+def restore_teacher_conv2d(model: CAEv2ForPreTraining) -> None:
+    """Put back CLIP's plain `nn.Conv2d` patch embedding (sharing the teacher's parameters) in place of the
+    `CAEv2PatchConv2d` matmul: the "before" of that change, measured in the same call as the "after"."""
+    embeddings = model.teacher.model.vision_model.embeddings
+    matmul = embeddings.patch_embedding
+    size = matmul.kernel_size
+    conv = torch.nn.Conv2d(matmul.in_channels, matmul.out_channels, size, size, bias=matmul.bias is not None)
+    conv.weight, conv.bias = matmul.weight, matmul.bias
+    embeddings.patch_embedding = conv
 
 
 def build_synthetic_batches(
@@ -461,7 +480,8 @@ def format_summary(result: dict) -> str:
         )
     return (
         f"{result['preset']} {result['precision']} {result['attn_implementation']} compile={result['compile']} "
-        f"teacher={result['teacher']} batch={result['batch_size']} on "
+        f"teacher={result['teacher']}{' (Conv2d patch embedding)' if result['teacher_patch_embedding'] == 'conv' else ''} "
+        f"batch={result['batch_size']} on "
         f"{result['device_name']}: {result['images_per_second']:.1f} images/s, {result['step_ms']:.1f} ms/step, "
         f"peak memory {memory}, MFU {mfu} ({result['flops_per_image']['total'] / 1e9:.1f} GFLOPs/image, "
         f"{result['achieved_tflops']:.1f} TFLOP/s), loss {result['final_loss']:.4f}, "

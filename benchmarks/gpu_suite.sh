@@ -106,6 +106,7 @@ pretrain small_bf16_sdpa 90 "${BASE[@]}" --preset small
 pretrain large_bf16_sdpa 120 "${BASE[@]}" --preset large
 run_config data_loader 90 benchmarks/bench_data.py "${DATA_ARGS[@]}"
 pretrain base_bf16_sdpa_compile 180 "${BASE[@]}" --compile
+pretrain base_bf16_sdpa_compile_teacher_conv 180 "${BASE[@]}" --compile --teacher_patch_embedding conv  # A/B of the row above
 pretrain base_bf16_sdpa_profile 90 "${BASE[@]}" --profile on --steps 5
 pretrain base_bf16_sdpa_compile_reduce_overhead 180 "${BASE[@]}" --compile_mode reduce-overhead
 pretrain base_bf16_sdpa_compile_teacher_off 180 "${BASE[@]}" --compile --teacher off

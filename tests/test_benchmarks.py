@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import build_tiny_config
 
-from caev2_hf import CAEv2Config
+from caev2_hf import CAEv2Config, CAEv2ForPreTraining
 
 
 BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -181,6 +182,23 @@ def test_bench_pretrain_times_the_amortised_step(tmp_path: Path):
     flops = result["flops_per_image"]
     assert flops["total"] == 6 * flops["student_forward"] + flops["teacher_forward"]
     assert result["loss_is_finite"]
+
+
+def test_bench_pretrain_ab_row_puts_back_the_teachers_conv2d(tmp_path: Path):
+    """The "before" row of the teacher's patch-embedding change: CLIP's plain Conv2d, on the same parameters."""
+    model = CAEv2ForPreTraining(build_tiny_config()).eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    targets = model.teacher(pixels)
+    matmul = model.teacher.model.vision_model.embeddings.patch_embedding
+    bench_pretrain.restore_teacher_conv2d(model)
+    conv = model.teacher.model.vision_model.embeddings.patch_embedding
+    assert type(conv) is torch.nn.Conv2d and conv.weight is matmul.weight and conv.stride == matmul.stride
+    torch.testing.assert_close(model.teacher(pixels), targets, rtol=1e-5, atol=1e-5)
+
+    matmul_row = run_bench_pretrain(tmp_path, "--teacher_patch_embedding", "matmul")
+    conv_row = run_bench_pretrain(tmp_path, "--teacher_patch_embedding", "conv")
+    assert (matmul_row["teacher_patch_embedding"], conv_row["teacher_patch_embedding"]) == ("matmul", "conv")
+    assert conv_row["final_loss"] == pytest.approx(matmul_row["final_loss"], rel=1e-4)
 
 
 @pytest.mark.parametrize(
