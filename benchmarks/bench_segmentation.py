@@ -39,7 +39,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # A CPU-sized check of the harness: 4 blocks of width 64 on 64 px crops.
 TINY_CPU = {
     "image_size": 64, "patch_size": 16, "hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4,
-    "intermediate_size": 128, "num_masking_patches": 4, "teacher_grid_resampling": "bilinear",
+    "intermediate_size": 128,
 }  # fmt: skip
 
 
@@ -65,7 +65,7 @@ def build_model(args: argparse.Namespace, crop_size: int):
     if args.preset == "tiny-cpu":
         config = CAEv2Config(**TINY_CPU)
     else:
-        config = CAEv2Config.from_preset(args.preset, teacher_grid_resampling="bilinear")
+        config = CAEv2Config.from_preset(args.preset)
     id2label = {index: str(index) for index in range(args.num_labels)}
     model, _ = load_segmentation_model(
         None, args.num_labels, id2label, crop_size, drop_path_rate=0.1, random_encoder_config=config

@@ -1,6 +1,9 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
 """CAE v2 model configuration and the official size presets (docs/method.md#encoder)."""
 
+import dataclasses
+import difflib
+import inspect
 from collections.abc import Sequence
 
 from transformers import CLIPVisionConfig, PretrainedConfig
@@ -72,14 +75,17 @@ CLASSIFIER_POOLINGS = ("mean", "cls")
 TEACHER_GRID_RESAMPLINGS = (None, "bilinear", "bicubic")
 
 
-def per_channel(values: float | Sequence[float], num_channels: int) -> list[float]:
+def per_channel(values: float | Sequence[float], num_channels: int, name: str = "image_mean/image_std") -> list[float]:
     """Normalisation statistics as one float per channel: a scalar applies to every channel, as image processors
     accept it."""
     if isinstance(values, int | float):
         return [float(values)] * num_channels
     values = [float(value) for value in values]
     if len(values) != num_channels:
-        raise ValueError(f"Normalisation statistics {values} have {len(values)} values for {num_channels} channels.")
+        raise ValueError(
+            f"{name}={values} has {len(values)} values for num_channels={num_channels}: give {num_channels} values, "
+            "or one number for all channels (set image_mean, image_std, teacher_image_mean and teacher_image_std)."
+        )
     return values
 
 
@@ -137,6 +143,11 @@ class CAEv2Config(BackboneConfigMixin, PretrainedConfig):
             (fine-tuning: mean of patch tokens -> LayerNorm -> Linear) or `"cls"` (linear probe: [CLS] ->
             BatchNorm without affine -> Linear).
         classifier_init_scale (`float`, *optional*, defaults to 0.001): Scale of the fine-tuning classifier's init.
+        use_mean_pooling (`bool`, *optional*, defaults to `False`): How `CAEv2Model` pools, BEiT's field: `False`
+            gives the normalised [CLS] token (pretrained encoders, the linear probe); `True` applies the final
+            LayerNorm to the mean of the patch tokens instead, as fine-tuning does.
+            `CAEv2ForImageClassification` sets it from `classifier_pooling`, so a fine-tuned folder loaded with
+            `AutoModel` gives the features its classifier was trained on.
         out_features / out_indices (`list`, *optional*): Stages `CAEv2Backbone` returns (`stage_names` are `"stem"`,
             then `"stage{i}"` = output of block i, 1-based); default: blocks L/3, L/2, 2L/3, L (4, 6, 8, 12 for
             ViT-B, the authors' 0-based `out_indices=[3, 5, 7, 11]`). See docs/segmentation.md.
@@ -201,6 +212,7 @@ class CAEv2Config(BackboneConfigMixin, PretrainedConfig):
         teacher_image_std: float | Sequence[float] = OPENAI_CLIP_STD,
         classifier_pooling: str = "mean",
         classifier_init_scale: float = 0.001,
+        use_mean_pooling: bool = False,
         out_features: list[str] | None = None,
         out_indices: list[int] | None = None,
         backbone_image_size: int | None = None,
@@ -245,12 +257,13 @@ class CAEv2Config(BackboneConfigMixin, PretrainedConfig):
         self.teacher_name_or_path = teacher_name_or_path
         self.use_random_teacher = use_random_teacher
         self.teacher_grid_resampling = teacher_grid_resampling
-        self.image_mean = per_channel(image_mean, num_channels)
-        self.image_std = per_channel(image_std, num_channels)
-        self.teacher_image_mean = per_channel(teacher_image_mean, num_channels)
-        self.teacher_image_std = per_channel(teacher_image_std, num_channels)
+        self.image_mean = per_channel(image_mean, num_channels, "image_mean")
+        self.image_std = per_channel(image_std, num_channels, "image_std")
+        self.teacher_image_mean = per_channel(teacher_image_mean, num_channels, "teacher_image_mean")
+        self.teacher_image_std = per_channel(teacher_image_std, num_channels, "teacher_image_std")
         self.classifier_pooling = classifier_pooling
         self.classifier_init_scale = classifier_init_scale
+        self.use_mean_pooling = use_mean_pooling
         self.backbone_image_size = backbone_image_size or image_size
         self.backbone_relative_position_bias = backbone_relative_position_bias
         self.backbone_position_table = backbone_position_table
@@ -267,18 +280,53 @@ class CAEv2Config(BackboneConfigMixin, PretrainedConfig):
         return (self.image_size // self.patch_size) ** 2
 
     @classmethod
+    def field_names(cls) -> set[str]:
+        """What a CAE v2 config holds: this class's arguments and what a saved config.json carries besides."""
+        own = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
+        common = {field.name for field in dataclasses.fields(PretrainedConfig)}
+        return own | common | {"num_labels", "attn_implementation", "output_attentions", "stage_names", "model_type"}
+
+    @classmethod
     def from_preset(cls, name: str, **overrides) -> "CAEv2Config":
-        """The official architecture of size `name` (tiny, small, base, large); keyword arguments override fields."""
+        """The official architecture of size `name` (tiny, small, base, large); keyword arguments override fields,
+        and a name that is no field is refused (a typo would otherwise be kept as an unused attribute)."""
         if name not in CAEV2_PRESETS:
             raise ValueError(f"Unknown CAE v2 preset {name!r}: choose one of {sorted(CAEV2_PRESETS)}.")
+        unknown = sorted(set(overrides) - cls.field_names())
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], cls.field_names(), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(
+                f"{unknown[0]!r} is not a CAEv2Config field{hint}; the fields are listed in its docstring."
+            )
         return cls(**{**CAEV2_PRESETS[name], **overrides})
 
-    def _validate(self) -> None:
-        """Refuse combinations the model cannot compute, naming the field and the fix."""
-        self._validate_architecture()
-        self._validate_pretraining()
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """As transformers', except that overrides of this class's arguments (`from_pretrained(folder,
+        image_size=384)`) go through `__init__`, so they are checked and what derives from them follows
+        (`mask_ratio` sets `num_masking_patches`) instead of being set on the finished config unchecked."""
+        own = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
+        overrides = {key: kwargs.pop(key) for key in list(kwargs) if key in own}
+        config_dict = dict(config_dict)
+        if isinstance(overrides.get("teacher_config"), dict) and isinstance(config_dict.get("teacher_config"), dict):
+            overrides["teacher_config"] = {**config_dict["teacher_config"], **overrides["teacher_config"]}
+        if "mask_ratio" in overrides:
+            config_dict.pop("num_masking_patches", None)
+        return super().from_dict({**config_dict, **overrides}, **kwargs)
 
-    def _validate_architecture(self) -> None:
+    def _validate(self) -> None:
+        """Refuse a config no CAE v2 model can compute, naming the field and the fix (pretraining adds
+        `validate_for_pretraining`)."""
+        for name in ("image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                square = " (images are square: one side length)" if name in ("image_size", "patch_size") else ""
+                raise ValueError(f"{name}={value!r} must be a positive integer{square}.")
+        if not 0 <= self.drop_path_rate < 1:
+            raise ValueError(f"drop_path_rate={self.drop_path_rate} must be in [0, 1) (0.1 for ViT-B).")
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"layer_norm_eps={self.layer_norm_eps} must be greater than 0 (1e-6 by default).")
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"image_size={self.image_size} is not divisible by patch_size={self.patch_size}: "
@@ -299,13 +347,6 @@ class CAEv2Config(BackboneConfigMixin, PretrainedConfig):
                 )
         if self.classifier_pooling not in CLASSIFIER_POOLINGS:
             raise ValueError(f"classifier_pooling={self.classifier_pooling!r}: choose one of {CLASSIFIER_POOLINGS}.")
-
-    def _validate_pretraining(self) -> None:
-        if not 0 <= self.num_masking_patches < self.num_patches:
-            raise ValueError(
-                f"num_masking_patches={self.num_masking_patches} is outside [0, {self.num_patches}) for "
-                f"{self.num_patches} patches: set a count (or mask_ratio) that leaves at least one patch visible."
-            )
         if self.mask_strategy not in MASK_STRATEGIES:
             raise ValueError(f"mask_strategy={self.mask_strategy!r}: choose one of {MASK_STRATEGIES}.")
         if self.loss_type not in LOSS_TYPES:
@@ -323,6 +364,15 @@ class CAEv2Config(BackboneConfigMixin, PretrainedConfig):
         if self.teacher_grid_resampling not in TEACHER_GRID_RESAMPLINGS:
             raise ValueError(
                 f"teacher_grid_resampling={self.teacher_grid_resampling!r}: choose one of {TEACHER_GRID_RESAMPLINGS}."
+            )
+
+    def validate_for_pretraining(self) -> None:
+        """What only pretraining needs: a mask count that leaves patches visible and a teacher on the student's grid.
+        `CAEv2ForPreTraining` checks it; an encoder or classifier may use another resolution without it."""
+        if not 0 <= self.num_masking_patches < self.num_patches:
+            raise ValueError(
+                f"num_masking_patches={self.num_masking_patches} is outside [0, {self.num_patches}) for "
+                f"{self.num_patches} patches: set a count (or mask_ratio) that leaves at least one patch visible."
             )
         student_grid = self.image_size // self.patch_size
         teacher_grid = self.teacher_config.image_size // self.teacher_config.patch_size

@@ -71,6 +71,33 @@ def build_2d_sincos_position_embedding(
     return torch.cat([table.new_zeros(1, dim), table]).float()
 
 
+def warn_if_attentions_unavailable(config: CAEv2Config, output_attentions: bool | None) -> None:
+    """Attention maps come from eager attention only; SDPA and flash kernels never form them."""
+    if output_attentions and config._attn_implementation != "eager":
+        logger.warning_once(
+            f"output_attentions=True returns no attention maps with attn_implementation="
+            f"{config._attn_implementation!r}: load the model with attn_implementation='eager' (or call "
+            "model.set_attn_implementation('eager')) to get them."
+        )
+
+
+def check_mask_shape(bool_masked_pos: torch.Tensor, pixel_values: torch.Tensor, patch_size: int) -> None:
+    """A bool mask with one row per image and one entry per patch of these images; shapes only, so it costs no
+    host sync."""
+    if bool_masked_pos.dtype != torch.bool:
+        raise ValueError(
+            f"bool_masked_pos has dtype {bool_masked_pos.dtype}: pass a torch.bool mask (True = masked), e.g. "
+            "mask.bool()."
+        )
+    height, width = pixel_values.shape[-2:]
+    expected = (pixel_values.shape[0], (height // patch_size) * (width // patch_size))
+    if tuple(bool_masked_pos.shape) != expected:
+        raise ValueError(
+            f"bool_masked_pos has shape {tuple(bool_masked_pos.shape)}: expected (batch_size, num_patches) = "
+            f"{expected} for pixel_values of shape {tuple(pixel_values.shape)}."
+        )
+
+
 def check_mask_counts(bool_masked_pos: torch.Tensor, num_masked: int) -> None:
     """Every image must mask exactly `num_masked` patches, so visible tokens stack into one tensor
     (docs/method.md#encoder).
@@ -255,6 +282,12 @@ class CAEv2Embeddings(nn.Module):
         visible_ids: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
     ) -> torch.Tensor:
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.num_channels:
+            raise ValueError(
+                f"pixel_values has shape {tuple(pixel_values.shape)}: expected (batch_size, "
+                f"{self.config.num_channels}, height, width), with config.num_channels={self.config.num_channels} "
+                "channels first."
+            )
         height, width = pixel_values.shape[-2:]
         positions = self.position_table(height, width, interpolate_pos_encoding).to(pixel_values.dtype)
         patch_positions = positions[:, 1:].expand(pixel_values.shape[0], -1, -1)
@@ -477,6 +510,8 @@ class CAEv2Teacher(nn.Module):
         self.model = CLIPVisionModelWithProjection(config.teacher_config)
         embeddings = self.model.vision_model.embeddings
         embeddings.patch_embedding = CAEv2PatchConv2d.replacing(embeddings.patch_embedding)
+        # CLIP's blocks must stay whole on one device under `device_map`: transformers collects this from children.
+        self._no_split_modules = set(self.model._no_split_modules or ())
         # Saved in the state dict: `load_teacher()` sets it, `from_pretrained` / `load_state_dict` restore it.
         self.register_buffer("has_weights", torch.zeros((), dtype=torch.bool))
         input_scale, input_shift = self.renormalisation(config)
@@ -639,6 +674,13 @@ class CAEv2PreTrainedModel(PreTrainedModel):
             init.copy_(module.input_scale, input_scale)
             init.copy_(module.input_shift, input_shift)
 
+    def set_attn_implementation(self, attn_implementation: str | dict, *args, **kwargs):
+        """As transformers'. A model without the teacher (encoder, classifier, backbone) also sets it on
+        `config.teacher_config`, which transformers would otherwise do with a warning that it found no teacher module."""
+        if isinstance(attn_implementation, str) and not hasattr(self, "teacher"):
+            self.config.teacher_config._attn_implementation_internal = attn_implementation
+        return super().set_attn_implementation(attn_implementation, *args, **kwargs)
+
     def _sincos_like(self, table: torch.Tensor) -> torch.Tensor:
         grid = self.config.image_size // self.config.patch_size
         return build_2d_sincos_position_embedding(grid, grid, table.shape[-1])[None]
@@ -661,11 +703,11 @@ class CAEv2Model(CAEv2PreTrainedModel):
 
     Args:
         config (`CAEv2Config`): The model configuration.
-        use_mean_pooling (`bool`, *optional*, defaults to `False`): BEiT's fine-tuning pooling, used by
-            `CAEv2ForImageClassification` with `classifier_pooling="mean"`: the final LayerNorm applies to the mean
-            of the patch tokens (`pooler_output`) instead of to every token, so `last_hidden_state` is the last
-            block's output. The norm keeps its key (`layernorm`), so a pretrained final norm loads into it unchanged
-            (the recipe's `fc_norm` starting as the final norm, docs/method.md#initialisation).
+        use_mean_pooling (`bool`, *optional*, defaults to `config.use_mean_pooling`): BEiT's fine-tuning pooling,
+            used by `CAEv2ForImageClassification` with `classifier_pooling="mean"`: the final LayerNorm applies to
+            the mean of the patch tokens (`pooler_output`) instead of to every token, so `last_hidden_state` is the
+            last block's output. The norm keeps its key (`layernorm`), so a pretrained final norm loads into it
+            unchanged (the recipe's `fc_norm` starting as the final norm, docs/method.md#initialisation).
 
     Example:
 
@@ -680,9 +722,9 @@ class CAEv2Model(CAEv2PreTrainedModel):
 
     _keys_to_ignore_on_load_unexpected = PRETRAINING_ONLY_KEYS
 
-    def __init__(self, config: CAEv2Config, use_mean_pooling: bool = False) -> None:
+    def __init__(self, config: CAEv2Config, use_mean_pooling: bool | None = None) -> None:
         super().__init__(config)
-        self.use_mean_pooling = use_mean_pooling
+        self.use_mean_pooling = config.use_mean_pooling if use_mean_pooling is None else use_mean_pooling
         self.embeddings = CAEv2Embeddings(config)
         self.encoder = CAEv2Encoder(config)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -721,8 +763,10 @@ class CAEv2Model(CAEv2PreTrainedModel):
             the final LayerNorm and `pooler_output` the normalised [CLS] token (the linear-probe feature); with
             `use_mean_pooling`, the last block's output and the normalised mean of its patch tokens.
         """
+        warn_if_attentions_unavailable(self.config, kwargs.get("output_attentions"))
         visible_ids = None
         if bool_masked_pos is not None:
+            check_mask_shape(bool_masked_pos, pixel_values, self.config.patch_size)
             visible_ids, _ = split_visible_and_masked(bool_masked_pos, self.config.num_masking_patches)
         pixel_values = pixel_values.to(self.embeddings.patch_embeddings.projection.weight.dtype)
         embeddings = self.embeddings(pixel_values, visible_ids, interpolate_pos_encoding)
@@ -802,8 +846,9 @@ class CAEv2ForPreTraining(CAEv2PreTrainedModel):
     accepts_loss_kwargs = False
 
     def __init__(self, config: CAEv2Config) -> None:
+        config.validate_for_pretraining()
         super().__init__(config)
-        self.caev2 = CAEv2Model(config)
+        self.caev2 = CAEv2Model(config, use_mean_pooling=False)
         if config.regressor_hidden_size != config.hidden_size:
             self.latent_projection = CAEv2LatentProjection(config)
         else:
@@ -872,6 +917,12 @@ class CAEv2ForPreTraining(CAEv2PreTrainedModel):
             output_hidden_states / output_attentions / return_dict: as for `CAEv2Model` (encoder states only).
         """
         batch_size, num_patches = pixel_values.shape[0], self.config.num_patches
+        size = self.config.image_size
+        if tuple(pixel_values.shape[-2:]) != (size, size):
+            raise ValueError(
+                f"Pretraining takes {size}x{size} images (config.image_size), got pixel_values of shape "
+                f"{tuple(pixel_values.shape)}: crop or resize them, or pretrain with a config of that image_size."
+            )
         if bool_masked_pos is None:
             bool_masked_pos = draw_random_mask(
                 batch_size, num_patches, self.config.num_masking_patches, pixel_values.device
@@ -927,6 +978,11 @@ class CAEv2ClsBatchNormPooler(nn.Module):
         self.batch_norm = nn.BatchNorm1d(config.hidden_size, affine=False, eps=1e-6)
 
     def forward(self, pooled_output: torch.Tensor) -> torch.Tensor:
+        if self.training and pooled_output.shape[0] == 1:
+            raise ValueError(
+                "classifier_pooling='cls' normalises with batch statistics, which one image does not have: train "
+                "with batches of 2 or more (with Trainer, set dataloader_drop_last=True for a last batch of one)."
+            )
         return self.batch_norm(pooled_output)
 
 
@@ -974,9 +1030,10 @@ class CAEv2ForImageClassification(CAEv2PreTrainedModel):
     def __init__(self, config: CAEv2Config) -> None:
         super().__init__(config)
         self.num_labels = config.num_labels
-        use_mean_pooling = config.classifier_pooling == "mean"
-        self.caev2 = CAEv2Model(config, use_mean_pooling=use_mean_pooling)
-        self.pooler = nn.Identity() if use_mean_pooling else CAEv2ClsBatchNormPooler(config)
+        # Recorded in the config, so the saved folder loads into `CAEv2Model` (AutoModel) pooling the same way.
+        config.use_mean_pooling = config.classifier_pooling == "mean"
+        self.caev2 = CAEv2Model(config)
+        self.pooler = nn.Identity() if config.use_mean_pooling else CAEv2ClsBatchNormPooler(config)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels else nn.Identity()
         self.post_init()
 

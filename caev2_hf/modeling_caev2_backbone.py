@@ -29,6 +29,7 @@ from .modeling_caev2 import (
     build_2d_sincos_position_embedding,
     drop_path_rates,
     eager_attention_forward,
+    warn_if_attentions_unavailable,
 )
 
 
@@ -202,9 +203,7 @@ class CAEv2Backbone(BackboneMixin, CAEv2PreTrainedModel):
     >>> import torch
     >>> from caev2_hf import CAEv2Config
     >>> from caev2_hf.modeling_caev2_backbone import CAEv2Backbone
-    >>> config = CAEv2Config.from_preset(
-    ...     "tiny", image_size=64, num_hidden_layers=4, num_masking_patches=4, teacher_grid_resampling="bilinear"
-    ... )
+    >>> config = CAEv2Config.from_preset("tiny", image_size=64, num_hidden_layers=4)
     >>> backbone = CAEv2Backbone(config).eval()
     >>> [tuple(fmap.shape) for fmap in backbone(torch.randn(1, 3, 64, 96)).feature_maps]
     [(1, 192, 16, 24), (1, 192, 8, 12), (1, 192, 4, 6), (1, 192, 2, 3)]
@@ -256,12 +255,17 @@ class CAEv2Backbone(BackboneMixin, CAEv2PreTrainedModel):
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`): Normalised images
                 whose height and width are multiples of `config.patch_size`.
-            output_hidden_states (`bool`, *optional*): Also return every stage's tokens (embeddings, then each block).
-            output_attentions (`bool`, *optional*): Also return the attention maps (eager attention only).
+            output_hidden_states (`bool`, *optional*): Also return every stage's tokens (embeddings, then each block);
+                defaults to `config.output_hidden_states`.
+            output_attentions (`bool`, *optional*): Also return the attention maps (eager attention only); defaults
+                to `config.output_attentions`.
             return_dict (`bool`, *optional*): Return a `BackboneOutput` instead of a tuple.
         """
-        output_hidden_states = output_hidden_states if output_hidden_states is not None else False
-        output_attentions = output_attentions if output_attentions is not None else False
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
+        warn_if_attentions_unavailable(self.config, output_attentions)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         batch_size, _, height, width = pixel_values.shape
         patch = self.config.patch_size

@@ -53,9 +53,7 @@ def test_neck_gives_strides_4_to_32_for_any_multiple_of_the_patch(height, width)
 
 
 def test_patch_16_neck_is_deconv_bn_gelu_deconv_then_deconv_identity_maxpool():
-    config = CAEv2Config.from_preset(
-        "tiny", image_size=64, num_hidden_layers=4, num_masking_patches=4, teacher_grid_resampling="bilinear"
-    )
+    config = CAEv2Config.from_preset("tiny", image_size=64, num_hidden_layers=4)
     backbone = CAEv2Backbone(config).eval()
     assert [type(module).__name__ for module in backbone.fpn1] == [
         "ConvTranspose2d", "BatchNorm2d", "GELU", "ConvTranspose2d"
@@ -238,3 +236,12 @@ def test_upernet_builds_a_caev2_backbone_and_reloads_identically(tmp_path):
     reloaded = UperNetForSemanticSegmentation.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         torch.testing.assert_close(model(pixel_values).logits, reloaded(pixel_values).logits)
+
+
+def test_backbone_outputs_follow_the_config_flags():
+    config = backbone_config(output_hidden_states=True)
+    backbone = CAEv2Backbone(config).eval()
+    with torch.no_grad():
+        outputs = backbone(torch.randn(1, 3, 32, 32))
+        assert len(outputs.hidden_states) == config.num_hidden_layers + 1
+        assert backbone(torch.randn(1, 3, 32, 32), output_hidden_states=False).hidden_states is None

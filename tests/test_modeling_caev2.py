@@ -318,6 +318,35 @@ def test_mask_count_different_from_config_raises(pixel_values):
         build_model(cls=CAEv2Model)(pixel_values, bool_masked_pos=mask)
 
 
+@pytest.mark.parametrize(
+    ("batch", "patches", "dtype", "message"),
+    [
+        (1, 16, torch.bool, "expected \\(batch_size, num_patches\\) = \\(3, 16\\)"),  # one mask for three images
+        (3, 15, torch.bool, "bool_masked_pos has shape \\(3, 15\\)"),  # one patch short: it would be dropped
+        (3, 17, torch.bool, "bool_masked_pos has shape \\(3, 17\\)"),
+        (3, 16, torch.int64, "dtype torch.int64: pass a torch.bool mask"),  # a sum of 2s could pass the count check
+    ],
+)
+@pytest.mark.parametrize("cls", [CAEv2Model, CAEv2ForPreTraining])
+def test_mask_of_wrong_shape_or_dtype_raises(cls, batch, patches, dtype, message, pixel_values):
+    mask = torch.zeros(batch, patches, dtype=dtype)
+    mask[:, :6] = 1
+    with pytest.raises(ValueError, match=message):
+        build_model(cls=cls)(pixel_values, bool_masked_pos=mask)
+
+
+@pytest.mark.parametrize("cls", [CAEv2Model, CAEv2ForImageClassification, CAEv2ForPreTraining])
+def test_wrong_channel_count_names_the_config_field(cls):
+    with pytest.raises(ValueError, match="expected \\(batch_size, 3, height, width\\), with config.num_channels=3"):
+        build_model(cls=cls)(torch.randn(2, 4, 32, 32))
+
+
+def test_pretraining_refuses_another_resolution(pixel_values):
+    """The mask, the regressor's positions and the teacher's targets all follow config.image_size."""
+    with pytest.raises(ValueError, match="Pretraining takes 32x32 images \\(config.image_size\\), got .*48, 48"):
+        build_model()(torch.randn(2, 3, 48, 48), interpolate_pos_encoding=True)
+
+
 def test_missing_mask_draws_exact_random_count(pixel_values):
     outputs = build_model()(pixel_values)
     assert outputs.bool_masked_pos.sum(dim=1).tolist() == [6, 6, 6]
@@ -379,6 +408,31 @@ def test_classifier_loss_is_cross_entropy(pooling, pixel_values):
     torch.testing.assert_close(outputs.loss, torch.nn.functional.cross_entropy(outputs.logits, labels))
     if pooling == "mean":
         assert 0 < model.classifier.weight.abs().max() <= 5 * 0.02 * 0.001  # std 0.02 scaled by 0.001
+
+
+def test_finetuned_folder_loads_into_the_encoder_with_the_classifiers_pooling(tmp_path, pixel_values):
+    """AutoModel (or the feature-extraction pipeline) on a fine-tuned folder gives the features its head was
+    trained on: the normalised mean of the patch tokens, not the [CLS] token."""
+    classifier = build_model(build_tiny_config(num_labels=3), cls=CAEv2ForImageClassification)
+    classifier.save_pretrained(tmp_path / "finetuned")
+    encoder = AutoModel.from_pretrained(tmp_path / "finetuned").eval()
+    assert encoder.config.use_mean_pooling and encoder.use_mean_pooling
+    expected = classifier.caev2(pixel_values)
+    torch.testing.assert_close(encoder(pixel_values).pooler_output, expected.pooler_output)
+    torch.testing.assert_close(encoder(pixel_values).last_hidden_state, expected.last_hidden_state)
+    # A pretrained encoder keeps the [CLS] feature of the linear probe.
+    pretrained = build_model(cls=CAEv2Model)
+    assert not pretrained.use_mean_pooling
+    outputs = pretrained(pixel_values)
+    torch.testing.assert_close(outputs.pooler_output, outputs.last_hidden_state[:, 0])
+
+
+def test_linear_probe_head_needs_two_images_per_training_batch(pixel_values):
+    model = build_model(build_tiny_config(classifier_pooling="cls", num_labels=3), cls=CAEv2ForImageClassification)
+    model.train()
+    with pytest.raises(ValueError, match="train with batches of 2 or more .*dataloader_drop_last=True"):
+        model(pixel_values[:1], labels=torch.tensor([1]))
+    assert model.eval()(pixel_values[:1]).logits.shape == (1, 3)  # evaluation uses the running statistics
 
 
 def test_folder_saved_before_the_teacher_was_kept_reports_it_missing_and_refuses(tmp_path, pixel_values, fixed_mask):

@@ -285,7 +285,7 @@ def test_scalar_or_list_normalisation_statistics(tmp_path):
     processor = pipeline("image-feature-extraction", model=str(tmp_path)).image_processor
     assert list(processor.image_std) == [0.2, 0.2, 0.2] and list(processor.image_mean) == [0.5, 0.5, 0.5]
     assert CAEv2Config.from_pretrained(tmp_path).image_std == [0.2, 0.2, 0.2]
-    with pytest.raises(ValueError, match="2 values for 3 channels"):
+    with pytest.raises(ValueError, match=r"image_std=\[0.2, 0.3\] has 2 values for num_channels=3"):
         build_tiny_config(image_std=[0.2, 0.3])
 
 
@@ -315,3 +315,29 @@ def test_image_feature_extraction_pipeline_on_a_saved_encoder(tmp_path):
     torch.testing.assert_close(features, outputs.last_hidden_state, rtol=1e-5, atol=1e-5)
     pooled = torch.tensor(extractor(image, pool=True))
     torch.testing.assert_close(pooled, outputs.pooler_output, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+def test_attention_maps_asked_of_sdpa_warn_how_to_get_them(name, pixel_values, fixed_mask, caplog):
+    model = build(name).eval()  # SDPA, the default
+    logging.get_logger().warning_once.cache_clear()  # the warning is logged once per process
+    with caplog.at_level("WARNING"), torch.no_grad():
+        outputs = model(**model_inputs(name, pixel_values, fixed_mask), output_attentions=True)
+    assert not outputs.attentions
+    assert "attn_implementation='eager'" in caplog.text and "returns no attention maps" in caplog.text
+
+
+def test_pretraining_keeps_clip_blocks_whole_under_device_map():
+    model = build("pretraining")
+    assert {"CLIPEncoderLayer", "CAEv2Layer", "CAEv2RegressorLayer"} <= set(model._no_split_modules)
+
+
+@pytest.mark.parametrize("name", ["encoder", "classifier-cls"])
+def test_attention_switch_on_a_model_without_teacher_is_quiet(name):
+    model = build(name)
+    logger = logging.get_logger("transformers.modeling_utils")
+    logging.set_verbosity_warning()
+    with CaptureLogger(logger) as captured:
+        model.set_attn_implementation("eager")
+    assert captured.out == ""
+    assert model.config._attn_implementation == "eager" == model.config.teacher_config._attn_implementation

@@ -34,11 +34,13 @@ NEW_BACKBONE_KEYS = ("fpn", "relative_position_bias_table")  # what an encoder c
 
 
 def build_random_encoder_config(preset: str, overrides: dict | None) -> CAEv2Config:
-    """A randomly initialised encoder's config (the demo without its pretraining output); the teacher is irrelevant
-    here, so a grid mismatch with it is resampled rather than refused."""
+    """A randomly initialised encoder's config (the demo without its pretraining output)."""
     if preset not in CAEV2_PRESETS:
         raise UserError(f"model_preset={preset!r}: choose one of {sorted(CAEV2_PRESETS)}.")
-    return CAEv2Config.from_preset(preset, **{"teacher_grid_resampling": "bilinear", **(overrides or {})})
+    try:
+        return CAEv2Config.from_preset(preset, **(overrides or {}))
+    except ValueError as error:
+        raise UserError(f"--config_overrides: {error}") from error
 
 
 def describe_encoder_loading(source: str, backbone: CAEv2Backbone, loading_info: dict) -> str:
