@@ -351,4 +351,41 @@ def test_iterate_forever_raises_when_every_image_is_unreadable(tmp_path, monkeyp
 def test_open_image_dataset_without_streaming_refuses_an_empty_split(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: datasets.Dataset.from_dict({"image": []}))
     with pytest.raises(ValueError, match="The dataset has no examples"):
-        open_image_dataset(train_dir="unused", streaming=False)
+        open_image_dataset(data_files=["unused.parquet"], streaming=False)
+
+
+def write_images(root, *relative_paths: str) -> None:
+    for index, relative in enumerate(relative_paths):
+        path = os.path.join(root, relative)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        Image.new("RGB", (8, 8), (index, 0, 0)).save(path)
+
+
+def labels_by_file(dataset) -> dict[str, str]:
+    names = dataset.features["label"].names
+    return {os.path.basename(ex["image"]["path"]): names[ex["label"]] for ex in dataset}
+
+
+def test_image_folder_class_is_the_first_level_folder_at_any_depth(tmp_path) -> None:
+    write_images(tmp_path, "cat/2020/a.png", "cat/2021/b.png", "dog/2020/c.png", "dog/d.png")
+    assert labels_by_file(open_image_dataset(train_dir=str(tmp_path))) == {
+        "a.png": "cat", "b.png": "cat", "c.png": "dog", "d.png": "dog"
+    }  # fmt: skip
+
+
+def test_image_folder_classes_may_be_named_like_splits(tmp_path) -> None:
+    write_images(tmp_path, "cat/a.png", "test/b.png", "val/c.png")
+    assert labels_by_file(open_image_dataset(train_dir=str(tmp_path))) == {
+        "a.png": "cat",
+        "b.png": "test",
+        "c.png": "val",
+    }
+
+
+def test_folder_of_split_folders_reads_the_asked_split(tmp_path) -> None:
+    write_images(tmp_path, "train/cat/a.png", "train/dog/b.png", "val/cat/c.png", "val/dog/d.png")
+    assert labels_by_file(open_image_dataset(train_dir=str(tmp_path))) == {"a.png": "cat", "b.png": "dog"}
+    validation = open_image_dataset(train_dir=str(tmp_path), split="validation")
+    assert labels_by_file(validation) == {"c.png": "cat", "d.png": "dog"}
+    with pytest.raises(ValueError, match=r"split folders \['train', 'val'\] but none for the 'test' split"):
+        open_image_dataset(train_dir=str(tmp_path), split="test")

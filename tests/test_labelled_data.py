@@ -3,8 +3,15 @@
 from pathlib import Path
 
 import datasets
+import pytest
 
-from caev2_hf.evaluation.labelled_data import build_label_mappings, count_labels, describe_data_source
+from caev2_hf.cli import UserError
+from caev2_hf.evaluation.labelled_data import (
+    build_label_mappings,
+    count_labels,
+    describe_data_source,
+    resolve_class_names,
+)
 
 
 def test_data_description_changes_when_a_file_changes(tmp_path: Path):
@@ -29,3 +36,9 @@ def test_label_count_comes_from_the_dataset_card_when_it_has_split_sizes():
 
 def test_label_mappings_follow_the_class_order():
     assert build_label_mappings(["cat", "dog"]) == {"id2label": {0: "cat", 1: "dog"}, "label2id": {"cat": 0, "dog": 1}}
+
+
+def test_a_single_class_is_refused() -> None:
+    with pytest.raises(UserError, match=r"The training data has one class \(china\): a classifier needs at least 2"):
+        resolve_class_names(["china"], ["china"], 0, 0)
+    assert resolve_class_names(None, None, 2, 1) == ["0", "1", "2"]

@@ -292,7 +292,7 @@ def test_probe_refuses_validation_classes_the_head_does_not_have(encoder_dir: st
     (validation / "extra").mkdir()
     shutil.copy(next(Path(digits["validation"]).glob("3/*.png")), validation / "extra" / "x.png")
     arguments = probe_arguments(encoder_dir, {"train": digits["train"], "validation": str(validation)}, tmp_path)
-    with pytest.raises(ValueError, match="head's classes differ from the dataset's"):
+    with pytest.raises(UserError, match=r"validation data 11 \(0, 1, 2, 3, 4, \.\.\.\): give both the same class"):
         run_linear_probe.main([*arguments, "--protocol", "fast", "--cache_dir", str(tmp_path / "cache")])
 
 

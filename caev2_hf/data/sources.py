@@ -20,6 +20,12 @@ logger = logging.get_logger(__name__)
 IMAGE_COLUMN_CANDIDATES = ("image", "img", "jpg", "jpeg", "png", "webp")
 LABEL_COLUMN_CANDIDATES = ("label", "labels", "cls", "class")
 SOURCE_COLUMNS = ("__url__",)  # kept when present: a skipped shard member is logged as `shard:member`
+# Folder names read as splits (value: the split) when a folder holds nothing else (`find_split_folder`).
+SPLIT_FOLDERS = {
+    **dict.fromkeys(("train", "training"), "train"),
+    **dict.fromkeys(("val", "valid", "validation", "dev", "eval"), "validation"),
+    **dict.fromkeys(("test", "testing"), "test"),
+}
 MAX_IMAGE_FOLDER_SHARDS = 1024  # divisible by every power-of-two worker x process count up to 1024
 
 
@@ -62,39 +68,53 @@ def _resolve_column(columns: list[str], requested: str | None, candidates: Seque
     return requested or next((name for name in candidates if name in columns), None)
 
 
+def find_split_folder(root: str, split: str) -> str:
+    """`root` itself, or its `split` subfolder when every subfolder of `root` is named for a split (`train/`, `val/`,
+    `test/`, ...) and `root` holds no file of its own: ImageNet's layout passed by its top folder."""
+    entries = [entry for entry in os.scandir(root) if not entry.name.startswith(".")]
+    folders = {entry.name for entry in entries if entry.is_dir()}
+    if not folders or len(folders) < len(entries) or any(name.lower() not in SPLIT_FOLDERS for name in folders):
+        return root
+    matches = sorted(name for name in folders if SPLIT_FOLDERS[name.lower()] == SPLIT_FOLDERS.get(split, split))
+    if not matches:
+        raise ValueError(
+            f"{root} holds the split folders {sorted(folders)} but none for the {split!r} split: give the folder to "
+            "read itself (e.g. --train_dir DIR/train)."
+        )
+    others = sorted(folders - {matches[0]})
+    logger.info(f"Reading {os.path.join(root, matches[0])}, the {split!r} split of {root} (not {', '.join(others)}).")
+    return os.path.join(root, matches[0])
+
+
 def list_image_folder(train_dir: str, split: str = "train") -> tuple[list[str], list[str] | None]:
-    """(sorted image paths, class names or None) of an image folder, found as `datasets`' imagefolder finds them.
+    """(sorted image paths, the class of each or None) of an image folder.
 
-    The split's files come from `datasets`' own resolution (a `train/` subfolder, or the whole folder); images are
-    the files with an extension PIL opens; the class of an image is its parent folder's name, as in imagefolder.
+    Images are the files under the folder, at any depth, with an extension PIL opens (hidden folders are skipped).
+    When every image sits in a subfolder, the first-level subfolder is its class, whatever folders lie below it
+    (`train/n01440764/2020/x.jpg` is class n01440764). A folder made only of split folders reads the `split` one
+    (`find_split_folder`); otherwise a class may have any name, `test` or `val` included.
     """
-    import datasets
-    from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+    from PIL import Image
 
-    builder = datasets.load_dataset_builder("imagefolder", data_dir=train_dir)  # raises when the folder is empty
-    if split not in builder.config.data_files:
-        raise ValueError(f"No '{split}' split in {train_dir}: it has {list(builder.config.data_files)}.")
-    extensions = {extension.lower() for extension in ImageFolder.EXTENSIONS}
-    files = sorted(
-        path for path in builder.config.data_files[split] if os.path.splitext(path)[1].lower() in extensions
-    )
+    root = find_split_folder(train_dir, split)
+    extensions = {extension.lower() for extension in Image.registered_extensions()}
+    files = []
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        files += [os.path.join(folder, name) for name in names if os.path.splitext(name)[1].lower() in extensions]
     if not files:
-        raise ValueError(f"{train_dir} holds no image files (extensions {sorted(extensions)[:8]}...).")
-    parents = [os.path.dirname(path) for path in files]
-    in_class_folders = all(os.path.normpath(parent) != os.path.normpath(train_dir) for parent in parents)
-    class_names = sorted({os.path.basename(parent) for parent in parents}) if in_class_folders else None
-    return files, class_names
+        raise ValueError(f"{root} holds no image files (extensions {sorted(extensions)[:8]}...).")
+    files.sort()
+    relative = [os.path.relpath(path, root) for path in files]
+    in_class_folders = all(os.sep in path for path in relative)
+    return files, [path.split(os.sep)[0] for path in relative] if in_class_folders else None
 
 
-def _image_folder_examples(chunks: list[list[str]], class_names: tuple[str, ...] | None) -> Iterator[dict]:
-    """The generator of `open_image_folder`: one chunk of paths per shard; images stay undecoded."""
-    label_of = {name: index for index, name in enumerate(class_names or [])}
+def _image_folder_examples(chunks: list[list[tuple[str, int | None]]]) -> Iterator[dict]:
+    """The generator of `open_image_folder`: one chunk of (path, label) per shard; images stay undecoded."""
     for chunk in chunks:
-        for path in chunk:
-            example = {"image": {"bytes": None, "path": path}}
-            if class_names is not None:
-                example["label"] = label_of[os.path.basename(os.path.dirname(path))]
-            yield example
+        for path, label in chunk:
+            yield {"image": {"bytes": None, "path": path}} | ({} if label is None else {"label": label})
 
 
 def open_image_folder(train_dir: str, split: str = "train", num_shards: int | None = None) -> datasets.IterableDataset:
@@ -104,18 +124,20 @@ def open_image_folder(train_dir: str, split: str = "train", num_shards: int | No
     whose order `shuffle` redraws each epoch. Reading a file is left to the loader workers."""
     import datasets
 
-    files, class_names = list_image_folder(train_dir, split)
+    files, classes = list_image_folder(train_dir, split)
     num_shards = min(len(files), num_shards or MAX_IMAGE_FOLDER_SHARDS)
     features = {"image": datasets.Image(decode=False)}
-    if class_names is not None:
+    labels = [None] * len(files)
+    if classes is not None:
+        class_names = sorted(set(classes))
         features["label"] = datasets.ClassLabel(names=class_names)
+        label_of = {name: index for index, name in enumerate(class_names)}
+        labels = [label_of[name] for name in classes]
+    examples = list(zip(files, labels, strict=True))
     return datasets.IterableDataset.from_generator(
         _image_folder_examples,
         features=datasets.Features(features),
-        gen_kwargs={
-            "chunks": [files[shard::num_shards] for shard in range(num_shards)],
-            "class_names": tuple(class_names or ()) or None,
-        },  # a list would count as shards
+        gen_kwargs={"chunks": [examples[shard::num_shards] for shard in range(num_shards)]},  # the list: shards
     )
 
 
@@ -146,7 +168,7 @@ def open_image_dataset(
     elif train_dir is not None and streaming:
         dataset = open_image_folder(train_dir, split)
     elif train_dir is not None:
-        dataset = datasets.load_dataset("imagefolder", data_dir=train_dir, split=split)
+        dataset = datasets.Dataset.from_list(list(open_image_folder(train_dir, split)))
     else:
         builder = _builder_for_files(data_files)
         dataset = datasets.load_dataset(builder, data_files=data_files, split=split, streaming=streaming)

@@ -38,7 +38,10 @@ class ImageDataArguments:
     dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of the Hub dataset."})
     train_split: str = field(default="train", metadata={"help": "Training split of the Hub dataset."})
     validation_split: str = field(default="validation", metadata={"help": "Validation split of the Hub dataset."})
-    train_dir: str | None = field(default=None, metadata={"help": "Training image folder, one subfolder per class."})
+    train_dir: str | None = field(
+        default=None,
+        metadata={"help": "Training image folder, one subfolder per class (at any depth below it: cat/2020/1.jpg)."},
+    )
     validation_dir: str | None = field(default=None, metadata={"help": "Validation image folder, likewise."})
     train_files: list[str] | None = field(default=None, metadata={"help": "Training .tar or .parquet shards."})
     validation_files: list[str] | None = field(default=None, metadata={"help": "Validation shards, likewise."})

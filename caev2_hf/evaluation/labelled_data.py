@@ -9,6 +9,7 @@ import os
 import datasets
 from torch.utils.data import DataLoader, default_collate
 
+from ..cli import UserError
 from ..data.loader import PretrainImageStream
 from ..data.sources import open_image_dataset
 from .data_arguments import ImageDataArguments  # noqa: F401  the arguments of the data opened here
@@ -62,18 +63,24 @@ def resolve_class_names(
 ) -> list[str]:
     """The head's classes: the training data's ClassLabel names, else "0".."max label".
 
-    Refuses validation data whose classes differ from the head's: its accuracy would be meaningless.
+    Refuses a single class (every prediction would be right) and validation data whose classes differ from the
+    training data's (its accuracy would be meaningless).
     """
     if names and validation_names and names != validation_names:
-        raise ValueError(
-            f"The training data has {len(names)} classes ({names[:5]}...) and the validation data "
-            f"{len(validation_names)} ({validation_names[:5]}...): the head's classes differ from the dataset's."
+        raise UserError(
+            f"The training data has {len(names)} classes ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}) "
+            f"and the validation data {len(validation_names)} ({', '.join(validation_names[:5])}"
+            f"{', ...' if len(validation_names) > 5 else ''}): give both the same class subfolders."
         )
     names = names or [str(label) for label in range(max_train_label + 1)]
+    if len(names) < 2:
+        raise UserError(
+            f"The training data has one class ({names[0]}): a classifier needs at least 2, one subfolder per class."
+        )
     if max_validation_label >= len(names):
-        raise ValueError(
-            f"The validation data has label {max_validation_label}, but the head has {len(names)} classes (from the "
-            "training data): the head's class count differs from the dataset's."
+        raise UserError(
+            f"The validation data has label {max_validation_label}, but the training data has {len(names)} classes: "
+            "give both the same classes."
         )
     return names
 
