@@ -304,6 +304,21 @@ def check_data_source(data_args: PretrainingDataArguments, images_per_batch: int
         )
 
 
+def check_model_config(model_args: PretrainingModelArguments) -> None:
+    """The preset with its overrides must be a config the pretraining model can compute, every key a config field."""
+    if model_args.model_name_or_path:
+        return
+    from ..configuration_caev2 import CAEV2_PRESETS, CAEv2Config  # imports torch, which the run needs next anyway
+
+    if model_args.model_preset not in CAEV2_PRESETS:
+        raise UserError(f"--model_preset {model_args.model_preset}: choose one of {', '.join(CAEV2_PRESETS)}.")
+    try:
+        config = CAEv2Config.from_preset(model_args.model_preset, **(model_args.config_overrides or {}))
+        config.validate_for_pretraining()
+    except ValueError as error:
+        raise UserError(f"--config_overrides: {error}") from error
+
+
 def check_pretraining_arguments(
     model_args: PretrainingModelArguments,
     data_args: PretrainingDataArguments,
@@ -333,6 +348,7 @@ def check_pretraining_arguments(
             "(a stream has no length)."
         )
     check_data_source(data_args, training_args.per_device_train_batch_size * num_processes)
+    check_model_config(model_args)
     previous = find_previous_run(training_args.output_dir)
     if previous and not (training_args.resume_from_checkpoint or training_args.overwrite_output_dir):
         raise UserError(
