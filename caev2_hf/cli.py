@@ -191,6 +191,33 @@ def asks_for_help(argv: list[str]) -> bool:
     return any(token in ("-h", "--help") for token in argv)
 
 
+MERGED_MAPPINGS = ("config_overrides",)  # a mapping flag whose command-line keys add to the config file's
+
+
+def merge_mapping_flags(values: dict, argv: list[str]) -> list[str]:
+    """`--config_overrides '{"drop_path_rate": 0.0}'` on the command line changes that key of the config file's
+    mapping and keeps the others (replacing the whole mapping would drop e.g. the demo's image size and random
+    teacher). Text that is not a JSON mapping is left for the field's own check to report."""
+    merged, remaining = [], list(argv)
+    while remaining:
+        argument = remaining.pop(0)
+        flag, equals, text = argument.partition("=")
+        name = flag[2:] if flag.startswith("--") else None
+        if name not in MERGED_MAPPINGS or not isinstance(values.get(name), dict) or not (equals or remaining):
+            merged.append(argument)
+            continue
+        text = text if equals else remaining.pop(0)
+        try:
+            update = json.loads(text)
+        except json.JSONDecodeError:
+            update = None
+        if isinstance(update, dict):
+            values = {**values, name: {**values[name], **update}}
+            text = json.dumps(values[name])
+        merged += [flag, text]
+    return merged
+
+
 def parse_arguments_with_config(
     dataclass_types: tuple,
     argv: list[str] | None = None,
@@ -211,6 +238,7 @@ def parse_arguments_with_config(
         build_parser(help_dataclass_types or dataclass_types, description, help_epilog).parse_args(["--help"])
     config_path, argv = split_config_path(argv)
     values = read_config_file(config_path, dataclass_types) if config_path else {}
+    argv = merge_mapping_flags(values, argv)
     parser = build_parser(dataclass_types, description)
     *parsed, _, unknown = parser.parse_args_into_dataclasses(
         config_to_arguments(values) + argv, return_remaining_strings=True
@@ -241,6 +269,7 @@ def parse_known_arguments_with_config(
         known = {item.name for cls in dataclass_types for item in dataclasses.fields(cls) if item.init}
         everything = read_config_file(config_path, ())
         values = {key: value for key, value in everything.items() if key in known}
+    argv = merge_mapping_flags(values, argv)
     parser = build_parser(dataclass_types, description, allow_abbrev=False)
     *parsed, _, _ = parser.parse_args_into_dataclasses(
         config_to_arguments(values) + argv, return_remaining_strings=True

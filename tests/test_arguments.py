@@ -17,6 +17,7 @@ from caev2_hf.cli import (
     parse_known_arguments_with_config,
 )
 from caev2_hf.evaluation.data_arguments import ImageDataArguments
+from caev2_hf.pretraining.arguments import parse_pretraining_arguments
 
 
 @dataclass
@@ -46,6 +47,17 @@ def test_config_file_given_first_may_fill_required_fields(tmp_path: Path):
     config.write_text("output_dir: out\nepochs: 3\n")
     (arguments,) = parse_arguments_with_config((RequiredArguments,), [str(config), "--epochs", "5"])
     assert (arguments.output_dir, arguments.epochs) == ("out", 5)
+
+
+@pytest.mark.parametrize("form", ["separate", "inline"])
+def test_config_overrides_on_the_command_line_change_only_their_keys(form: str):
+    """The demo's YAML sets a 64 px image and a random teacher: overriding drop_path_rate must keep both."""
+    demo = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+    override = '{"drop_path_rate": 0.25}'
+    flags = ["--config_overrides", override] if form == "separate" else [f"--config_overrides={override}"]
+    model_args, _, _ = parse_pretraining_arguments([demo, *flags])
+    overrides = model_args.config_overrides
+    assert (overrides["drop_path_rate"], overrides["image_size"], overrides["use_random_teacher"]) == (0.25, 64, True)
 
 
 def test_config_file_with_an_unknown_key_is_refused_with_a_suggestion(tmp_path: Path):
