@@ -220,7 +220,9 @@ def train(
             step(next(stream))
         progress.update(1)
         is_last = update == numbers.max_steps
-        if update % training_args.logging_steps == 0 or is_last:
+        saves = update % training_args.save_steps == 0 or is_last
+        # A checkpoint also closes the logging window: a run resumed from it then logs the uninterrupted run's windows.
+        if update % training_args.logging_steps == 0 or saves:
             metrics = {**step.tracker.summarize(accelerator), "learning_rate": step.scheduler.get_last_lr()[0]}
             if curves is not None:
                 curves.record(update, metrics)
@@ -229,7 +231,7 @@ def train(
                 loss=f"{metrics['loss']:.4f}", lr=f"{metrics['learning_rate']:.3g}",
                 images_per_s=f"{metrics['images_per_second']:.1f}",
             )  # fmt: skip
-        if update % training_args.save_steps == 0 or is_last:
+        if saves:
             state = {**checkpoint_state, **step.tracker.totals(accelerator), "last_metrics": metrics}
             save_checkpoint(
                 accelerator, checkpoints_dir(training_args.output_dir), update, stream.position(), state,
@@ -339,7 +341,9 @@ def main(argv: list[str] | None = None) -> None:
             config.image_std, masks_per_image=training_args.masks_per_image,
         )  # fmt: skip
         run_name = tensorboard_run_name(state, training_args.output_dir)
-        accelerator.init_trackers(run_name, config=flat_hyperparameters(arguments))
+        # TensorBoard hides what the interrupted run logged after the checkpoint, so no step appears twice.
+        purge = {"tensorboard": {"purge_step": state["step"] + 1}} if state["step"] else {}
+        accelerator.init_trackers(run_name, config=flat_hyperparameters(arguments), init_kwargs=purge)
         checkpoint_state = {"numbers": numbers.to_dict(), "arguments": arguments, "run_name": run_name}
         curves = TrainingCurves(training_args.output_dir, state["step"], logger)
         metrics = train(step, stream, training_args, numbers, state["step"], checkpoint_state, curves)

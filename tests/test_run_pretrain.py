@@ -128,15 +128,30 @@ def test_resume_matches_uninterrupted_run(
     tmp_path: Path, demo_image_folder: str, demo_tar_shards: list[str], monkeypatch, source: str, num_workers: int
 ) -> None:
     # 16 (folder) or 32 (shards) images, 2 micro-batches of 4 per update: update 3 ends inside the second epoch
-    # (folder) or first epoch (shards), and the crash below hits the middle of update 4's accumulation.
+    # (folder) or first epoch (shards), and the crash below hits the middle of update 5's accumulation, after the
+    # checkpoint at 3 and the log at 4.
     data = {"train_dir": demo_image_folder} if source == "folder" else {"data_files": demo_tar_shards}
-    arguments = dict(gradient_accumulation_steps=2, max_steps=6, save_steps=3, dataloader_num_workers=num_workers)
+    arguments = dict(gradient_accumulation_steps=2, max_steps=6, save_steps=3, dataloader_num_workers=num_workers,
+                     logging_steps=2, report_to="tensorboard")  # fmt: skip
     uninterrupted = write_config(tmp_path, "uninterrupted", **data, **arguments)
     interrupted = write_config(tmp_path, "interrupted", **data, **arguments)
     run_pretrain.main(["--config", uninterrupted])
 
-    run_until_preempted(monkeypatch, interrupted, step_calls=7)  # the middle of update 4's accumulation
+    run_until_preempted(monkeypatch, interrupted, step_calls=9)  # the middle of update 5's accumulation
     run_pretrain.main(["--config", interrupted, "--resume_from_checkpoint", "latest"])
+
+    # The logs: the checkpoint at 3 closes a window too, so the resumed run logs the same windows (2, 3, 4, 6), and
+    # TensorBoard hides what the interrupted run logged after its checkpoint (update 4, before the crash).
+    histories = [
+        json.loads((tmp_path / name / "loss_history.json").read_text()) for name in ("uninterrupted", "interrupted")
+    ]
+    assert [row["step"] for row in histories[1]] == [row["step"] for row in histories[0]] == [2, 3, 4, 6]
+    for row, other in zip(*histories, strict=True):
+        assert row["metrics"]["loss"] == pytest.approx(other["metrics"]["loss"], rel=1e-6)
+    (interrupted_logs,) = (tmp_path / "interrupted" / "logs").iterdir()
+    events = EventAccumulator(str(interrupted_logs))
+    events.Reload()
+    assert [event.step for event in events.Scalars("train/loss")] == [2, 3, 4, 6]
 
     expected, resumed = final_weights(tmp_path / "uninterrupted"), final_weights(tmp_path / "interrupted")
     assert expected.keys() == resumed.keys()
@@ -319,7 +334,7 @@ def test_fewer_shards_than_processes_is_reported(tmp_path: Path, demo_tar_shards
 
 def test_resume_from_a_missing_checkpoint_is_reported(tmp_path: Path, demo_image_folder: str) -> None:
     config = write_config(tmp_path, train_dir=demo_image_folder)
-    with pytest.raises(FileNotFoundError, match="is not a complete checkpoint"):
+    with pytest.raises(UserError, match="is not a complete checkpoint"):
         run_pretrain.main(["--config", config, "--resume_from_checkpoint", str(tmp_path / "no-such-checkpoint")])
 
 
