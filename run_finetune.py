@@ -1,5 +1,5 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
-"""Fine-tune a pretrained CAE v2 encoder on image classification with the transformers Trainer (docs/method.md#recipes).
+r"""Fine-tune a pretrained CAE v2 encoder on image classification with the transformers Trainer (docs/method.md#recipes).
 
     python run_finetune.py configs/finetune-vit-base.yaml --model outputs/caev2-vit-base/final
     accelerate launch --num_processes 8 run_finetune.py configs/finetune-vit-base.yaml --learning_rate 1e-4

@@ -1,5 +1,5 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
-"""Linear probing of a frozen encoder: the authors' protocol (`official`) or one over cached features (`fast`).
+r"""Linear probing of a frozen encoder: the authors' protocol (`official`) or one over cached features (`fast`).
 
     python run_linear_probe.py configs/linear-probe-vit-base.yaml --model outputs/caev2-vit-base/final
     accelerate launch --num_processes 8 run_linear_probe.py configs/linear-probe-vit-base.yaml   # official, 8 GPUs

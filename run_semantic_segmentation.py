@@ -1,5 +1,5 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
-"""Semantic segmentation with UperNet on a CAE v2 backbone through the transformers Trainer (docs/segmentation.md).
+r"""Semantic segmentation with UperNet on a CAE v2 backbone through the transformers Trainer (docs/segmentation.md).
 
     python run_semantic_segmentation.py configs/demo-segmentation.yaml          # offline demo, minutes on a CPU
     accelerate launch --num_processes 8 run_semantic_segmentation.py configs/segmentation-vit-base.yaml \

@@ -42,6 +42,8 @@ def inputs(tmp_path_factory) -> Path:
     (root / "encoder").mkdir()
     (root / "encoder" / "config.json").write_text('{"model_type": "caev2"}')
     (root / "previous_run" / "checkpoints" / "checkpoint-00000010").mkdir(parents=True)
+    (root / "final").mkdir()
+    (root / "final" / "config.json").write_text('{"model_type": "caev2", "architectures": ["CAEv2Model"]}')
     return root
 
 
@@ -61,7 +63,7 @@ def pretrain_probe_and_convert_cases() -> list[tuple[str, list[str], list[str]]]
         ("pretrain-zero-batch", [*PRETRAIN, DEMO_CONFIG, "--per_device_train_batch_size", "0"],
          ["--per_device_train_batch_size 0", "greater than 0"]),
         ("pretrain-batch-larger-than-data", [*PRETRAIN, DEMO_CONFIG, "--per_device_train_batch_size", "512"],
-         ["128 images", "fewer than one batch of 512", "--per_device_train_batch_size"]),
+         ["128 images", "fewer than a batch of 512", "--per_device_train_batch_size"]),
         ("pretrain-no-data", [*PRETRAIN, "--max_steps", "2"], ["No training data", "--train_dir"]),
         ("pretrain-two-sources", [*PRETRAIN, "--train_dir", "{root}/good", "--dataset_name", "x/y", "--max_steps", "2"],
          ["one data source", "--train_dir", "--dataset_name"]),
@@ -71,6 +73,15 @@ def pretrain_probe_and_convert_cases() -> list[tuple[str, list[str], list[str]]]
          [*PRETRAIN, DEMO_CONFIG, "--output_dir", "{root}/previous_run"],
          ["holds another run", "--resume_from_checkpoint latest", "--overwrite_output_dir"]),
         ("pretrain-missing-config-file", [*PRETRAIN, "--config", "{root}/nothere.yaml"], ["no such file"]),
+        ("pretrain-from-an-encoder-folder", [*PRETRAIN, DEMO_CONFIG, "--model_name_or_path", "{root}/final"],
+         ["--model_name_or_path", "holds a CAEv2Model", "final/pretraining"]),
+        ("pretrain-from-a-folder-without-config",
+         [*PRETRAIN, DEMO_CONFIG, "--model_name_or_path", "{root}/previous_run/checkpoints/checkpoint-00000010"],
+         ["--model_name_or_path", "holds no config.json", "final/pretraining"]),
+        ("pretrain-image-as-data-files", [*PRETRAIN, DEMO_CONFIG, "--data_files", "{root}/photo.jpg", "--demo_dir", ""],
+         ["--data_files", "photo.jpg: give .tar (webdataset) or .parquet shards", "--train_dir"]),
+        ("pretrain-output-dir-is-a-file", [*PRETRAIN, DEMO_CONFIG, "--output_dir", "{root}/notes.txt"],
+         ["--output_dir", "notes.txt is a file"]),
         ("pretrain-override-typo", [*PRETRAIN, DEMO_CONFIG, "--config_overrides", '{"drop_path_rte": 0.0}'],
          ["--config_overrides", "'drop_path_rte' is not a CAEv2Config field", "did you mean 'drop_path_rate'"]),
         ("pretrain-override-too-many-masked", [*PRETRAIN, DEMO_CONFIG, "--config_overrides", '{"num_masking_patches": 500}'],

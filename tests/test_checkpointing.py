@@ -8,6 +8,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
+from caev2_hf.cli import UserError
 from caev2_hf.data.loader import build_pretrain_loader
 from caev2_hf.data.masking import RandomMaskGenerator
 from caev2_hf.data.sources import open_image_dataset
@@ -71,7 +72,7 @@ def test_list_checkpoints_ignores_half_written_folders(tmp_path: Path) -> None:
 def test_resolve_resume_checkpoint_starts_fresh_or_refuses_a_missing_path(tmp_path: Path) -> None:
     assert resolve_resume_checkpoint(None, str(tmp_path)) is None
     assert resolve_resume_checkpoint("latest", str(tmp_path / "not-yet-created")) is None
-    with pytest.raises(FileNotFoundError, match="'/no/such/checkpoint' is not a complete checkpoint"):
+    with pytest.raises(UserError, match="--resume_from_checkpoint /no/such/checkpoint is not a complete checkpoint"):
         resolve_resume_checkpoint("/no/such/checkpoint", str(tmp_path))
 
 
@@ -93,8 +94,21 @@ def test_load_checkpoint_refuses_another_number_of_processes(tmp_path: Path, fre
     write_checkpoint_folder(tmp_path / "checkpoint-00000003", step=3)
     state_file = tmp_path / "checkpoint-00000003" / "training_state.json"
     state_file.write_text(json.dumps({"step": 3, "data_positions": [{}, {}]}))
-    with pytest.raises(ValueError, match="written by 2 process\\(es\\) but this run has 1"):
+    with pytest.raises(UserError, match="written by 2 process\\(es\\) but this run has 1"):
         load_checkpoint(Accelerator(cpu=True), str(tmp_path / "checkpoint-00000003"))
+
+
+def test_a_damaged_checkpoint_is_named_with_the_way_out(tmp_path: Path, fresh_accelerate_state) -> None:
+    accelerator = Accelerator(cpu=True)
+    prepared_linear(accelerator)
+    path = save_checkpoint(accelerator, str(tmp_path), 7, {}, {}, save_total_limit=1)
+    weights = Path(path) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:20])  # cut short, as by a full disk
+    with pytest.raises(UserError, match=r"Cannot resume from .*checkpoint-00000007 \(.*\): resume from an earlier"):
+        load_checkpoint(accelerator, path)
+    (Path(path) / "training_state.json").write_text('{"step": 7,')
+    with pytest.raises(UserError, match=r"training_state.json is damaged .*: move that checkpoint folder away"):
+        resolve_resume_checkpoint("latest", str(tmp_path))
 
 
 def build_loader(tar_paths: list[str], num_workers: int = 0) -> torch.utils.data.DataLoader:

@@ -224,7 +224,7 @@ def test_a_lane_without_any_usable_image_raises(tmp_path) -> None:
 
 def test_resume_with_another_worker_count_is_refused(demo_tar_shards) -> None:
     loader = build_pretrain_loader(open_image_dataset(data_files=demo_tar_shards), PretrainCrop(8), None, 2, 0, 0)
-    with pytest.raises(ValueError, match=r"written with 2 loader worker\(s\) per process but this run has 1"):
+    with pytest.raises(ValueError, match=r"written with dataloader_num_workers=2 but this run has 0: .* 2 again"):
         ResumableBatchStream(loader, {"batches": 4, "lanes": [None, None]})
 
 

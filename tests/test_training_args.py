@@ -89,9 +89,22 @@ def check(argv: list[str], num_processes: int = 1) -> None:
 
 def test_check_accepts_a_folder_with_enough_images_for_a_batch(tmp_path: Path) -> None:
     images = write_images(tmp_path / "images", 8)
-    check(["--train_dir", images, "--max_steps", "1", "--per_device_train_batch_size", "4"], num_processes=2)
-    with pytest.raises(UserError, match="holds 8 images, fewer than one batch of 12"):
-        check(["--train_dir", images, "--max_steps", "1", "--per_device_train_batch_size", "4"], num_processes=3)
+    one_worker = ["--train_dir", images, "--max_steps", "1", "--dataloader_num_workers", "0"]
+    check([*one_worker, "--per_device_train_batch_size", "4"], num_processes=2)
+    with pytest.raises(
+        UserError,
+        match=r"holds 8 images, fewer than a batch of 4 for each of 3 process\(es\) x 1 loader worker\(s\) \(12",
+    ):
+        check([*one_worker, "--per_device_train_batch_size", "4"], num_processes=3)
+    # Each loader worker batches its own files: 8 images among 4 workers are 2 each, short of a batch of 4.
+    with pytest.raises(
+        UserError,
+        match=r"fewer than a batch of 4 for each of 2 process\(es\) x 4 loader worker\(s\) "
+        r"\(32 images\): lower --per_device_train_batch_size or --dataloader_num_workers",
+    ):
+        check(["--train_dir", images, "--max_steps", "1", "--per_device_train_batch_size", "4"], num_processes=2)
+    check(["--train_dir", images, "--max_steps", "1", "--per_device_train_batch_size", "2", "--dataloader_num_workers",
+           "2"], num_processes=2)  # fmt: skip
 
 
 def test_check_refuses_two_data_sources_and_names_both(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ is one flat mapping whose keys are the field names of the three dataclasses (see
 """
 
 import glob
+import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -37,7 +38,8 @@ class PretrainingModelArguments:
         default=None,
         metadata={
             "help": "CAEv2Config fields replacing the preset's, e.g. {'drop_path_rate': 0.0} (a mapping in YAML, JSON "
-            "on the command line). `teacher_config` takes a CLIPVisionConfig mapping."
+            "on the command line, where its keys replace those of the config file's mapping and keep the others). "
+            "`teacher_config` takes a CLIPVisionConfig mapping."
         },
     )
     model_name_or_path: str | None = field(
@@ -263,8 +265,12 @@ def find_previous_run(output_dir: str) -> list[str]:
     ]
 
 
-def check_data_source(data_args: PretrainingDataArguments, images_per_batch: int) -> None:
-    """Exactly one data source, and a local one that exists and holds at least one batch of images."""
+def check_data_source(data_args: PretrainingDataArguments, batch_size: int, num_processes: int = 1) -> None:
+    """Exactly one data source, and a local one that exists and holds a batch of images for every loader worker of
+    every process: each worker batches its own share of the files alone (a folder of N images is N shards, and a
+    process has no more workers than shards)."""
+    workers = max(1, data_args.dataloader_num_workers)
+    images_per_batch = batch_size * num_processes * workers  # enough for any folder
     sources = {
         "--dataset_name": data_args.dataset_name,
         "--train_dir": data_args.train_dir,
@@ -287,6 +293,11 @@ def check_data_source(data_args: PretrainingDataArguments, images_per_batch: int
         for pattern in data_args.data_files:
             if not glob.glob(pattern):
                 raise UserError(f"--data_files {pattern}: no such file. Check the path or the glob pattern.")
+            if not pattern.endswith((".tar", ".parquet")):
+                raise UserError(
+                    f"--data_files {pattern}: give .tar (webdataset) or .parquet shards; for a folder of images, "
+                    "use --train_dir."
+                )
     elif data_args.demo_dir:
         if os.path.exists(data_args.demo_dir):
             num_images = check_image_folder(data_args.demo_dir, "--demo_dir", at_least=images_per_batch)
@@ -297,10 +308,40 @@ def check_data_source(data_args: PretrainingDataArguments, images_per_batch: int
             )
         else:
             num_images = data_args.num_demo_images
-    if num_images is not None and num_images < images_per_batch:
+    if num_images is None or num_images >= images_per_batch:
+        return
+    workers = max(1, min(workers, num_images // num_processes))  # the loader's own cap: one shard at least each
+    if num_images // (num_processes * workers) < batch_size:
+        fix = "lower --per_device_train_batch_size" + (" or --dataloader_num_workers" if workers > 1 else "")
         raise UserError(
-            f"The data holds {num_images} images, fewer than one batch of {images_per_batch} "
-            "(per_device_train_batch_size x processes): lower --per_device_train_batch_size or add images."
+            f"The data holds {num_images} image{'s' if num_images != 1 else ''}, fewer than a batch of {batch_size} "
+            f"for each of {num_processes} process(es) x {workers} loader worker(s) "
+            f"({batch_size * num_processes * workers} images): {fix}, or add images."
+        )
+
+
+def check_pretraining_folder(path: str) -> None:
+    """`--model_name_or_path` must be a saved `CAEv2ForPreTraining` (or a Hub id): an encoder folder (`final/`)
+    lacks the regressor and head, which would start random, and a checkpoint folder holds no config."""
+    fix = "give a saved CAEv2ForPreTraining, e.g. a previous run's final/pretraining"
+    if not os.path.isdir(path):
+        if os.path.exists(path) or path.startswith((".", "/")):
+            raise UserError(f"--model_name_or_path {path}: no such folder; {fix}.")
+        return  # a Hub id
+    config_file = os.path.join(path, "config.json")
+    if not os.path.isfile(config_file):
+        resume = (
+            " (to continue a run from a checkpoint, use --resume_from_checkpoint)"
+            if glob.glob(os.path.join(path, "*.safetensors"))
+            else ""
+        )
+        raise UserError(f"--model_name_or_path {path} holds no config.json{resume}: {fix}.")
+    with open(config_file) as file:
+        architectures = json.load(file).get("architectures") or []
+    if architectures and "CAEv2ForPreTraining" not in architectures:
+        raise UserError(
+            f"--model_name_or_path {path} holds a {architectures[0]}, without the regressor and head pretraining "
+            f"continues: {fix}."
         )
 
 
@@ -336,18 +377,18 @@ def check_pretraining_arguments(
     )
     if data_args.dataloader_num_workers < 0 or data_args.num_demo_images < 0:
         raise UserError("--dataloader_num_workers and --num_demo_images must be 0 or more.")
-    if model_args.model_name_or_path and not os.path.isdir(model_args.model_name_or_path):
-        if os.path.exists(model_args.model_name_or_path) or model_args.model_name_or_path.startswith((".", "/")):
-            raise UserError(
-                f"--model_name_or_path {model_args.model_name_or_path}: no such folder (a saved CAEv2ForPreTraining, "
-                "e.g. a previous run's final/pretraining)."
-            )
+    if model_args.model_name_or_path:
+        check_pretraining_folder(model_args.model_name_or_path)
+    if os.path.exists(training_args.output_dir) and not os.path.isdir(training_args.output_dir):
+        raise UserError(
+            f"--output_dir {training_args.output_dir} is a file: give a folder (it is created if missing)."
+        )
     if training_args.max_steps is None and None in (training_args.num_train_epochs, training_args.num_train_examples):
         raise UserError(
             "The run has no length: give --max_steps N, or --num_train_epochs E with --num_train_examples N "
             "(a stream has no length)."
         )
-    check_data_source(data_args, training_args.per_device_train_batch_size * num_processes)
+    check_data_source(data_args, training_args.per_device_train_batch_size, num_processes)
     check_model_config(model_args)
     previous = find_previous_run(training_args.output_dir)
     if previous and not (training_args.resume_from_checkpoint or training_args.overwrite_output_dir):

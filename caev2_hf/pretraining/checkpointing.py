@@ -20,7 +20,10 @@ from collections.abc import Iterator
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
+from safetensors import SafetensorError
 from transformers.utils import logging
+
+from ..cli import UserError
 
 
 logger = logging.get_logger(__name__)
@@ -50,10 +53,11 @@ class ResumableBatchStream:
         position = position or {}
         self.lanes = list(position.get("lanes") or [None] * num_lanes)
         if len(self.lanes) != num_lanes:
-            raise ValueError(
-                f"The checkpoint's data position was written with {len(self.lanes)} loader worker(s) per process but "
-                f"this run has {num_lanes}: each worker resumes its own part of the stream, so set "
-                f"dataloader_num_workers={len(self.lanes)} (or the number of shards, if lower) again."
+            written = "0 or 1" if len(self.lanes) == 1 else str(len(self.lanes))
+            raise UserError(
+                f"The checkpoint's data position was written with dataloader_num_workers={written} but this run has "
+                f"{dataloader.num_workers}: each worker resumes its own part of the stream, so set "
+                f"--dataloader_num_workers {written.split()[-1]} again."
             )
         self.num_batches = position.get("batches", 0)
         replayed = self.num_batches % num_lanes  # lanes 0 .. replayed-1 were polled in the unfinished round
@@ -94,8 +98,15 @@ class ResumableBatchStream:
 
 
 def read_training_state(checkpoint: str) -> dict:
-    with open(os.path.join(checkpoint, TRAINING_STATE_NAME), encoding="utf-8") as file:
-        return json.load(file)
+    path = os.path.join(checkpoint, TRAINING_STATE_NAME)
+    try:
+        with open(path, encoding="utf-8") as file:
+            return json.load(file)
+    except json.JSONDecodeError as error:
+        raise UserError(
+            f"{path} is damaged ({error}): move that checkpoint folder away, or resume from another with "
+            "--resume_from_checkpoint PATH."
+        ) from error
 
 
 def list_checkpoints(checkpoints_dir: str) -> list[str]:
@@ -120,8 +131,8 @@ def resolve_resume_checkpoint(resume_from_checkpoint: str | None, checkpoints_di
         return checkpoints[-1] if checkpoints else None
     if not os.path.isfile(os.path.join(resume_from_checkpoint, TRAINING_STATE_NAME)):
         available = list_checkpoints(checkpoints_dir)
-        raise FileNotFoundError(
-            f"resume_from_checkpoint={resume_from_checkpoint!r} is not a complete checkpoint (no "
+        raise UserError(
+            f"--resume_from_checkpoint {resume_from_checkpoint} is not a complete checkpoint (no "
             f"{TRAINING_STATE_NAME} there). Complete checkpoints in {checkpoints_dir}: {available or 'none'}; or "
             "pass --resume_from_checkpoint latest."
         )
@@ -176,9 +187,16 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: str) -> dict:
     state = read_training_state(checkpoint)
     positions = state["data_positions"]
     if len(positions) != accelerator.num_processes:
-        raise ValueError(
+        raise UserError(
             f"{checkpoint} was written by {len(positions)} process(es) but this run has {accelerator.num_processes}: "
             "each process resumes its own part of the stream, so launch with the same number of processes."
         )
-    accelerator.load_state(checkpoint)
+    try:
+        accelerator.load_state(checkpoint)
+    except (OSError, RuntimeError, ValueError, SafetensorError) as error:  # a damaged file or another model's state
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(
+            f"Cannot resume from {checkpoint} ({reason}): resume from an earlier checkpoint "
+            "(--resume_from_checkpoint PATH), or with the arguments that wrote it."
+        ) from error
     return {**state, "data_position": positions[accelerator.process_index]}

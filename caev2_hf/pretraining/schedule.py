@@ -63,7 +63,10 @@ def compute_training_numbers(
         raise ValueError("The run has no updates: set max_steps >= 1, or num_train_epochs and num_train_examples.")
     warmup = _steps(warmup_steps, warmup_epochs, steps_per_epoch, "warmup") or 0
     if warmup > total:
-        raise ValueError(f"warmup ({warmup} updates) is longer than the run ({total} updates).")
+        raise ValueError(
+            f"warmup ({warmup} updates) is longer than the run ({total} updates): lower --warmup_steps (or "
+            "--warmup_epochs), or lengthen the run."
+        )
     return TrainingNumbers(
         num_processes=num_processes,
         effective_batch_size=effective_batch_size,
