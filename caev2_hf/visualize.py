@@ -24,15 +24,36 @@ import sys
 from dataclasses import dataclass
 from types import SimpleNamespace
 
-import numpy as np
-import torch
-from PIL import Image, ImageOps
-from transformers.utils import logging as transformers_logging
 
-from .configuration_caev2 import CAEv2Config
-from .data.masking import build_mask_generator
-from .modeling_caev2 import CAEv2ForPreTraining, CAEv2Model
-from .plots import import_pyplot, missing_matplotlib_message
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m caev2_hf.visualize", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", required=True, help="Hub id or folder of a CAE v2 checkpoint (any head).")
+    parser.add_argument("--image", nargs="+", required=True, help="One or more image files.")
+    parser.add_argument("--output_dir", required=True, help="Where <image name>.png are written.")
+    parser.add_argument("--image_size", type=int, help="Crop size in pixels, a multiple of the patch size.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the masks (one generator for all images).")
+    parser.add_argument(
+        "--load_teacher", action="store_true",
+        help="Load the CLIP teacher from config.teacher_name_or_path (a download) when the folder holds none with weights.",
+    )  # fmt: skip
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda.")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":  # `--help` and a bad argument are answered here, before torch is imported
+    ARGUMENTS = parse_arguments(None)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, ImageOps  # noqa: E402
+from transformers.utils import logging as transformers_logging  # noqa: E402
+
+from .configuration_caev2 import CAEv2Config  # noqa: E402
+from .data.masking import build_mask_generator  # noqa: E402
+from .modeling_caev2 import CAEv2ForPreTraining, CAEv2Model  # noqa: E402
+from .plots import import_pyplot, missing_matplotlib_message  # noqa: E402
 
 
 PRETRAINING_SUBFOLDER = "pretraining"  # where run_pretrain.py puts the full model, under final/
@@ -339,44 +360,35 @@ def describe(panels: Panels) -> str:
     return text + (f" ({panels.note})" if panels.note else "")
 
 
-def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m caev2_hf.visualize", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", required=True, help="Hub id or folder of a CAE v2 checkpoint (any head).")
-    parser.add_argument("--image", nargs="+", required=True, help="One or more image files.")
-    parser.add_argument("--output_dir", required=True, help="Where <image name>.png are written.")
-    parser.add_argument("--image_size", type=int, help="Crop size in pixels, a multiple of the patch size.")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the masks (one generator for all images).")
-    parser.add_argument(
-        "--load_teacher", action="store_true",
-        help="Load the CLIP teacher from config.teacher_name_or_path (a download) when the folder holds none with weights.",
-    )  # fmt: skip
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda.")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_arguments(argv)
+def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> int:
+    args = args or parse_arguments(argv)
     torch.manual_seed(args.seed)  # a random teacher is drawn again at load: the same one on every call
     encoder, pretraining_model = load_models(args.model, args.load_teacher, args.device)
     image_size = args.image_size or encoder.config.image_size
     check_image_size(image_size, encoder.config)
     pyplot = import_pyplot()
     rng = np.random.default_rng(args.seed)
+    skipped = 0
     for image_path, output_path in zip(args.image, output_paths(args.image, args.output_dir), strict=True):
-        panels = compute_panels(encoder, load_image(image_path, image_size), rng, pretraining_model)
+        try:
+            image = load_image(image_path, image_size)
+        except (OSError, ValueError) as error:  # missing, empty, corrupt or not an image: the others still get theirs
+            print(f"{image_path}: skipped, not a readable image ({type(error).__name__}: {error})", file=sys.stderr)
+            skipped += 1
+            continue
+        panels = compute_panels(encoder, image, rng, pretraining_model)
         if pyplot is not None:
             title = f"{os.path.basename(image_path)}, {args.model} ({image_size} px)"
             render(panels, output_path, title)
             print(f"{output_path}: {describe(panels)}")
         else:
             print(f"{image_path}: {describe(panels)}")
+    if skipped:
+        print(f"{skipped} of {len(args.image)} image(s) skipped.", file=sys.stderr)
     if pyplot is None:
         print(missing_matplotlib_message("visualisation"), file=sys.stderr)
-        return 1
-    return 0
+    return 1 if pyplot is None or skipped else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(args=ARGUMENTS))

@@ -210,6 +210,19 @@ def test_command_on_an_encoder_folder_and_another_resolution(tmp_path: Path, cap
         visualize.main(arguments + ["--image_size", "50"])
 
 
+def test_unreadable_images_are_skipped_and_counted(tmp_path: Path, capsys):
+    final = save_tiny_run(tmp_path / "final")
+    (good,) = write_images(tmp_path / "images", [(32, 32)])
+    empty = tmp_path / "images" / "empty.jpg"
+    empty.write_bytes(b"")
+    arguments = ["--model", str(final), "--output_dir", str(tmp_path / "out")]
+    assert visualize.main([*arguments, "--image", str(empty), good, str(tmp_path / "missing.png")]) == 1
+    printed = capsys.readouterr()
+    assert sorted(os.listdir(tmp_path / "out")) == ["photo0.png"]
+    assert f"{empty}: skipped, not a readable image (UnidentifiedImageError" in printed.err
+    assert "2 of 3 image(s) skipped." in printed.err and "photo0.png: mask 6/16 patches" in printed.out
+
+
 def test_command_is_reproducible(tmp_path: Path, capsys):
     final = save_tiny_run(tmp_path / "final")
     images = write_images(tmp_path / "images", [(32, 32)])
