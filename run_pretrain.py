@@ -59,6 +59,7 @@ from caev2_hf.data.transforms import PretrainCrop
 from caev2_hf.plots import TrainingCurves
 from caev2_hf.pretraining.checkpointing import (
     ResumableBatchStream,
+    list_checkpoints,
     load_checkpoint,
     resolve_resume_checkpoint,
     save_checkpoint,
@@ -350,6 +351,12 @@ def main(argv: list[str] | None = None) -> None:
         # A resumed run that had already finished trains no update: its loss is the last checkpoint's.
         final_loss = metrics.get("loss", state.get("last_metrics", {}).get("loss"))
         finish(accelerator, model, arguments, numbers, final_loss)
+    except KeyboardInterrupt:
+        if accelerator.is_main_process:
+            saved = list_checkpoints(checkpoints_dir(training_args.output_dir))
+            where = f"the last checkpoint is {saved[-1]}" if saved else "no checkpoint was written yet"
+            logger.warning(f"Interrupted: {where}. The same command with --resume_from_checkpoint latest continues.")
+        raise
     finally:
         accelerator.end_training()  # closes the trackers and destroys the process group
 

@@ -23,6 +23,7 @@ import yaml
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 USER_ERROR_EXIT_CODE = 2  # argparse's status for a bad command line
+INTERRUPTED_EXIT_CODE = 130  # the shell's status for a command ended by Ctrl-C (128 + SIGINT)
 
 
 class UserError(ValueError):
@@ -30,12 +31,16 @@ class UserError(ValueError):
 
 
 def run_main(main: Callable[[], object]) -> None:
-    """Runs a command-line entry point: a `UserError` ends it with `error: <message>` on stderr and exit status 2."""
+    """Runs a command-line entry point: a `UserError` ends it with `error: <message>` on stderr and exit status 2,
+    Ctrl-C with `interrupted` and the shell's status 130 (what to do next was logged where it is known)."""
     try:
         main()
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT_CODE)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(INTERRUPTED_EXIT_CODE)
 
 
 def parse_json_mapping(value: dict | str | None, flag: str, example: str) -> dict | None:

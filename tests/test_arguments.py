@@ -15,6 +15,7 @@ from caev2_hf.cli import (
     config_to_arguments,
     parse_arguments_with_config,
     parse_known_arguments_with_config,
+    run_main,
 )
 from caev2_hf.evaluation.data_arguments import ImageDataArguments
 from caev2_hf.pretraining.arguments import parse_pretraining_arguments
@@ -157,3 +158,12 @@ def test_argument_modules_import_without_torch_and_the_package_still_registers_o
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_ctrl_c_ends_a_command_in_one_line_with_status_130(capsys):
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exited:
+        run_main(interrupted)
+    assert exited.value.code == 130 and capsys.readouterr().err == "interrupted\n"

@@ -125,7 +125,13 @@ def test_demo_config_runs_end_to_end_and_its_final_folder_loads(tmp_path: Path) 
 
 @pytest.mark.parametrize("source, num_workers", [("folder", 0), ("folder", 2), ("shards", 2)])
 def test_resume_matches_uninterrupted_run(
-    tmp_path: Path, demo_image_folder: str, demo_tar_shards: list[str], monkeypatch, source: str, num_workers: int
+    tmp_path: Path,
+    demo_image_folder: str,
+    demo_tar_shards: list[str],
+    monkeypatch,
+    caplog,
+    source: str,
+    num_workers: int,
 ) -> None:
     # 16 (folder) or 32 (shards) images, 2 micro-batches of 4 per update: update 3 ends inside the second epoch
     # (folder) or first epoch (shards), and the crash below hits the middle of update 5's accumulation, after the
@@ -137,7 +143,9 @@ def test_resume_matches_uninterrupted_run(
     interrupted = write_config(tmp_path, "interrupted", **data, **arguments)
     run_pretrain.main(["--config", uninterrupted])
 
-    run_until_preempted(monkeypatch, interrupted, step_calls=9)  # the middle of update 5's accumulation
+    with caplog.at_level("WARNING", logger="run_pretrain"):
+        run_until_preempted(monkeypatch, interrupted, step_calls=9)  # the middle of update 5's accumulation
+    assert "Interrupted: the last checkpoint is" in caplog.text and "checkpoint-00000003" in caplog.text
     run_pretrain.main(["--config", interrupted, "--resume_from_checkpoint", "latest"])
 
     # The logs: the checkpoint at 3 closes a window too, so the resumed run logs the same windows (2, 3, 4, 6), and
