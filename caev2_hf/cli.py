@@ -244,12 +244,19 @@ def parse_arguments_with_config(
     config_path, argv = split_config_path(argv)
     values = read_config_file(config_path, dataclass_types) if config_path else {}
     argv = merge_mapping_flags(values, argv)
-    parser = build_parser(dataclass_types, description)
+    parser = build_parser(dataclass_types, description, allow_abbrev=False)  # --max_step is a typo, not --max_steps
     *parsed, _, unknown = parser.parse_args_into_dataclasses(
         config_to_arguments(values) + argv, return_remaining_strings=True
     )  # after the dataclasses: the unused --config, then what no dataclass knows
     if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)} (see --help)")
+        flags = [option for action in parser._actions for option in action.option_strings]
+        hints = [
+            f"{close[0]} for {word}"
+            for word in unknown
+            if word.startswith("--") and (close := difflib.get_close_matches(word.split("=")[0], flags, n=1))
+        ]
+        hint = f"; did you mean {', '.join(hints)}?" if hints else ""
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint} (see --help)")
     return tuple(parsed)
 
 

@@ -151,7 +151,10 @@ def test_demo_config_never_writes_into_a_folder_it_was_not_asked_for(inputs: Pat
 def test_argparse_errors_keep_exit_status_2_without_traceback(tmp_path: Path):
     result = run_command([*PRETRAIN, "--max_stepz", "3"], cwd=tmp_path)
     assert result.returncode == 2 and "unrecognized arguments: --max_stepz 3" in result.stderr
+    assert "did you mean --max_steps for --max_stepz?" in result.stderr
     assert "Traceback" not in result.stderr
+    abbreviated = run_command([*PRETRAIN, "--max_step", "3"], cwd=tmp_path)  # argparse would take it for --max_steps
+    assert abbreviated.returncode == 2 and "did you mean --max_steps for --max_step?" in abbreviated.stderr
 
 
 def test_a_bug_keeps_its_traceback(tmp_path: Path):
