@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image, JpegImagePlugin
 
+from caev2_hf.cli import UserError
 from caev2_hf.data import loader as loader_module
 from caev2_hf.data import transforms as transforms_module
 from caev2_hf.data.decoding import open_image, to_rgb_image
@@ -218,7 +219,7 @@ def test_a_lane_without_any_usable_image_raises(tmp_path) -> None:
             member.size = 6
             archive.addfile(member, io.BytesIO(b"broken"))
     loader = build_pretrain_loader(open_image_dataset(data_files=path), PretrainCrop(8), None, 1, 0, seed=0)
-    with pytest.raises(RuntimeError, match=r"A whole pass \(epoch 0\) .* gave no batch"):
+    with pytest.raises(UserError, match=r"A whole pass \(epoch 0\) .* gave no batch"):
         next(iter(loader))
 
 

@@ -317,12 +317,19 @@ def test_empty_dataset_is_reported(tmp_path: Path) -> None:
         run_pretrain.main(["--config", write_config(tmp_path, train_dir=str(tmp_path / "empty"))])
 
 
-def test_dataset_of_only_unreadable_images_is_reported(tmp_path: Path) -> None:
-    for index in range(5):  # more files than a batch of 4, so that only reading them finds them all unusable
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_dataset_of_only_unreadable_images_is_reported(tmp_path: Path, num_workers: int) -> None:
+    for index in range(5):  # a batch of 2 for each worker, so that only reading them finds them all unusable
         (tmp_path / "broken" / "class").mkdir(parents=True, exist_ok=True)
         (tmp_path / "broken" / "class" / f"{index}.jpg").write_bytes(b"not an image")
-    with pytest.raises(RuntimeError, match="gave no batch"):
-        run_pretrain.main(["--config", write_config(tmp_path, train_dir=str(tmp_path / "broken"))])
+    config = write_config(
+        tmp_path, train_dir=str(tmp_path / "broken"), dataloader_num_workers=num_workers, per_device_train_batch_size=2
+    )
+    with pytest.raises(UserError) as raised:
+        run_pretrain.main(["--config", config])
+    message = str(raised.value)  # one line, even from a loader worker, whose traceback PyTorch would prepend
+    assert message.startswith("A whole pass (epoch 0) over loader worker") and "every image was unreadable" in message
+    assert "\n" not in message
 
 
 def test_column_without_images_is_reported(tmp_path: Path) -> None:

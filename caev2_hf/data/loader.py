@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 from transformers.utils import logging
 
+from ..cli import UserError
 from .decoding import describe_error, image_name, open_image, to_rgb
 
 
@@ -200,7 +201,7 @@ class PretrainBatchStream(torch.utils.data.IterableDataset):
             shuffled.set_epoch(epoch)
             num_batches = yield from self._pass(iter(shuffled), lane, epoch, start, skip_log)
             if num_batches == 0 and start == 0:
-                raise RuntimeError(
+                raise UserError(
                     f"A whole pass (epoch {epoch}) over loader worker {lane}'s part of the data gave no batch: the "
                     "dataset is empty, every image was unreadable (see the warnings above), or this worker holds "
                     f"fewer than batch_size={self.batch_size} usable examples (use fewer workers or processes)."

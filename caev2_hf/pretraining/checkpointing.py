@@ -78,7 +78,10 @@ class ResumableBatchStream:
         return self
 
     def __next__(self) -> dict[str, torch.Tensor]:
-        batch = next(self._batches)
+        try:
+            batch = next(self._batches)
+        except UserError as error:  # from a loader worker, with that worker's traceback: keep the message alone
+            raise UserError(str(error).strip().splitlines()[-1].split("UserError: ", 1)[-1]) from None
         lane, epoch, start, end, end_of_epoch = batch.pop("position").tolist()
         self.lanes[lane] = {"epoch": epoch, "start": start, "end": end, "end_of_epoch": bool(end_of_epoch)}
         self.num_batches += 1
