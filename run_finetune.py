@@ -47,6 +47,7 @@ from caev2_hf.evaluation.finetune import (
     compute_max_steps,
     format_finetune_summary,
     load_finetune_model,
+    resolve_resume_checkpoint,
     train_and_evaluate,
 )
 from caev2_hf.evaluation.frozen_encoder import read_preprocessing
@@ -56,6 +57,9 @@ from caev2_hf.evaluation.labelled_data import open_labelled_datasets
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, augmentation_args, training_args = parse_arguments_with_config(
         (FineTuningModelArguments, ImageDataArguments, AugmentationArguments, TrainingArguments), argv
+    )
+    training_args.resume_from_checkpoint = resolve_resume_checkpoint(
+        training_args.resume_from_checkpoint, training_args.output_dir
     )
     set_seed(training_args.seed)
     train_source, validation_source = data_args.data_sources()

@@ -136,6 +136,19 @@ def train_one_step(batch_size: int, accumulation: int, output_dir: Path) -> dict
     return {name: tensor.clone() for name, tensor in model.state_dict().items()}
 
 
+def test_resume_from_latest_continues_the_trainers_checkpoint(encoder_dir: str, colours: dict, tmp_path: Path):
+    arguments = finetune_arguments(encoder_dir, colours, tmp_path, "--max_steps", "4", "--save_strategy", "steps")
+    arguments += ["--save_steps", "2"]
+    with pytest.raises(UserError, match="holds no checkpoint-N folder yet"):
+        run_finetune.main([*arguments, "--resume_from_checkpoint", "latest"])
+    with pytest.raises(UserError, match="nowhere is no Trainer checkpoint"):
+        run_finetune.main([*arguments, "--resume_from_checkpoint", str(tmp_path / "nowhere")])
+    run_finetune.main([*arguments, "--max_steps", "2"])  # a run that stopped after its checkpoint at step 2
+    run_finetune.main([*arguments, "--resume_from_checkpoint", "latest"])
+    history = json.loads((tmp_path / "trainer_state.json").read_text())
+    assert history["global_step"] == 4 and (tmp_path / "checkpoint-4").is_dir()
+
+
 def test_gradient_accumulation_of_two_batches_matches_one_double_batch(tmp_path: Path):
     accumulated = train_one_step(batch_size=4, accumulation=2, output_dir=tmp_path / "accumulated")
     double = train_one_step(batch_size=8, accumulation=1, output_dir=tmp_path / "double")
