@@ -331,7 +331,8 @@ def test_fast_probe_reads_tar_shards_and_holds_out_part_of_train(encoder_dir: st
         (["--epochs", "-1"], "--epochs -1: must be greater than 0"),
         (["--holdout_fraction", "1"], "--holdout_fraction 1.0: must lie strictly between 0 and 1"),
         (["--fast_base_learning_rates", "0.1", "-3"], "give one or more values > 0"),
-        (["--warmup_epochs", "-2"], "--warmup_epochs -2: must be 0"),
+        (["--warmup_epochs", "-2"], "--warmup_epochs -2: must lie between 0 \\(no warmup\\) and --epochs 90"),
+        (["--warmup_epochs", "10", "--epochs", "5"], "--warmup_epochs 10: must lie between 0 .* and --epochs 5"),
     ],
 )
 def test_probe_arguments_out_of_range_are_user_errors_at_parse_time(flags: list[str], message: str):

@@ -54,8 +54,10 @@ class ProbeArguments:
         """Refuses values no run can use, at parse time: before any model or data is opened."""
         check_positive(batch_size=self.batch_size, epochs=self.epochs, encoder_batch_size=self.encoder_batch_size)
         check_positive(base_learning_rate=self.base_learning_rate)
-        if self.warmup_epochs < 0:
-            raise UserError(f"--warmup_epochs {self.warmup_epochs}: must be 0 (no warmup) or more.")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise UserError(
+                f"--warmup_epochs {self.warmup_epochs}: must lie between 0 (no warmup) and --epochs {self.epochs}."
+            )
         if not self.fast_base_learning_rates or min(self.fast_base_learning_rates) <= 0:
             raise UserError(
                 f"--fast_base_learning_rates {self.fast_base_learning_rates}: give one or more values > 0."
