@@ -389,3 +389,9 @@ def test_folder_of_split_folders_reads_the_asked_split(tmp_path) -> None:
     assert labels_by_file(validation) == {"c.png": "cat", "d.png": "dog"}
     with pytest.raises(ValueError, match=r"split folders \['train', 'val'\] but none for the 'test' split"):
         open_image_dataset(train_dir=str(tmp_path), split="test")
+
+
+def test_image_folder_follows_links_once(tmp_path) -> None:
+    write_images(tmp_path, "cat/a.png", "dog/b.png")
+    os.symlink(tmp_path, tmp_path / "cat" / "loop")  # a link back to the top: must not be walked forever
+    assert labels_by_file(open_image_dataset(train_dir=str(tmp_path))) == {"a.png": "cat", "b.png": "dog"}

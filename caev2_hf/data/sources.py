@@ -98,9 +98,14 @@ def list_image_folder(train_dir: str, split: str = "train") -> tuple[list[str], 
 
     root = find_split_folder(train_dir, split)
     extensions = {extension.lower() for extension in Image.registered_extensions()}
-    files = []
+    files, seen = [], set()
     for folder, subfolders, names in os.walk(root, followlinks=True):
-        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        seen.add(os.path.realpath(folder))  # a linked folder is read once, and a link loop ends
+        subfolders[:] = [
+            name
+            for name in subfolders
+            if not name.startswith(".") and os.path.realpath(os.path.join(folder, name)) not in seen
+        ]
         files += [os.path.join(folder, name) for name in names if os.path.splitext(name)[1].lower() in extensions]
     if not files:
         raise ValueError(f"{root} holds no image files (extensions {sorted(extensions)[:8]}...).")
