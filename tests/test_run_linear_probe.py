@@ -300,10 +300,10 @@ def test_probe_refuses_validation_classes_the_head_does_not_have(encoder_dir: st
 def test_linear_probe_config_is_read_and_overridden_by_flags(size: str, batch_size: int):
     config = str(REPO_ROOT / "configs" / f"linear-probe-vit-{size}.yaml")
     model_args, data_args, probe_args = parse_arguments_with_config(
-        (ProbeModelArguments, ImageDataArguments, ProbeArguments), [config, "--epochs", "3", "--protocol", "fast"]
+        (ProbeModelArguments, ImageDataArguments, ProbeArguments), [config, "--epochs", "30", "--protocol", "fast"]
     )
     assert (probe_args.batch_size, probe_args.base_learning_rate, probe_args.warmup_epochs) == (batch_size, 0.1, 10)
-    assert (probe_args.epochs, probe_args.protocol) == (3, "fast")
+    assert (probe_args.epochs, probe_args.protocol) == (30, "fast")
     assert (model_args.model, data_args.dataset_name) == (f"outputs/caev2-vit-{size}/final", "ILSVRC/imagenet-1k")
 
 

@@ -56,7 +56,8 @@ class ProbeArguments:
         check_positive(base_learning_rate=self.base_learning_rate)
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise UserError(
-                f"--warmup_epochs {self.warmup_epochs}: must lie between 0 (no warmup) and --epochs {self.epochs}."
+                f"--warmup_epochs {self.warmup_epochs}: must lie between 0 (no warmup) and --epochs {self.epochs}; "
+                "for a short run, lower --warmup_epochs too."
             )
         if not self.fast_base_learning_rates or min(self.fast_base_learning_rates) <= 0:
             raise UserError(
