@@ -847,8 +847,9 @@ class CAEv2ForPreTraining(CAEv2PreTrainedModel):
 
     def __init__(self, config: CAEv2Config) -> None:
         config.validate_for_pretraining()
+        config.use_mean_pooling = False  # the pretrained encoder's feature is [CLS]; recorded for its saved folders
         super().__init__(config)
-        self.caev2 = CAEv2Model(config, use_mean_pooling=False)
+        self.caev2 = CAEv2Model(config)
         if config.regressor_hidden_size != config.hidden_size:
             self.latent_projection = CAEv2LatentProjection(config)
         else:

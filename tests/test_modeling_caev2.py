@@ -420,7 +420,9 @@ def test_finetuned_folder_loads_into_the_encoder_with_the_classifiers_pooling(tm
     expected = classifier.caev2(pixel_values)
     torch.testing.assert_close(encoder(pixel_values).pooler_output, expected.pooler_output)
     torch.testing.assert_close(encoder(pixel_values).last_hidden_state, expected.last_hidden_state)
-    # A pretrained encoder keeps the [CLS] feature of the linear probe.
+    # A pretrained encoder keeps the [CLS] feature of the linear probe, also when its config came from a classifier.
+    assert not CAEv2ForPreTraining(classifier.config).caev2.use_mean_pooling
+    assert not classifier.config.use_mean_pooling  # what a pretraining folder saved from it records
     pretrained = build_model(cls=CAEv2Model)
     assert not pretrained.use_mean_pooling
     outputs = pretrained(pixel_values)
