@@ -159,6 +159,7 @@ def test_open_image_dataset_without_streaming_gives_shards_per_example(demo_imag
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
     dataset = open_image_dataset(train_dir=demo_image_folder, streaming=False)
     assert dataset.num_shards == 16 and len(list(dataset)) == 16
+    assert dataset.features["label"].names == ["china", "flower"]
 
 
 @pytest.mark.parametrize(

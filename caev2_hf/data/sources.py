@@ -173,7 +173,8 @@ def open_image_dataset(
     elif train_dir is not None and streaming:
         dataset = open_image_folder(train_dir, split)
     elif train_dir is not None:
-        dataset = datasets.Dataset.from_list(list(open_image_folder(train_dir, split)))
+        stream = open_image_folder(train_dir, split)
+        dataset = datasets.Dataset.from_list(list(stream), features=stream.features)  # keeps the class names
     else:
         builder = _builder_for_files(data_files)
         dataset = datasets.load_dataset(builder, data_files=data_files, split=split, streaming=streaming)
