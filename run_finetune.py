@@ -47,7 +47,7 @@ from caev2_hf.evaluation.finetune import (
     compute_max_steps,
     format_finetune_summary,
     load_finetune_model,
-    resolve_resume_checkpoint,
+    resolve_trainer_checkpoint,
     train_and_evaluate,
 )
 from caev2_hf.evaluation.frozen_encoder import read_preprocessing
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, augmentation_args, training_args = parse_arguments_with_config(
         (FineTuningModelArguments, ImageDataArguments, AugmentationArguments, TrainingArguments), argv
     )
-    training_args.resume_from_checkpoint = resolve_resume_checkpoint(
+    training_args.resume_from_checkpoint = resolve_trainer_checkpoint(
         training_args.resume_from_checkpoint, training_args.output_dir
     )
     set_seed(training_args.seed)

@@ -280,11 +280,16 @@ class CAEv2Config(BackboneConfigMixin, PretrainedConfig):
         return (self.image_size // self.patch_size) ** 2
 
     @classmethod
+    def argument_names(cls) -> set[str]:
+        """The arguments of this class's `__init__` (its own fields)."""
+        return set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
+
+    @classmethod
     def field_names(cls) -> set[str]:
         """What a CAE v2 config holds: this class's arguments and what a saved config.json carries besides."""
-        own = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
         common = {field.name for field in dataclasses.fields(PretrainedConfig)}
-        return own | common | {"num_labels", "attn_implementation", "output_attentions", "stage_names", "model_type"}
+        extra = {"num_labels", "attn_implementation", "output_attentions", "stage_names", "model_type"}
+        return cls.argument_names() | common | extra
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "CAEv2Config":
@@ -292,9 +297,10 @@ class CAEv2Config(BackboneConfigMixin, PretrainedConfig):
         and a name that is no field is refused (a typo would otherwise be kept as an unused attribute)."""
         if name not in CAEV2_PRESETS:
             raise ValueError(f"Unknown CAE v2 preset {name!r}: choose one of {sorted(CAEV2_PRESETS)}.")
-        unknown = sorted(set(overrides) - cls.field_names())
+        fields = cls.field_names()
+        unknown = sorted(set(overrides) - fields)
         if unknown:
-            close = difflib.get_close_matches(unknown[0], cls.field_names(), n=1)
+            close = difflib.get_close_matches(unknown[0], fields, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(
                 f"{unknown[0]!r} is not a CAEv2Config field{hint}; the fields are listed in its docstring."
@@ -306,7 +312,7 @@ class CAEv2Config(BackboneConfigMixin, PretrainedConfig):
         """As transformers', except that overrides of this class's arguments (`from_pretrained(folder,
         image_size=384)`) go through `__init__`, so they are checked and what derives from them follows
         (`mask_ratio` sets `num_masking_patches`) instead of being set on the finished config unchecked."""
-        own = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
+        own = cls.argument_names()
         overrides = {key: kwargs.pop(key) for key in list(kwargs) if key in own}
         config_dict = dict(config_dict)
         if isinstance(overrides.get("teacher_config"), dict) and isinstance(config_dict.get("teacher_config"), dict):

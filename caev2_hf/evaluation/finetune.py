@@ -260,7 +260,7 @@ class FineTuningResult:
     max_steps: int
 
 
-def resolve_resume_checkpoint(resume_from_checkpoint: str | None, output_dir: str) -> str | None:
+def resolve_trainer_checkpoint(resume_from_checkpoint: str | None, output_dir: str) -> str | None:
     """`latest` (or `true`, Trainer's word) is the newest `checkpoint-N` in `output_dir`, as in `run_pretrain.py`;
     a path must be a Trainer checkpoint."""
     if resume_from_checkpoint is None:
