@@ -8,13 +8,21 @@ r"""Fine-tune a pretrained CAE v2 encoder on image classification with the trans
 
 Writes the fine-tuned model (a `CAEv2ForImageClassification` that `pipeline("image-classification")` runs) and
 `results.json` with top-1 / top-5.
+
+The arguments, this script's and every option of transformers' `TrainingArguments`, are parsed once and handed to
+`main`; `--help` lists this script's own options without importing torch. A data source on the command line
+replaces the YAML file's for its split (`caev2_hf_cli/classification.py`).
 """
 
+import sys
 from dataclasses import asdict
 
-from caev2_hf.cli import check_model_path, parse_arguments_with_config, parse_known_arguments_with_config, run_main
-from caev2_hf.evaluation.arguments import AugmentationArguments, FineTuningModelArguments
-from caev2_hf.evaluation.data_arguments import ImageDataArguments
+from caev2_hf_cli.checks import check_model_path
+from caev2_hf_cli.classification import AugmentationArguments, FineTuningModelArguments, ImageDataArguments
+from caev2_hf_cli.parsing import answer_help, parse_arguments, run_command
+
+
+SCRIPT_ARGUMENT_CLASSES = (FineTuningModelArguments, ImageDataArguments, AugmentationArguments)
 
 
 TRAINING_ARGUMENTS_HELP = """\
@@ -25,18 +33,23 @@ https://huggingface.co/docs/transformers/main_classes/trainer#transformers.Train
 `python -c "from transformers import TrainingArguments; help(TrainingArguments)"`)."""
 
 
-def parse_and_check_script_arguments(argv: list[str] | None = None) -> tuple:
-    """This script's own arguments (not TrainingArguments, which imports torch), checked before anything heavy."""
-    model_args, data_args, augmentation_args = parse_known_arguments_with_config(
-        (FineTuningModelArguments, ImageDataArguments, AugmentationArguments), argv, __doc__, TRAINING_ARGUMENTS_HELP
+def parse_and_check_arguments(argv: list[str] | None = None) -> tuple:
+    """(model, data, augmentation, training arguments) from one parse, checked before the model or data are loaded.
+    `--help` is answered first, from this script's own classes: TrainingArguments imports torch (about 2 s)."""
+    argv = sys.argv[1:] if argv is None else argv
+    answer_help(argv, SCRIPT_ARGUMENT_CLASSES, __doc__, TRAINING_ARGUMENTS_HELP)
+    from transformers import TrainingArguments  # after the help, which must not wait for torch
+
+    model_args, data_args, augmentation_args, training_args = parse_arguments(
+        (*SCRIPT_ARGUMENT_CLASSES, TrainingArguments), argv, __doc__
     )
     check_model_path(model_args.model)
     data_args.check()
-    return model_args, data_args, augmentation_args
+    return model_args, data_args, augmentation_args, training_args
 
 
-if __name__ == "__main__":  # `--help` and a bad argument are answered here, before torch is imported
-    run_main(parse_and_check_script_arguments)
+if __name__ == "__main__":  # parsed and checked before the heavy imports below
+    ARGUMENTS = run_command(parse_and_check_arguments)
 
 from transformers import TrainingArguments, set_seed
 
@@ -54,10 +67,13 @@ from caev2_hf.evaluation.frozen_encoder import read_preprocessing
 from caev2_hf.evaluation.labelled_data import open_labelled_datasets
 
 
-def main(argv: list[str] | None = None) -> dict:
-    model_args, data_args, augmentation_args, training_args = parse_arguments_with_config(
-        (FineTuningModelArguments, ImageDataArguments, AugmentationArguments, TrainingArguments), argv
-    )
+def main(
+    model_args: FineTuningModelArguments,
+    data_args: ImageDataArguments,
+    augmentation_args: AugmentationArguments,
+    training_args: TrainingArguments,
+) -> dict:
+    """Fine-tunes on arguments from `parse_and_check_arguments`; returns what results.json holds."""
     training_args.resume_from_checkpoint = resolve_trainer_checkpoint(
         training_args.resume_from_checkpoint, training_args.output_dir
     )
@@ -87,4 +103,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_command(main, *ARGUMENTS)

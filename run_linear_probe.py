@@ -9,33 +9,36 @@ r"""Linear probing of a frozen encoder: the authors' protocol (`official`) or on
 
 Writes `results.json` (top-1 / top-5) and, for a CAE v2 encoder, a `CAEv2ForImageClassification` folder that
 `pipeline("image-classification", model=output_dir)` runs.
+
+The arguments are parsed once, before torch is imported (`--help` and a bad argument answer at once), and handed to
+`main`; a data source on the command line replaces the YAML file's for its split (`caev2_hf_cli/classification.py`).
 """
 
 import os
 import time
 
-from caev2_hf.cli import UserError, check_model_path, check_positive, parse_arguments_with_config, run_main
-from caev2_hf.evaluation.arguments import ProbeArguments, ProbeModelArguments
-from caev2_hf.evaluation.data_arguments import ImageDataArguments
+from caev2_hf_cli.checks import check_model_path
+from caev2_hf_cli.classification import ImageDataArguments, ProbeArguments, ProbeModelArguments
+from caev2_hf_cli.errors import UserError
+from caev2_hf_cli.parsing import parse_arguments, run_command
 
 
-def parse_and_check_arguments(argv: list[str] | None = None) -> tuple:
+def parse_and_check_arguments(
+    argv: list[str] | None = None,
+) -> tuple[ProbeModelArguments, ImageDataArguments, ProbeArguments]:
     """The arguments, checked before anything heavy is imported or loaded: a bad one costs a second."""
-    model_args, data_args, probe_args = parse_arguments_with_config(
+    model_args, data_args, probe_args = parse_arguments(
         (ProbeModelArguments, ImageDataArguments, ProbeArguments), argv, description=__doc__
     )
     check_model_path(model_args.model)
     if model_args.update_model_card and not os.path.isdir(model_args.model):
         raise UserError(f"--update_model_card edits README.md in a local folder; {model_args.model} is not one.")
-    check_positive(
-        batch_size=probe_args.batch_size, epochs=probe_args.epochs, encoder_batch_size=probe_args.encoder_batch_size
-    )
     data_args.check()
     return model_args, data_args, probe_args
 
 
-if __name__ == "__main__":  # `--help` and a bad argument are answered here, before torch is imported
-    run_main(parse_and_check_arguments)
+if __name__ == "__main__":  # parsed and checked before the heavy imports below
+    ARGUMENTS = run_command(parse_and_check_arguments)
 
 from accelerate import Accelerator
 from transformers import set_seed
@@ -47,12 +50,8 @@ from caev2_hf.hub.model_card import add_eval_results
 from caev2_hf.plots import plot_probe_curves
 
 
-def main(argv: list[str] | None = None) -> dict:
-    model_args, data_args, probe_args = parse_arguments_with_config(
-        (ProbeModelArguments, ImageDataArguments, ProbeArguments), argv
-    )
-    if model_args.update_model_card and not os.path.isdir(model_args.model):
-        raise UserError(f"--update_model_card edits README.md in a local folder; {model_args.model} is not one.")
+def main(model_args: ProbeModelArguments, data_args: ImageDataArguments, probe_args: ProbeArguments) -> dict:
+    """Probes on arguments from `parse_and_check_arguments`; returns what results.json holds."""
     accelerator = Accelerator()
     set_seed(probe_args.seed)
     encoder = open_frozen_encoder(model_args.model, accelerator.device)
@@ -82,4 +81,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_command(main, *ARGUMENTS)

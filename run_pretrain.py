@@ -13,6 +13,10 @@ checkpoints/ (atomic, last save_total_limit kept), logs/RUN/ (TensorBoard, one s
 curves, redrawn at each checkpoint; needs matplotlib) and final/ (encoder + image processor + model card, with
 final/pretraining/ holding the regressor and head too). An output_dir that holds another run is refused unless
 resuming (--resume_from_checkpoint latest) or --overwrite_output_dir.
+
+The arguments are parsed once, before torch is imported (`--help` and a bad argument answer at once), and handed
+to `main`; a data source on the command line replaces the YAML file's, and `--config_overrides` changes only the
+keys it names (`caev2_hf_cli/pretraining.py`).
 """
 
 import dataclasses
@@ -22,14 +26,15 @@ import os
 import shutil
 import time
 
-from caev2_hf.cli import UserError, run_main
-from caev2_hf.pretraining.arguments import (
+from caev2_hf_cli.errors import UserError
+from caev2_hf_cli.parsing import parse_arguments, run_command
+from caev2_hf_cli.pretraining import (
+    ARGUMENT_CLASSES,
     RUN_FOLDERS,
     PretrainingArguments,
     PretrainingDataArguments,
     PretrainingModelArguments,
     check_pretraining_arguments,
-    parse_pretraining_arguments,
 )
 
 
@@ -37,13 +42,13 @@ def parse_and_check_arguments(
     argv: list[str] | None = None,
 ) -> tuple[PretrainingModelArguments, PretrainingDataArguments, PretrainingArguments]:
     """The arguments, checked before anything heavy is imported or built: a bad one costs a second, not a setup."""
-    model_args, data_args, training_args = parse_pretraining_arguments(argv, description=__doc__)
-    check_pretraining_arguments(model_args, data_args, training_args)
-    return model_args, data_args, training_args
+    arguments = parse_arguments(ARGUMENT_CLASSES, argv, description=__doc__)
+    check_pretraining_arguments(*arguments)
+    return arguments
 
 
-if __name__ == "__main__":  # `--help` and a bad argument are answered here, before torch is imported
-    run_main(parse_and_check_arguments)
+if __name__ == "__main__":  # parsed and checked before the heavy imports below
+    ARGUMENTS = run_command(parse_and_check_arguments)
 
 import torch
 from accelerate import Accelerator
@@ -111,10 +116,27 @@ def compute_numbers(training_args: PretrainingArguments, num_processes: int) -> 
     return numbers
 
 
+def build_config(model_args: PretrainingModelArguments) -> CAEv2Config | None:
+    """The preset with its overrides, checked as the pretraining model computes it (every key a config field, the
+    mask count and teacher grid it needs); None when a saved folder brings its own config."""
+    if model_args.model_name_or_path:
+        return None
+    try:
+        config = CAEv2Config.from_preset(model_args.model_preset, **(model_args.config_overrides or {}))
+        config.validate_for_pretraining()
+    except ValueError as error:  # the user's overrides, not a bug
+        raise UserError(f"--config_overrides: {error}") from error
+    return config
+
+
 def build_model(
-    model_args: PretrainingModelArguments, accelerator: Accelerator, seed: int, resuming: bool = False
+    model_args: PretrainingModelArguments,
+    config: CAEv2Config | None,
+    accelerator: Accelerator,
+    seed: int,
+    resuming: bool = False,
 ) -> CAEv2ForPreTraining:
-    """The student from a preset (or a saved folder) with the same initial weights on every process, and its
+    """The student from `config` (or the saved folder) with the same initial weights on every process, and its
     teacher's weights unless a random teacher is intended. The teacher is saved with the model
     (docs/design.md#teacher): a folder whose teacher was loaded, or the checkpoint a resumed run restores, brings
     its weights, so only a teacher that never received any is downloaded."""
@@ -122,7 +144,6 @@ def build_model(
     if model_args.model_name_or_path:
         model = CAEv2ForPreTraining.from_pretrained(model_args.model_name_or_path)
     else:
-        config = CAEv2Config.from_preset(model_args.model_preset, **(model_args.config_overrides or {}))
         model = CAEv2ForPreTraining(config)
     teacher_dtype = torch.bfloat16 if accelerator.device.type == "cuda" else None
     if model.config.use_random_teacher:
@@ -305,8 +326,11 @@ def tensorboard_run_name(state: dict, output_dir: str) -> str:
     return name
 
 
-def main(argv: list[str] | None = None) -> None:
-    model_args, data_args, training_args = parse_and_check_arguments(argv)
+def main(
+    model_args: PretrainingModelArguments, data_args: PretrainingDataArguments, training_args: PretrainingArguments
+) -> None:
+    """Pretrains on arguments from `parse_and_check_arguments`."""
+    config = build_config(model_args)  # before anything is built or written: a bad override costs a second
     arguments = {
         **dataclasses.asdict(model_args),
         **dataclasses.asdict(data_args),
@@ -322,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
         checkpoint = resolve_resume_checkpoint(
             training_args.resume_from_checkpoint, checkpoints_dir(training_args.output_dir)
         )
-        model = build_model(model_args, accelerator, training_args.seed, resuming=checkpoint is not None)
+        model = build_model(model_args, config, accelerator, training_args.seed, resuming=checkpoint is not None)
         config = model.config
         data_args = write_demo_images_once(data_args, config.image_size, accelerator)
         optimizer, scheduler = build_optimizer_and_scheduler(model, training_args, numbers)
@@ -362,4 +386,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_command(main, *ARGUMENTS)

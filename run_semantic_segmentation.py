@@ -11,13 +11,21 @@ r"""Semantic segmentation with UperNet on a CAE v2 backbone through the transfor
 Writes the UperNet model with its image processor (a folder that `pipeline("image-segmentation")` runs once
 `caev2_hf` is imported) and `results.json` (mIoU, accuracies, per-class IoU); with --eval_result_name the mIoU also
 goes into the folder's model card.
+
+The arguments, this script's and every option of transformers' `TrainingArguments`, are parsed once and handed to
+`main`; `--help` lists this script's own options without importing torch. A data source on the command line
+replaces the YAML file's (`caev2_hf_cli/segmentation.py`).
 """
 
 import json
 import os
+import sys
 
-from caev2_hf.cli import parse_arguments_with_config, parse_known_arguments_with_config, run_main
-from caev2_hf.evaluation.segmentation_arguments import SegmentationDataArguments, SegmentationModelArguments
+from caev2_hf_cli.parsing import answer_help, parse_arguments, run_command
+from caev2_hf_cli.segmentation import SegmentationDataArguments, SegmentationModelArguments
+
+
+SCRIPT_ARGUMENT_CLASSES = (SegmentationModelArguments, SegmentationDataArguments)
 
 
 TRAINING_ARGUMENTS_HELP = """\
@@ -27,24 +35,29 @@ Every option of transformers' TrainingArguments is accepted too, on the command 
 TrainingArguments; help(TrainingArguments)"`)."""
 
 
-def parse_and_check_script_arguments(argv: list[str] | None = None) -> tuple:
-    """This script's own arguments (not TrainingArguments, which imports torch), checked before anything heavy."""
-    model_args, data_args = parse_known_arguments_with_config(
-        (SegmentationModelArguments, SegmentationDataArguments), argv, __doc__, TRAINING_ARGUMENTS_HELP
+def parse_and_check_arguments(argv: list[str] | None = None) -> tuple:
+    """(model, data, training arguments) from one parse, checked before the model or data are loaded. `--help` is
+    answered first, from this script's own classes: TrainingArguments imports torch (about 2 s)."""
+    argv = sys.argv[1:] if argv is None else argv
+    answer_help(argv, SCRIPT_ARGUMENT_CLASSES, __doc__, TRAINING_ARGUMENTS_HELP)
+    from transformers import TrainingArguments  # after the help, which must not wait for torch
+
+    model_args, data_args, training_args = parse_arguments(
+        (*SCRIPT_ARGUMENT_CLASSES, TrainingArguments), argv, __doc__
     )
     model_args.check()
     data_args.check()
-    return model_args, data_args
+    return model_args, data_args, training_args
 
 
-if __name__ == "__main__":  # `--help` and a bad argument are answered here, before torch is imported
-    run_main(parse_and_check_script_arguments)
+if __name__ == "__main__":  # parsed and checked before the heavy imports below
+    ARGUMENTS = run_command(parse_and_check_arguments)
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from transformers import TrainingArguments, set_seed  # noqa: E402
+import numpy as np
+import torch
+from transformers import TrainingArguments, set_seed
 
-from caev2_hf.evaluation.segmentation import (  # noqa: E402
+from caev2_hf.evaluation.segmentation import (
     SegmentationTrainer,
     add_classifier_dropout,
     build_image_processor,
@@ -54,24 +67,21 @@ from caev2_hf.evaluation.segmentation import (  # noqa: E402
     compute_training_steps,
     load_segmentation_model,
 )
-from caev2_hf.evaluation.segmentation_data import (  # noqa: E402
+from caev2_hf.evaluation.segmentation_data import (
     SegmentationDataset,
     SegmentationEvalTransform,
     SegmentationTrainTransform,
     collate_segmentation_batch,
     open_segmentation_splits,
 )
-from caev2_hf.evaluation.segmentation_metrics import MeanIoUAccumulator  # noqa: E402
-from caev2_hf.hub.model_card import add_eval_results, build_eval_results  # noqa: E402
+from caev2_hf.evaluation.segmentation_metrics import MeanIoUAccumulator
+from caev2_hf.hub.model_card import add_eval_results, build_eval_results
 
 
-def main(argv: list[str] | None = None) -> dict:
-    model_args, data_args, training_args = parse_arguments_with_config(
-        (SegmentationModelArguments, SegmentationDataArguments, TrainingArguments), argv, __doc__,
-        (SegmentationModelArguments, SegmentationDataArguments), TRAINING_ARGUMENTS_HELP,
-    )  # fmt: skip
-    model_args.check()
-    data_args.check()
+def main(
+    model_args: SegmentationModelArguments, data_args: SegmentationDataArguments, training_args: TrainingArguments
+) -> dict:
+    """Trains and evaluates on arguments from `parse_and_check_arguments`; returns what results.json holds."""
     if model_args.torch_num_threads is not None:
         torch.set_num_threads(model_args.torch_num_threads)
     set_seed(training_args.seed)
@@ -189,4 +199,4 @@ def summarize_results(
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_command(main, *ARGUMENTS)

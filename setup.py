@@ -14,6 +14,17 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["caev2_hf", "caev2_hf.*", "caev2_hf_cli", "caev2_hf_cli.*"]),
+    py_modules=["caev2_hf_commands"],
+    # Each command parses its arguments in the light caev2_hf_cli before it imports torch (caev2_hf_commands.py);
+    # `python -m caev2_hf.visualize` etc. run the same commands, slower to start.
+    entry_points={
+        "console_scripts": [
+            "caev2-visualize = caev2_hf_commands:visualize",
+            "caev2-hub = caev2_hf_commands:hub",
+            "caev2-convert-checkpoint = caev2_hf_commands:convert_checkpoint",
+            "caev2-model-cards = caev2_hf_commands:model_cards",
+        ]
+    },
     include_package_data=True,
     package_data={
         "caev2_hf": ["evaluation/accuracy_topk/*.py", "evaluation/mean_iou/*.py", "hub/model_card_template.md"]

@@ -38,7 +38,7 @@ from caev2_hf import CAEV2_PRESETS, CAEv2Config  # noqa: E402
 from caev2_hf.data import demo  # noqa: E402
 from caev2_hf.data.device_augment import augment_and_normalize  # noqa: E402
 from caev2_hf.data.transforms import PretrainCrop  # noqa: E402
-from caev2_hf.pretraining.arguments import PretrainingDataArguments  # noqa: E402
+from caev2_hf_cli.pretraining import PretrainingDataArguments  # noqa: E402
 
 
 def throughput(

@@ -177,7 +177,7 @@ def run_once(args: argparse.Namespace, source: list[str], output_dir: str, synth
                 mock.patch.object(checkpointing.ResumableBatchStream, "__next__", timer.next_batch(original_next))
             )
         started = time.perf_counter()
-        run_pretrain.main(pretrain_arguments(args, source, output_dir))
+        run_pretrain.main(*run_pretrain.parse_and_check_arguments(pretrain_arguments(args, source, output_dir)))
         total_seconds = time.perf_counter() - started
     seconds = timer.ended - timer.started
     gaps = np.diff([*timer.call_times, timer.ended]) if timer.call_times else np.zeros(1)

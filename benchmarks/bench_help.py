@@ -1,12 +1,15 @@
 #!/usr/bin/env python
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
-"""Wall time and length of every command-line entry point's `--help` (issue 13: under 3 s each).
+"""Wall time and length of every command-line entry point's `--help` (issues 13 and 20: under 3 s each).
 
 Each command runs in a fresh interpreter (as a user types it) `--repeats` times; the best and the median wall time
 are reported, with the CPU time of the best run (user + system, which other jobs on a shared machine do not
-inflate the way they inflate wall time) and the number of lines printed. Run from the repository root:
+inflate the way they inflate wall time) and the number of lines printed. The console commands (`caev2-hub`, ...) run
+as the script `pip install` writes for them does (`from caev2_hf_commands import hub; hub()`), so they are timed
+without an install. `--python_m` adds their `python -m caev2_hf.<module>` forms, which import torch before they
+parse. Run from the repository root:
 
-    python benchmarks/bench_help.py --repeats 3 --output_json help.json
+    PYTHONPATH=. python benchmarks/bench_help.py --repeats 5 --output_json help.json
 """
 
 import argparse
@@ -20,13 +23,27 @@ from pathlib import Path
 
 
 ROOT = Path(__file__).resolve().parents[1]
+CONSOLE_COMMANDS = {  # setup.py's entry points: name -> function of caev2_hf_commands
+    "caev2-visualize": "visualize",
+    "caev2-hub": "hub",
+    "caev2-convert-checkpoint": "convert_checkpoint",
+    "caev2-model-cards": "model_cards",
+}
 COMMANDS = {
-    "run_pretrain.py": ["run_pretrain.py"],
-    "run_linear_probe.py": ["run_linear_probe.py"],
-    "run_finetune.py": ["run_finetune.py"],
-    "caev2_hf.hub": ["-m", "caev2_hf.hub"],
-    "caev2_hf.hub.convert_official_checkpoint": ["-m", "caev2_hf.hub.convert_official_checkpoint"],
-    "caev2_hf.hub.model_card": ["-m", "caev2_hf.hub.model_card"],
+    **{script: [script] for script in sorted(path.name for path in ROOT.glob("run_*.py"))},
+    **{
+        name: ["-c", f"from caev2_hf_commands import {function}; {function}()"]
+        for name, function in CONSOLE_COMMANDS.items()
+    },
+}
+PYTHON_M_COMMANDS = {
+    f"python -m {module}": ["-m", module]
+    for module in (
+        "caev2_hf.visualize",
+        "caev2_hf.hub",
+        "caev2_hf.hub.convert_official_checkpoint",
+        "caev2_hf.hub.model_card",
+    )
 }
 
 
@@ -58,13 +75,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3, help="Runs of each command.")
     parser.add_argument("--only", nargs="*", choices=sorted(COMMANDS), help="A subset of the commands.")
+    parser.add_argument("--python_m", action="store_true", help="Also the `python -m caev2_hf.<module>` forms.")
     parser.add_argument("--output_json", help="Also write the figures here.")
     args = parser.parse_args(argv)
-    results = {name: time_help(COMMANDS[name], args.repeats) for name in args.only or COMMANDS}
-    print(f"{'command':45s} {'best s':>7s} {'median s':>9s} {'CPU s':>6s} {'lines':>6s}")
+    commands = {**COMMANDS, **(PYTHON_M_COMMANDS if args.python_m else {})}
+    results = {name: time_help(commands[name], args.repeats) for name in args.only or commands}
+    print(f"{'command':55s} {'best s':>7s} {'median s':>9s} {'CPU s':>6s} {'lines':>6s}")
     for name, figures in results.items():
         print(
-            f"{name:45s} {figures['best_s']:7.2f} {figures['median_s']:9.2f} {figures['cpu_s']:6.2f} "
+            f"{name:55s} {figures['best_s']:7.2f} {figures['median_s']:9.2f} {figures['cpu_s']:6.2f} "
             f"{figures['lines']:6d}"
         )
     if args.output_json:

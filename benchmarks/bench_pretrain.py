@@ -35,10 +35,10 @@ from bench_data import write_json  # noqa: E402
 
 from caev2_hf import CAEV2_PRESETS, CAEv2Config, CAEv2ForPreTraining  # noqa: E402
 from caev2_hf.data.masking import build_mask_generator  # noqa: E402
-from caev2_hf.pretraining.arguments import COMPILE_MODES, PretrainingArguments  # noqa: E402
 from caev2_hf.pretraining.schedule import compute_training_numbers  # noqa: E402
 from caev2_hf.pretraining.step import PretrainingStep, build_accelerator, build_optimizer_and_scheduler  # noqa: E402
 from caev2_hf.pretraining.step_tracking import StepTracker, unwrap_optimizer  # noqa: E402
+from caev2_hf_cli.pretraining import COMPILE_MODES, PretrainingArguments  # noqa: E402
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

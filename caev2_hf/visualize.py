@@ -1,19 +1,7 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
-"""Pictures of what a CAE v2 encoder learned: one PNG per image, with labelled panels.
-
-    python -m caev2_hf.visualize --model demo_output/final --image photo.jpg [more.jpg ...] --output_dir pictures
-
-Panels, on the centre crop the model sees:
-- the input, and the block mask pretraining would draw for it (`caev2_hf.data.masking.build_mask_generator`);
-- for a pretraining folder whose targets can be computed (a `CAEv2ForPreTraining` checkpoint, or an encoder folder
-  with a `pretraining/` subfolder, as `run_pretrain.py` writes): the cosine similarity between each patch's prediction
-  and the teacher's target, for visible and for masked patches, with their means (1 - the loss's cosine terms);
-- the first three PCA components of the encoder's patch features as RGB (as DINOv2 shows them);
-- the last block's [CLS] attention to every patch, one panel per head.
-
-Runs on the CPU, at the model's resolution or any multiple of the patch size (`--image_size`; the encoder then
-uses an exact sin-cos table for the new grid, and the pretraining panels, trained at one grid, are left out).
-matplotlib is needed for the PNGs (`pip install "caev2_hf[plots]"`); without it the numbers are still printed.
+"""Pictures of what a CAE v2 encoder learned: the panels of the command `caev2-visualize` (its help,
+`caev2_hf_cli/visualize.py`, says what each shows), computed as arrays (`compute_panels`) and drawn with matplotlib
+(`render`). `python -m caev2_hf.visualize` runs the same command.
 """
 
 import argparse
@@ -24,36 +12,19 @@ import sys
 from dataclasses import dataclass
 from types import SimpleNamespace
 
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from transformers.utils import logging as transformers_logging
 
-def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m caev2_hf.visualize", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", required=True, help="Hub id or folder of a CAE v2 checkpoint (any head).")
-    parser.add_argument("--image", nargs="+", required=True, help="One or more image files.")
-    parser.add_argument("--output_dir", required=True, help="Where <image name>.png are written.")
-    parser.add_argument("--image_size", type=int, help="Crop size in pixels, a multiple of the patch size.")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the masks (one generator for all images).")
-    parser.add_argument(
-        "--load_teacher", action="store_true",
-        help="Load the CLIP teacher from config.teacher_name_or_path (a download) when the folder holds none with weights.",
-    )  # fmt: skip
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda.")
-    return parser.parse_args(argv)
+from caev2_hf_cli.errors import UserError
+from caev2_hf_cli.parsing import run_command
+from caev2_hf_cli.visualize import parse_visualize_arguments
 
-
-if __name__ == "__main__":  # `--help` and a bad argument are answered here, before torch is imported
-    ARGUMENTS = parse_arguments(None)
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image, ImageOps  # noqa: E402
-from transformers.utils import logging as transformers_logging  # noqa: E402
-
-from .configuration_caev2 import CAEv2Config  # noqa: E402
-from .data.masking import build_mask_generator  # noqa: E402
-from .modeling_caev2 import CAEv2ForPreTraining, CAEv2Model  # noqa: E402
-from .plots import import_pyplot, missing_matplotlib_message  # noqa: E402
+from .configuration_caev2 import CAEv2Config
+from .data.masking import build_mask_generator
+from .modeling_caev2 import CAEv2ForPreTraining, CAEv2Model
+from .plots import import_pyplot, missing_matplotlib_message
 
 
 PRETRAINING_SUBFOLDER = "pretraining"  # where run_pretrain.py puts the full model, under final/
@@ -104,7 +75,7 @@ def normalise(image: np.ndarray, config: CAEv2Config) -> torch.Tensor:
 
 def check_image_size(image_size: int, config: CAEv2Config) -> None:
     if image_size <= 0 or image_size % config.patch_size:
-        raise ValueError(
+        raise UserError(
             f"--image_size {image_size} must be a positive multiple of the patch size {config.patch_size} "
             f"(the model's own is {config.image_size})."
         )
@@ -360,8 +331,9 @@ def describe(panels: Panels) -> str:
     return text + (f" ({panels.note})" if panels.note else "")
 
 
-def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> int:
-    args = args or parse_arguments(argv)
+def main(args: argparse.Namespace) -> int:
+    """Draws the pictures, on arguments from `caev2_hf_cli.visualize.parse_visualize_arguments`; returns the exit
+    status: 1 when an image was skipped or matplotlib is missing."""
     torch.manual_seed(args.seed)  # a random teacher is drawn again at load: the same one on every call
     encoder, pretraining_model = load_models(args.model, args.load_teacher, args.device)
     image_size = args.image_size or encoder.config.image_size
@@ -390,5 +362,5 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
     return 1 if pyplot is None or skipped else 0
 
 
-if __name__ == "__main__":
-    sys.exit(main(args=ARGUMENTS))
+if __name__ == "__main__":  # the command `caev2-visualize`, which starts faster (it parses before torch)
+    sys.exit(run_command(main, run_command(parse_visualize_arguments)))

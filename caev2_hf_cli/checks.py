@@ -8,6 +8,16 @@ import os
 from .errors import UserError
 
 
+# The names of caev2_hf.CAEV2_PRESETS (tests/test_arguments.py checks they agree): a preset is refused at parse time,
+# before the model code is imported.
+PRESET_NAMES = ("tiny", "small", "base", "large")
+
+
+def check_preset(name: str | None, flag: str) -> None:
+    if name is not None and name not in PRESET_NAMES:
+        raise UserError(f"{flag} {name}: choose one of {', '.join(PRESET_NAMES)}.")
+
+
 def parse_json_mapping(value: dict | str | None, flag: str, example: str) -> dict | None:
     """A mapping given in YAML arrives as a dict, on the command line as JSON text: both become a dict."""
     if not isinstance(value, str):

@@ -5,12 +5,15 @@ over it, one instance of each argument dataclass built from the result.
 Precedence: command line > config file > the dataclasses' defaults. The file is one flat mapping whose keys are the
 dataclasses' field names (see `configs/*.yaml`); it is named by `--config PATH` or given as the first argument.
 
-Two properties a field may declare in its metadata, beside `help`:
+Properties a field may declare in its metadata, beside `help`:
 
-- `"merged_mapping": True`: a mapping (e.g. `config_overrides`) whose command-line keys change only those keys of the
+- `MERGED_MAPPING: True`: a mapping (e.g. `config_overrides`) whose command-line keys change only those keys of the
   config file's mapping (`--config_overrides '{"drop_path_rate": 0.1}'` keeps the file's other overrides);
-- `"alternatives": "<group>"`: fields that stand for one another (e.g. the data source: `train_dir`, `data_files`,
-  `dataset_name`): naming any of them on the command line drops every one the config file set.
+- `ALTERNATIVES: "<group>"` (or a tuple of groups): fields that stand for one another (e.g. the data source:
+  `train_dir`, `data_files`, `dataset_name`): naming any of them on the command line drops every field of its
+  group(s) that the config file set;
+- `PART_OF: "<group>"` (or a tuple): a setting of one of the group's alternatives (`dataset_config_name` qualifies
+  `dataset_name`; mask folders go with their image folder): dropped with them, while naming it alone drops nothing.
 
 Errors: an unknown or malformed flag ends with argparse's usage line and exit status 2; an unknown key in the config
 file, a value of the wrong type or a value a dataclass refuses raises `UserError`, which `run_command` turns into one
@@ -34,7 +37,8 @@ from .errors import INTERRUPTED_EXIT_CODE, USER_ERROR_EXIT_CODE, UserError
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 MERGED_MAPPING = "merged_mapping"
 ALTERNATIVES = "alternatives"
-_OWN_METADATA = (MERGED_MAPPING, ALTERNATIVES)
+PART_OF = "part_of"
+_OWN_METADATA = (MERGED_MAPPING, ALTERNATIVES, PART_OF)
 USAGE = "%(prog)s [CONFIG.yaml] [--config CONFIG.yaml] [--NAME VALUE ...]   (every NAME: --help)"
 
 
@@ -128,25 +132,34 @@ def convert_config_value(value, action: argparse.Action, path: str):
         raise UserError(f"{path}: {action.dest}: {value!r} is not a valid {expected}.") from error
 
 
+def groups(item: dataclasses.Field, key: str) -> set[str]:
+    """The groups a field declares under `key` (ALTERNATIVES or PART_OF): one name or a tuple of them."""
+    value = item.metadata.get(key, ())
+    return {value} if isinstance(value, str) else set(value)
+
+
 def lay_command_line_over_file(file_values: dict, given: dict, dataclass_types: tuple) -> dict:
     """The file's mapping with the command line's values over it, following the fields' declared properties."""
-    values = dict(file_values)
+    values, given = dict(file_values), dict(given)
     for cls in dataclass_types:
-        for item in dataclasses.fields(cls):
-            group = item.metadata.get(ALTERNATIVES)
-            if group and item.name in given:
-                for other in dataclasses.fields(cls):
-                    if other.metadata.get(ALTERNATIVES) == group:
-                        values.pop(other.name, None)
+        fields = [item for item in dataclasses.fields(cls) if item.init]
+        replaced = set().union(*(groups(item, ALTERNATIVES) for item in fields if item.name in given))
+        for item in fields:
+            if replaced & (groups(item, ALTERNATIVES) | groups(item, PART_OF)):
+                values.pop(item.name, None)
             if item.metadata.get(MERGED_MAPPING) and isinstance(values.get(item.name), dict) and item.name in given:
-                update = given[item.name]
-                try:
-                    update = json.loads(update) if isinstance(update, str) else update
-                except json.JSONDecodeError:
-                    continue  # not JSON: the command line's text stays, for the field's own check to name
-                if isinstance(update, dict):
-                    given = {**given, item.name: {**values[item.name], **update}}
+                given[item.name] = merge_mapping(values[item.name], given[item.name])
     return {**values, **given}
+
+
+def merge_mapping(file_mapping: dict, text: str | dict) -> dict | str:
+    """The file's mapping with the command line's keys changed; text that is not a JSON mapping is returned as it is,
+    for the field's own check to name."""
+    try:
+        update = json.loads(text) if isinstance(text, str) else text
+    except json.JSONDecodeError:
+        return text
+    return {**file_mapping, **update} if isinstance(update, dict) else text
 
 
 def refuse_unknown_flags(parser: argparse.ArgumentParser, unknown: list[str]) -> None:
@@ -160,24 +173,26 @@ def refuse_unknown_flags(parser: argparse.ArgumentParser, unknown: list[str]) ->
     parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint} (see --help)")
 
 
-def parse_arguments(
-    dataclass_types: tuple,
-    argv: list[str] | None = None,
-    description: str | None = None,
-    help_dataclass_types: tuple | None = None,
-    help_epilog: str | None = None,
-) -> tuple:
+def answer_help(
+    argv: list[str] | None, dataclass_types: tuple, description: str | None = None, epilog: str | None = None
+) -> None:
+    """When the command line asks for help (`-h`, `--help`), prints the options of `dataclass_types`, then `epilog`,
+    and exits. A script that also takes a library's whole argument class (`TrainingArguments`, whose import costs
+    torch's) calls it with its own classes before it imports that class, and points to it in `epilog`."""
+    argv = sys.argv[1:] if argv is None else argv
+    if any(token in ("-h", "--help") for token in argv):
+        build_parser(dataclass_types, description, epilog).parse_args(["--help"])
+
+
+def parse_arguments(dataclass_types: tuple, argv: list[str] | None = None, description: str | None = None) -> tuple:
     """One instance of each dataclass, from the config file (if any) with the command line laid over it.
 
     The command line is parsed once, by argparse, into the flags it names; the file's values go through the same
     types; each dataclass is then built from the merged mapping, so its `__post_init__` checks every value whichever
-    side it came from. `--help` lists the fields of `help_dataclass_types` (default: all), then `help_epilog`: a
-    script that also takes a library's whole argument class (`TrainingArguments`) shows its own options and points to
-    that class for the rest.
+    side it came from. `--help` lists every dataclass's options.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    if any(token in ("-h", "--help") for token in argv):
-        build_parser(help_dataclass_types or dataclass_types, description, help_epilog).parse_args(["--help"])
+    answer_help(argv, dataclass_types, description)
     config_path = None
     if argv and argv[0].endswith(CONFIG_SUFFIXES) and not argv[0].startswith("-"):
         config_path, argv = argv[0], argv[1:]

@@ -1,26 +1,20 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
-"""Arguments of `run_pretrain.py`: model, data and training dataclasses read from a YAML file plus command-line overrides.
+"""Arguments of `run_pretrain.py`: model, data and training dataclasses, and the checks made before a run starts.
 
-Precedence: command line > YAML file (`--config`) > the defaults below; `caev2_hf.cli` reads them. The YAML file
-is one flat mapping whose keys are the field names of the three dataclasses (see `configs/*.yaml`).
+`caev2_hf_cli.parsing.parse_arguments(ARGUMENT_CLASSES, argv)` reads them: command line > YAML file (`--config`) >
+the defaults below. The YAML file is one flat mapping whose keys are the field names of the three dataclasses (see
+`configs/*.yaml`). The checks that need the model code (the preset and its overrides) run at the start of the
+script's `main`.
 """
 
 import glob
 import json
 import os
-import sys
 from dataclasses import dataclass, field
 
-from ..cli import (
-    UserError,
-    check_image_folder,
-    check_positive,
-    config_to_arguments,
-    parse_arguments_with_config,
-    parse_json_mapping,
-    read_config_file,
-    split_config_path,
-)
+from .checks import check_image_folder, check_positive, check_preset, parse_json_mapping
+from .errors import UserError
+from .parsing import ALTERNATIVES, MERGED_MAPPING, PART_OF
 
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
@@ -39,7 +33,8 @@ class PretrainingModelArguments:
         metadata={
             "help": "CAEv2Config fields replacing the preset's, e.g. {'drop_path_rate': 0.0} (a mapping in YAML, JSON "
             "on the command line, where its keys replace those of the config file's mapping and keep the others). "
-            "`teacher_config` takes a CLIPVisionConfig mapping."
+            "`teacher_config` takes a CLIPVisionConfig mapping.",
+            MERGED_MAPPING: True,
         },
     )
     model_name_or_path: str | None = field(
@@ -51,6 +46,7 @@ class PretrainingModelArguments:
     )
 
     def __post_init__(self) -> None:
+        check_preset(self.model_preset, "--model_preset")
         self.config_overrides = parse_json_mapping(
             self.config_overrides, "config_overrides", '{"drop_path_rate": 0.0}'
         )
@@ -58,21 +54,31 @@ class PretrainingModelArguments:
 
 @dataclass
 class PretrainingDataArguments:
-    """Where the images come from and how they are augmented (docs/method.md#recipes). Give exactly one source; a
-    source on the command line replaces the config file's."""
+    """Where the images come from and how they are augmented (docs/method.md#recipes). Give exactly one source
+    (`dataset_name`, `train_dir`, `data_files` or `demo_dir`); a source on the command line replaces the config
+    file's, with the file's `dataset_config_name`."""
 
     dataset_name: str | None = field(
         default=None,
-        metadata={"help": "Hub dataset streamed from the Hub, e.g. timm/imagenet-1k-wds or ILSVRC/imagenet-1k."},
+        metadata={
+            "help": "Hub dataset streamed from the Hub, e.g. timm/imagenet-1k-wds or ILSVRC/imagenet-1k.",
+            ALTERNATIVES: "source",
+        },
     )
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration, if any."})
+    dataset_config_name: str | None = field(
+        default=None, metadata={"help": "Hub dataset configuration, if any.", PART_OF: "source"}
+    )
     train_split: str = field(default="train", metadata={"help": "Split to pretrain on."})
     train_dir: str | None = field(
         default=None,
-        metadata={"help": "Local image folder (one subfolder per class), streamed as up to 1,024 shards of files."},
+        metadata={
+            "help": "Local image folder (one subfolder per class), streamed as up to 1,024 shards of files.",
+            ALTERNATIVES: "source",
+        },
     )
     data_files: list[str] | None = field(
-        default=None, metadata={"help": "Local webdataset .tar shards or .parquet files (globs allowed)."}
+        default=None,
+        metadata={"help": "Local webdataset .tar shards or .parquet files (globs allowed).", ALTERNATIVES: "source"},
     )
     image_column: str | None = field(
         default=None, metadata={"help": "Column holding the images; found automatically (image, jpg, img, ...)."}
@@ -103,26 +109,11 @@ class PretrainingDataArguments:
         metadata={
             "help": "Offline demo (configs/demo.yaml): the demo's own image folder, a data source like train_dir. If "
             "it does not exist yet, num_demo_images crops of the two photos shipped with scikit-learn are written "
-            "there first (no download). Images are never written into train_dir."
+            "there first (no download). Images are never written into train_dir.",
+            ALTERNATIVES: "source",
         },
     )
     num_demo_images: int = field(default=0, metadata={"help": "Offline demo: how many images to write in demo_dir."})
-
-
-DATA_SOURCE_FIELDS = ("dataset_name", "dataset_config_name", "train_dir", "data_files", "demo_dir")
-
-
-def replace_data_source_of_config_file(argv: list[str] | None) -> list[str]:
-    """When the command line names a data source (`--train_dir`, `--data_files`, `--dataset_name`), the config file's
-    source fields are left out, so that the command line's source replaces the file's instead of adding a second one
-    (`--data_files shards/*.tar` on top of configs/demo.yaml). The file's values come back as flags placed first."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    config_path, rest = split_config_path(argv)
-    names_source = any(token.split("=", 1)[0] in {f"--{name}" for name in DATA_SOURCE_FIELDS} for token in rest)
-    if config_path is None or not names_source:
-        return argv
-    values = read_config_file(config_path, ARGUMENT_CLASSES)
-    return config_to_arguments({key: value for key, value in values.items() if key not in DATA_SOURCE_FIELDS}) + rest
 
 
 @dataclass
@@ -245,14 +236,6 @@ class PretrainingArguments:
 ARGUMENT_CLASSES = (PretrainingModelArguments, PretrainingDataArguments, PretrainingArguments)
 
 
-def parse_pretraining_arguments(
-    argv: list[str] | None = None, description: str | None = None
-) -> tuple[PretrainingModelArguments, PretrainingDataArguments, PretrainingArguments]:
-    """`--config file.yaml` sets the values, then every other `--name value` overrides them; a data source on the
-    command line replaces the file's (`replace_data_source_of_config_file`)."""
-    return parse_arguments_with_config(ARGUMENT_CLASSES, replace_data_source_of_config_file(argv), description)
-
-
 RUN_FOLDERS = ("checkpoints", "final")  # what makes an output_dir hold a run (logs/ has one subfolder per run)
 
 
@@ -345,28 +328,14 @@ def check_pretraining_folder(path: str) -> None:
         )
 
 
-def check_model_config(model_args: PretrainingModelArguments) -> None:
-    """The preset with its overrides must be a config the pretraining model can compute, every key a config field."""
-    if model_args.model_name_or_path:
-        return
-    from ..configuration_caev2 import CAEV2_PRESETS, CAEv2Config  # imports torch, which the run needs next anyway
-
-    if model_args.model_preset not in CAEV2_PRESETS:
-        raise UserError(f"--model_preset {model_args.model_preset}: choose one of {', '.join(CAEV2_PRESETS)}.")
-    try:
-        config = CAEv2Config.from_preset(model_args.model_preset, **(model_args.config_overrides or {}))
-        config.validate_for_pretraining()
-    except ValueError as error:
-        raise UserError(f"--config_overrides: {error}") from error
-
-
 def check_pretraining_arguments(
     model_args: PretrainingModelArguments,
     data_args: PretrainingDataArguments,
     training_args: PretrainingArguments,
     num_processes: int | None = None,
 ) -> None:
-    """What can be checked before anything heavy is built: the data source, the sizes and the output folder.
+    """What can be checked before torch is imported: the data source, the sizes and the output folder (the model
+    config is checked at the start of `run_pretrain.main`, with the model code).
 
     `num_processes` defaults to the launcher's WORLD_SIZE (what the Accelerator will join). Raises `UserError`.
     """
@@ -389,7 +358,6 @@ def check_pretraining_arguments(
             "(a stream has no length)."
         )
     check_data_source(data_args, training_args.per_device_train_batch_size, num_processes)
-    check_model_config(model_args)
     previous = find_previous_run(training_args.output_dir)
     if previous and not (training_args.resume_from_checkpoint or training_args.overwrite_output_dir):
         raise UserError(

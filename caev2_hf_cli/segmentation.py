@@ -1,12 +1,13 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
 """Arguments of `run_semantic_segmentation.py` (beside transformers' `TrainingArguments`), checked on creation so a
-mistake ends in one line naming the field and the fix (a `UserError`). Imports nothing heavy: the script checks them
-before it imports torch."""
+mistake ends in one line naming the field and the fix (a `UserError`)."""
 
 import os
 from dataclasses import dataclass, field
 
-from ..cli import UserError, check_model_path, parse_json_mapping
+from .checks import check_model_path, check_preset, parse_json_mapping
+from .errors import UserError
+from .parsing import ALTERNATIVES, MERGED_MAPPING, PART_OF
 
 
 LOSS_NORMALIZATIONS = ("all_pixels", "valid_pixels")
@@ -33,7 +34,12 @@ class SegmentationModelArguments:
     )
     model_preset: str = field(default="tiny", metadata={"help": "Random encoder's preset: tiny, small, base, large."})
     config_overrides: dict | str | None = field(
-        default=None, metadata={"help": "Random encoder's CAEv2Config fields (a mapping in YAML, JSON on the CLI)."}
+        default=None,
+        metadata={
+            "help": "Random encoder's CAEv2Config fields (a mapping in YAML, JSON on the command line, where its keys "
+            "replace those of the config file's mapping and keep the others).",
+            MERGED_MAPPING: True,
+        },
     )
     layer_decay: float = field(default=0.65, metadata={"help": "lr x layer_decay per block from the heads down."})
     drop_path_rate: float = field(default=0.1, metadata={"help": "Stochastic depth at the last block."})
@@ -67,6 +73,7 @@ class SegmentationModelArguments:
     )
 
     def __post_init__(self) -> None:
+        check_preset(self.model_preset, "--model_preset")
         self.config_overrides = parse_json_mapping(self.config_overrides, "config_overrides", '{"hidden_size": 96}')
         if self.loss_normalization not in LOSS_NORMALIZATIONS:
             raise UserError(f"--loss_normalization {self.loss_normalization!r}: choose one of {LOSS_NORMALIZATIONS}.")
@@ -96,20 +103,41 @@ class SegmentationModelArguments:
 
 @dataclass
 class SegmentationDataArguments:
-    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset with image + annotation columns."})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of the Hub dataset."})
+    """Images and masks: a Hub dataset, local folders or the offline demo. One source: a source on the command line
+    replaces the config file's, with the file's settings of that source (configuration, revision, the other
+    folders)."""
+
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Hub dataset with image + annotation columns.", ALTERNATIVES: "source"}
+    )
+    dataset_config_name: str | None = field(
+        default=None, metadata={"help": "Configuration of the Hub dataset.", PART_OF: "source"}
+    )
     dataset_revision: str | None = field(
-        default=None, metadata={"help": "Hub revision; refs/convert/parquet for script datasets (scene_parse_150)."}
+        default=None,
+        metadata={
+            "help": "Hub revision; refs/convert/parquet for script datasets (scene_parse_150).",
+            PART_OF: "source",
+        },
     )
     train_split: str = field(default="train", metadata={"help": "Training split of the Hub dataset."})
     validation_split: str = field(default="validation", metadata={"help": "Validation split of the Hub dataset."})
     image_column: str = field(default="image", metadata={"help": "Image column of the Hub dataset."})
     annotation_column: str = field(default="annotation", metadata={"help": "Mask column of the Hub dataset."})
-    train_image_dir: str | None = field(default=None, metadata={"help": "Local training images."})
-    train_annotation_dir: str | None = field(default=None, metadata={"help": "Their masks (same file stems, PNG)."})
-    validation_image_dir: str | None = field(default=None, metadata={"help": "Local validation images."})
-    validation_annotation_dir: str | None = field(default=None, metadata={"help": "Their masks."})
-    demo_data: bool = field(default=False, metadata={"help": "Generate the offline demo task (shapes on photos)."})
+    train_image_dir: str | None = field(
+        default=None, metadata={"help": "Local training images.", ALTERNATIVES: "source"}
+    )
+    train_annotation_dir: str | None = field(
+        default=None, metadata={"help": "Their masks (same file stems, PNG).", PART_OF: "source"}
+    )
+    validation_image_dir: str | None = field(
+        default=None, metadata={"help": "Local validation images.", PART_OF: "source"}
+    )
+    validation_annotation_dir: str | None = field(default=None, metadata={"help": "Their masks.", PART_OF: "source"})
+    demo_data: bool = field(
+        default=False,
+        metadata={"help": "Generate the offline demo task (shapes on photos).", ALTERNATIVES: "source"},
+    )
     demo_num_train_images: int = field(default=512, metadata={"help": "Demo training images."})
     demo_num_validation_images: int = field(default=64, metadata={"help": "Demo held-out images."})
     demo_image_size: int = field(default=64, metadata={"help": "Side of the demo images."})

@@ -1,4 +1,5 @@
-"""Unit tests for caev2_hf.cli: config files turned into flags, found by flag or position, then overridden."""
+"""The scripts' arguments through caev2_hf_cli: config files found by flag or position, read with the flags' types,
+overridden by the command line; the cheap checks; and `import caev2_hf` registering the Auto classes plainly."""
 
 import subprocess
 import sys
@@ -7,18 +8,13 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from transformers import TrainingArguments
 
-from caev2_hf.cli import (
-    UserError,
-    check_image_folder,
-    check_model_path,
-    config_to_arguments,
-    parse_arguments_with_config,
-    parse_known_arguments_with_config,
-    run_main,
-)
-from caev2_hf.evaluation.data_arguments import ImageDataArguments
-from caev2_hf.pretraining.arguments import parse_pretraining_arguments
+from caev2_hf_cli import pretraining
+from caev2_hf_cli.checks import PRESET_NAMES, check_image_folder, check_model_path
+from caev2_hf_cli.classification import ImageDataArguments, ProbeArguments, ProbeModelArguments
+from caev2_hf_cli.errors import UserError
+from caev2_hf_cli.parsing import parse_arguments, run_command
 
 
 @dataclass
@@ -27,26 +23,31 @@ class RequiredArguments:
     epochs: int = field(default=1, metadata={"help": "A field with one."})
 
 
-def test_config_values_become_command_line_flags():
-    values = {"lr": 0.1, "files": ["a", "b"], "flag": True, "unset": None, "kwargs": {"min_lr": 1e-6}}
-    assert config_to_arguments(values) == [
-        "--lr", "0.1", "--files", "a", "b", "--flag", "true", "--kwargs", '{"min_lr": 1e-06}',
-    ]  # fmt: skip
+def test_config_values_mean_what_the_same_flags_mean(tmp_path: Path):
+    """Numbers, lists, booleans, mappings and None in the file give the arguments their flags give."""
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "learning_rate: 1e-4\ndata_files: [a.tar, b.tar]\ntorch_compile: true\nhub_model_id: null\n"
+        "config_overrides: {drop_path_rate: 1.0e-6}\n"
+    )
+    flags = ["--learning_rate", "1e-4", "--data_files", "a.tar", "b.tar", "--torch_compile", "true",
+             "--config_overrides", '{"drop_path_rate": 1e-06}']  # fmt: skip
+    from_file = parse_arguments(pretraining.ARGUMENT_CLASSES, [str(config)])
+    assert from_file == parse_arguments(pretraining.ARGUMENT_CLASSES, flags)
+    assert from_file[2].learning_rate == 1e-4 and from_file[2].hub_model_id is None
 
 
 def test_config_file_is_found_by_flag_and_overridden(tmp_path: Path):
     config = tmp_path / "probe.json"
     config.write_text('{"train_dir": "a", "image_column": "jpg", "streaming": false}')
-    (data_args,) = parse_arguments_with_config(
-        (ImageDataArguments,), ["--image_column", "png", "--config", str(config)]
-    )
+    (data_args,) = parse_arguments((ImageDataArguments,), ["--image_column", "png", "--config", str(config)])
     assert (data_args.train_dir, data_args.image_column, data_args.streaming) == ("a", "png", False)
 
 
 def test_config_file_given_first_may_fill_required_fields(tmp_path: Path):
     config = tmp_path / "run.yaml"
     config.write_text("output_dir: out\nepochs: 3\n")
-    (arguments,) = parse_arguments_with_config((RequiredArguments,), [str(config), "--epochs", "5"])
+    (arguments,) = parse_arguments((RequiredArguments,), [str(config), "--epochs", "5"])
     assert (arguments.output_dir, arguments.epochs) == ("out", 5)
 
 
@@ -56,7 +57,7 @@ def test_config_overrides_on_the_command_line_change_only_their_keys(form: str):
     demo = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
     override = '{"drop_path_rate": 0.25}'
     flags = ["--config_overrides", override] if form == "separate" else [f"--config_overrides={override}"]
-    model_args, _, _ = parse_pretraining_arguments([demo, *flags])
+    model_args, _, _ = parse_arguments(pretraining.ARGUMENT_CLASSES, [demo, *flags])
     overrides = model_args.config_overrides
     assert (overrides["drop_path_rate"], overrides["image_size"], overrides["use_random_teacher"]) == (0.25, 64, True)
 
@@ -64,22 +65,37 @@ def test_config_overrides_on_the_command_line_change_only_their_keys(form: str):
 def test_config_file_with_an_unknown_key_is_refused_with_a_suggestion(tmp_path: Path):
     config = tmp_path / "probe.yaml"
     config.write_text("validation_dirr: val\n")
-    with pytest.raises(ValueError, match=r"unknown argument\(s\) validation_dirr \(did you mean \['validation_dir'\]"):
-        parse_arguments_with_config((ImageDataArguments,), ["--config", str(config)])
+    with pytest.raises(UserError, match=r"unknown argument\(s\) validation_dirr \(did you mean validation_dir\?\)"):
+        parse_arguments((ImageDataArguments,), ["--config", str(config)])
 
 
 def test_a_missing_config_file_is_a_user_error(tmp_path: Path):
     with pytest.raises(UserError, match="nothere.yaml: no such file"):
-        parse_arguments_with_config((ImageDataArguments,), ["--config", str(tmp_path / "nothere.yaml")])
+        parse_arguments((ImageDataArguments,), ["--config", str(tmp_path / "nothere.yaml")])
 
 
-def test_known_arguments_leave_other_classes_flags_and_keys_alone(tmp_path: Path):
+def test_one_parse_fills_the_scripts_classes_and_training_arguments(tmp_path: Path):
     config = tmp_path / "finetune.yaml"
     config.write_text("train_dir: a\nlearning_rate: 0.001\n")  # learning_rate belongs to TrainingArguments
-    (data_args,) = parse_known_arguments_with_config(
-        (ImageDataArguments,), [str(config), "--validation_dir", "b", "--output_dir", "out", "--bf16"]
+    data_args, training_args = parse_arguments(
+        (ImageDataArguments, TrainingArguments), [str(config), "--validation_dir", "b", "--output_dir", "out"]
     )
     assert (data_args.train_dir, data_args.validation_dir) == ("a", "b")
+    assert (training_args.learning_rate, training_args.output_dir) == (0.001, "out")
+
+
+def test_a_source_on_the_command_line_replaces_the_files_for_its_split_only(tmp_path: Path):
+    local = tmp_path / "local.yaml"
+    local.write_text("train_dir: a\nvalidation_dir: b\ndataset_display_name: flowers\n")
+    (data_args,) = parse_arguments((ImageDataArguments,), [str(local), "--validation_files", "val-*.tar"])
+    assert (data_args.train_dir, data_args.validation_dir, data_args.validation_files) == ("a", None, ["val-*.tar"])
+    assert data_args.dataset_display_name is None  # the file's name for the data it no longer reads
+    hub = Path(__file__).resolve().parents[1] / "configs" / "linear-probe-vit-tiny.yaml"
+    _, data_args, _ = parse_arguments(
+        (ProbeModelArguments, ImageDataArguments, ProbeArguments),
+        [str(hub), "--train_dir", "a", "--validation_dir", "b"],
+    )
+    assert (data_args.dataset_name, data_args.train_dir, data_args.validation_dir) == (None, "a", "b")
 
 
 def write_images(folder: Path, count: int, readable: bool = True) -> Path:
@@ -140,24 +156,29 @@ def test_image_data_arguments_check_sources_and_class_folders(tmp_path: Path):
         ImageDataArguments(train_dir=str(flat), validation_dir=good).check()
 
 
-def test_argument_modules_import_without_torch_and_the_package_still_registers_on_use():
-    """`--help` is fast because the scripts' argument modules import neither torch nor transformers' models; the
-    Auto classes still know CAE v2 as soon as they are used after `import caev2_hf`."""
+def test_import_caev2_hf_registers_the_auto_classes_at_once(tmp_path: Path):
+    """A plain import, no hook: a fresh process loads a saved folder through AutoModel and AutoConfig."""
     code = (
-        "import sys\n"
-        "import caev2_hf, caev2_hf.cli, caev2_hf.pretraining.arguments, caev2_hf.evaluation.arguments\n"
-        "import caev2_hf.evaluation.data_arguments, caev2_hf.hub.model_card\n"
-        "assert 'torch' not in sys.modules, 'torch was imported'\n"
-        "from transformers import AutoConfig\n"
-        "from transformers.models.auto.configuration_auto import CONFIG_MAPPING\n"
-        "assert 'caev2' in CONFIG_MAPPING\n"
-        "from transformers import AutoModel\n"
-        "from caev2_hf import CAEv2Config, CAEv2Model\n"
-        "assert type(AutoModel.from_config(CAEv2Config.from_preset('tiny'))) is CAEv2Model\n"
-        "assert CAEv2Model._auto_class == 'AutoModel'\n"
+        "import sys, torch\n"
+        "import caev2_hf\n"
+        "from transformers import AutoConfig, AutoModel\n"
+        "folder = sys.argv[1]\n"
+        "caev2_hf.CAEv2Model(caev2_hf.CAEv2Config.from_preset('tiny', num_hidden_layers=1)).save_pretrained(folder)\n"
+        "model = AutoModel.from_pretrained(folder)\n"
+        "assert type(model) is caev2_hf.CAEv2Model and type(AutoConfig.from_pretrained(folder)) is caev2_hf.CAEv2Config\n"
+        "assert model.config.num_hidden_layers == 1 and caev2_hf.CAEv2Model._auto_class == 'AutoModel'\n"
+        "assert not any(type(finder).__module__.startswith('caev2_hf') for finder in sys.meta_path)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "tiny")], capture_output=True, text=True, timeout=300, check=False
+    )
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_preset_names_are_the_model_presets():
+    from caev2_hf import CAEV2_PRESETS
+
+    assert PRESET_NAMES == tuple(CAEV2_PRESETS)
 
 
 def test_ctrl_c_ends_a_command_in_one_line_with_status_130(capsys):
@@ -165,5 +186,5 @@ def test_ctrl_c_ends_a_command_in_one_line_with_status_130(capsys):
         raise KeyboardInterrupt
 
     with pytest.raises(SystemExit) as exited:
-        run_main(interrupted)
+        run_command(interrupted)
     assert exited.value.code == 130 and capsys.readouterr().err == "interrupted\n"

@@ -16,8 +16,17 @@ DEMO_CONFIG = str(REPO_ROOT / "configs" / "demo.yaml")
 PRETRAIN = [str(REPO_ROOT / "run_pretrain.py")]
 PROBE = [str(REPO_ROOT / "run_linear_probe.py")]
 FINETUNE = [str(REPO_ROOT / "run_finetune.py")]
-CONVERT = ["-m", "caev2_hf.hub.convert_official_checkpoint"]
-HUB = ["-m", "caev2_hf.hub"]
+SEGMENTATION = [str(REPO_ROOT / "run_semantic_segmentation.py")]
+
+
+def console_command(function: str) -> list[str]:
+    """What the console script setup.py installs runs (`caev2-hub` is `caev2_hf_commands:hub`)."""
+    return ["-c", f"import caev2_hf_commands; caev2_hf_commands.{function}()"]
+
+
+CONVERT = console_command("convert_checkpoint")
+HUB = console_command("hub")
+VISUALIZE = console_command("visualize")
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +124,20 @@ def pretrain_probe_and_convert_cases() -> list[tuple[str, list[str], list[str]]]
          ["--weights", "no such folder"]),
         ("hub-push-missing-folder", [*HUB, "push", "--folder", "{root}/nothere", "--repo_id", "a/b"],
          ["--folder", "no such folder"]),
+        ("hub-prepare-run-folder", [*HUB, "prepare", "--weights", "{root}", "--output_dir", "{root}/h"],
+         ["--weights", "a run_pretrain.py output folder", "final"]),
+        ("python-m-hub-missing-folder", ["-m", "caev2_hf.hub", "push", "--folder", "{root}/nothere", "--repo_id", "a/b"],
+         ["--folder", "no such folder"]),
+        ("python-m-convert-jpeg", ["-m", "caev2_hf.hub.convert_official_checkpoint", "--checkpoint", "{root}/photo.jpg",
+                                   "--size", "tiny", "--output_dir", "{root}/o"],
+         ["photo.jpg is a JPEG image", "not a PyTorch checkpoint"]),
+        ("convert-back-a-folder-without-config",
+         [*CONVERT, "--to_official", "--checkpoint", "{root}/empty", "--output_dir", "{root}/o"],
+         ["--to_official --checkpoint", "no config.json there"]),
+        ("visualize-missing-model", [*VISUALIZE, "--model", "./nothere", "--image", "{root}/photo.jpg", "--output_dir",
+                                     "{root}/v"], ["--model ./nothere", "no such folder"]),
+        ("segmentation-no-data", [*SEGMENTATION, "--model", "{root}/encoder", "--num_labels", "3"],
+         ["exactly one data source", "--demo_data true"]),
     ]  # fmt: skip
 
 
@@ -155,10 +178,18 @@ def test_argparse_errors_keep_exit_status_2_without_traceback(tmp_path: Path):
     assert "Traceback" not in result.stderr
     abbreviated = run_command([*PRETRAIN, "--max_step", "3"], cwd=tmp_path)  # argparse would take it for --max_steps
     assert abbreviated.returncode == 2 and "did you mean --max_steps for --max_step?" in abbreviated.stderr
+    for command in (FINETUNE, SEGMENTATION):  # one parse over the script's classes and TrainingArguments
+        typo = run_command([*command, "--learning_rat", "0.1"], cwd=tmp_path)
+        assert typo.returncode == 2 and "unrecognized arguments: --learning_rat 0.1" in typo.stderr
+        assert "did you mean --learning_rate for --learning_rat?" in typo.stderr and "Traceback" not in typo.stderr
+    abbreviated = run_command([*VISUALIZE, "--mod", "m", "--image", "i", "--output_dir", "o"], cwd=tmp_path)
+    assert abbreviated.returncode == 2 and "arguments are required: --model" in abbreviated.stderr  # --mod is not it
 
 
 def test_a_bug_keeps_its_traceback(tmp_path: Path):
     """Only user errors are shortened: any other exception still shows where it happened."""
-    code = "from caev2_hf.cli import run_main\ndef main():\n    raise KeyError('a bug')\nrun_main(main)\n"
+    code = (
+        "from caev2_hf_cli.parsing import run_command\ndef main():\n    raise KeyError('a bug')\nrun_command(main)\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 1 and "Traceback" in result.stderr and "KeyError: 'a bug'" in result.stderr

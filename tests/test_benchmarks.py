@@ -21,6 +21,7 @@ sys.path.insert(0, str(BENCHMARKS_DIR))
 
 import bench_data  # noqa: E402
 import bench_end_to_end  # noqa: E402
+import bench_help  # noqa: E402
 import bench_pretrain  # noqa: E402
 
 
@@ -156,6 +157,26 @@ def test_benchmarks_import_without_datasets_installed():
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.split() == ["2.0"]  # (1 - 0.5) / 0.25
+
+
+def test_bench_help_covers_every_script_and_console_command(tmp_path: Path):
+    """Every run_*.py and every console script setup.py installs (run as its generated wrapper runs it)."""
+    import re
+
+    import caev2_hf_commands
+
+    root = BENCHMARKS_DIR.parent
+    entry_points = dict(re.findall(r'"(caev2-[\w-]+) = caev2_hf_commands:(\w+)"', (root / "setup.py").read_text()))
+    assert len(entry_points) == 4 and bench_help.CONSOLE_COMMANDS == entry_points
+    assert all(callable(getattr(caev2_hf_commands, function)) for function in entry_points.values())
+    scripts = {path.name for path in root.glob("run_*.py")}
+    assert len(scripts) == 4 and set(bench_help.COMMANDS) == scripts | set(entry_points)
+    result = bench_help.main(
+        ["--repeats", "1", "--only", "caev2-model-cards", "--output_json", str(tmp_path / "h.json")]
+    )
+    saved = json.loads((tmp_path / "h.json").read_text())
+    assert saved == result and list(saved) == ["caev2-model-cards"]
+    assert saved["caev2-model-cards"]["lines"] >= 5 and saved["caev2-model-cards"]["best_s"] > 0
 
 
 def test_gpu_suite_script_parses():

@@ -8,7 +8,6 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from caev2_hf.cli import UserError
 from caev2_hf.data.loader import build_pretrain_loader
 from caev2_hf.data.masking import RandomMaskGenerator
 from caev2_hf.data.sources import open_image_dataset
@@ -21,6 +20,7 @@ from caev2_hf.pretraining.checkpointing import (
     resolve_resume_checkpoint,
     save_checkpoint,
 )
+from caev2_hf_cli.errors import UserError
 
 
 def prepared_linear(accelerator: Accelerator) -> tuple[torch.nn.Module, torch.optim.Optimizer]:

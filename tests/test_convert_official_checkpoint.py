@@ -19,6 +19,12 @@ from caev2_hf.hub.convert_official_checkpoint import (
     main,
 )
 from caev2_hf.hub.publish import REQUIRED_FILES
+from caev2_hf_cli.hub import parse_convert_arguments
+
+
+def convert(argv: list[str]) -> None:
+    """`caev2-convert-checkpoint ARGV` in this process: the command's parse and checks, then its main."""
+    main(parse_convert_arguments(argv))
 
 
 def official_sincos_table(grid: int, dim: int, column_first: bool = False) -> torch.Tensor:
@@ -404,7 +410,7 @@ def tiny_full_checkpoint(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor
 
 def test_cli_writes_an_encoder_folder_that_auto_model_loads(tiny_full_checkpoint, tmp_path):
     path, official = tiny_full_checkpoint
-    main(["--checkpoint", str(path), "--size", "tiny", "--output_dir", str(tmp_path / "out")])
+    convert(["--checkpoint", str(path), "--size", "tiny", "--output_dir", str(tmp_path / "out")])
     files = sorted(item.name for item in (tmp_path / "out").iterdir())
     assert files == sorted(REQUIRED_FILES)
     assert json.loads((tmp_path / "out" / "config.json").read_text())["architectures"] == ["CAEv2Model"]
@@ -422,7 +428,7 @@ def test_cli_pretraining_folder_goes_back_to_the_official_file(tmp_path):
     config = CAEv2Config.from_preset("tiny")
     official = build_official_state_dict(config, pretraining=True, dtype=torch.bfloat16)
     torch.save({"model": official}, tmp_path / "full.pth")
-    main(
+    convert(
         [
             "--checkpoint",
             str(tmp_path / "full.pth"),
@@ -433,7 +439,7 @@ def test_cli_pretraining_folder_goes_back_to_the_official_file(tmp_path):
             str(tmp_path / "hf"),
         ]
     )
-    main(["--to_official", "--checkpoint", str(tmp_path / "hf"), "--output_dir", str(tmp_path / "back")])
+    convert(["--to_official", "--checkpoint", str(tmp_path / "hf"), "--output_dir", str(tmp_path / "back")])
     restored = torch.load(tmp_path / "back" / "checkpoint.pth", weights_only=True)["model"]
     assert set(restored) == set(official)
     unchanged = [name for name in official if not name.startswith("regresser.norm.")]
@@ -453,7 +459,7 @@ def test_cli_push_to_hub_uploads_the_converted_folder(tiny_full_checkpoint, tmp_
             "--output_dir",
             str(tmp_path / "out"),
         ]
-        main([*arguments, "--push_to_hub", "--hub_model_id", "my-org/caev2-vit-tiny"])
+        convert([*arguments, "--push_to_hub", "--hub_model_id", "my-org/caev2-vit-tiny"])
     api_class.assert_called_once_with(token="hf_test_token")
     upload = api_class.return_value.upload_folder.call_args.kwargs
     assert (upload["folder_path"], upload["repo_id"]) == (str(tmp_path / "out"), "my-org/caev2-vit-tiny")

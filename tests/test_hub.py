@@ -18,9 +18,17 @@ from transformers import AutoImageProcessor
 from caev2_hf import CAEv2Config, CAEv2Model
 from caev2_hf.hub.model_card import add_eval_results, render_model_card, write_size_cards
 from caev2_hf.hub.publish import list_folder_files, main, prepare_from_weights, push_folder
+from caev2_hf_cli.hub import parse_publish_arguments
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def hub(argv: list[str]) -> None:
+    """`caev2-hub ARGV` in this process: the command's parse and checks, then its main."""
+    main(parse_publish_arguments(argv))
+
+
 SIZES = ("tiny", "small", "base", "large")
 # docs/method.md#paper-results, CAE v2+ (the official recipe): ImageNet-1k LIN / FT top-1, ADE20K mIoU, COCO Mask R-CNN 1x AP box / mask.
 PAPER_RESULTS = {
@@ -124,7 +132,7 @@ def tiny_weights(tmp_path_factory) -> Path:
 def prepared_folder(tiny_weights, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("hub") / "caev2-vit-tiny"
     arguments = ["--size", "tiny", "--weights", str(tiny_weights), "--output_dir", str(folder)]
-    main(["prepare", *arguments, "--model_id", "my-org/caev2-vit-tiny"])
+    hub(["prepare", *arguments, "--model_id", "my-org/caev2-vit-tiny"])
     return folder
 
 
@@ -157,7 +165,7 @@ def test_prepare_dry_run_lists_the_same_files_and_writes_nothing(tiny_weights, t
 
 def test_prepare_refuses_weights_of_another_size(tiny_weights, tmp_path):
     with pytest.raises(ValueError, match=r"not CAE v2 ViT-base: hidden_size=192 \(preset 768\)"):
-        main(["prepare", "--size", "base", "--weights", str(tiny_weights), "--output_dir", str(tmp_path / "out")])
+        hub(["prepare", "--size", "base", "--weights", str(tiny_weights), "--output_dir", str(tmp_path / "out")])
 
 
 # Runs in a fresh interpreter that cannot import caev2_hf (installed editable, so a meta-path hook blocks it).
@@ -232,7 +240,7 @@ def test_push_uploads_exactly_the_prepared_folder(prepared_folder, monkeypatch):
     monkeypatch.setattr("caev2_hf.hub.publish.HfApi", RecordingHfApi)
     monkeypatch.setattr(RecordingHfApi, "calls", [])
     monkeypatch.setenv("HF_TOKEN", "hf_from_environment")
-    main(["push", "--folder", str(prepared_folder), "--repo_id", "my-org/caev2-vit-tiny"])
+    hub(["push", "--folder", str(prepared_folder), "--repo_id", "my-org/caev2-vit-tiny"])
     (_, init), (_, create), (_, upload) = RecordingHfApi.calls
     assert init == {"token": "hf_from_environment"}
     assert create == {"repo_id": "my-org/caev2-vit-tiny", "repo_type": "model", "private": False, "exist_ok": True}
@@ -292,7 +300,7 @@ def test_hub_prepare_keeps_what_the_demo_card_knows(demo_final_folder, tmp_path)
                           metric_name="Top-1 (LIN, fast protocol)", metric_value=91.5)]  # fmt: skip
     add_eval_results(demo_final_folder, results)
     prepared = tmp_path / "hub" / "caev2-demo"
-    main(["prepare", "--weights", str(demo_final_folder), "--output_dir", str(prepared)])
+    hub(["prepare", "--weights", str(demo_final_folder), "--output_dir", str(prepared)])
     text = (prepared / "README.md").read_text()
     metadata = yaml_header(text)
     assert "datasets" not in metadata or metadata["datasets"] in (None, [])

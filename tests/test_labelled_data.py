@@ -5,13 +5,13 @@ from pathlib import Path
 import datasets
 import pytest
 
-from caev2_hf.cli import UserError
 from caev2_hf.evaluation.labelled_data import (
     build_label_mappings,
     count_labels,
     describe_data_source,
     resolve_class_names,
 )
+from caev2_hf_cli.errors import UserError
 
 
 def test_data_description_changes_when_a_file_changes(tmp_path: Path):

@@ -1,6 +1,7 @@
 """caev2_hf_cli.parsing: the config file read to a mapping, the command line laid over it, parsed once."""
 
 import argparse
+import pkgutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -8,14 +9,18 @@ from pathlib import Path
 
 import pytest
 
+import caev2_hf_cli
 from caev2_hf_cli.errors import UserError
-from caev2_hf_cli.parsing import ALTERNATIVES, MERGED_MAPPING, parse_arguments, run_command
+from caev2_hf_cli.parsing import ALTERNATIVES, MERGED_MAPPING, PART_OF, answer_help, parse_arguments, run_command
 
 
 @dataclass
 class Source:
     train_dir: str | None = field(default=None, metadata={"help": "A folder.", ALTERNATIVES: "source"})
     data_files: list[str] | None = field(default=None, metadata={"help": "Shards.", ALTERNATIVES: "source"})
+    dataset_name: str | None = field(default=None, metadata={"help": "Both splits.", ALTERNATIVES: ("source", "val")})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Its config.", PART_OF: ("source", "val")})
+    validation_dir: str | None = field(default=None, metadata={"help": "Held out.", ALTERNATIVES: "val"})
     image_column: str | None = field(default=None, metadata={"help": "Not a source."})
 
 
@@ -59,6 +64,36 @@ def test_a_source_on_the_command_line_replaces_every_source_of_the_file(tmp_path
     config = write(tmp_path, "output_dir: out\ntrain_dir: demo\nimage_column: jpg\n")
     source, _ = parse_arguments(CLASSES, [config, "--data_files", "a.tar", "b.tar"])
     assert (source.train_dir, source.data_files, source.image_column) == (None, ["a.tar", "b.tar"], "jpg")
+
+
+def test_a_setting_of_a_source_goes_with_it_but_replaces_nothing_itself(tmp_path: Path):
+    config = write(tmp_path, "output_dir: out\ndataset_name: org/data\ndataset_config_name: full\n")
+    source, _ = parse_arguments(CLASSES, [config, "--dataset_config_name", "mini"])
+    assert (source.dataset_name, source.dataset_config_name) == ("org/data", "mini")
+    source, _ = parse_arguments(CLASSES, [config, "--train_dir", "images"])
+    assert (source.train_dir, source.dataset_name, source.dataset_config_name) == ("images", None, None)
+
+
+def test_a_field_may_stand_in_several_groups(tmp_path: Path):
+    """A Hub dataset holds both splits: it goes when either split gets a local source, and replaces both."""
+    local = write(tmp_path, "output_dir: out\ntrain_dir: a\nvalidation_dir: b\n", "local.yaml")
+    source, _ = parse_arguments(CLASSES, [local, "--validation_dir", "c"])
+    assert (source.train_dir, source.validation_dir) == ("a", "c")
+    source, _ = parse_arguments(CLASSES, [local, "--dataset_name", "org/data"])
+    assert (source.train_dir, source.validation_dir, source.dataset_name) == (None, None, "org/data")
+    hub = write(tmp_path, "output_dir: out\ndataset_name: org/data\n", "hub.yaml")
+    source, _ = parse_arguments(CLASSES, [hub, "--validation_dir", "c"])
+    assert (source.dataset_name, source.validation_dir) == (None, "c")
+
+
+def test_help_lists_the_given_classes_and_the_epilog_then_exits(capsys: pytest.CaptureFixture):
+    answer_help(["--max_steps", "3"], (Run,))  # not asked: nothing happens
+    with pytest.raises(SystemExit) as exit_info:
+        answer_help(["--max_steps", "3", "--help"], (Run,), "What it does.", "And the rest.")
+    shown = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    assert "What it does." in shown and "--max_steps MAX_STEPS" in shown and shown.rstrip().endswith("And the rest.")
+    assert "--train_dir" not in shown
 
 
 def test_the_command_line_is_parsed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -112,9 +147,12 @@ def test_run_command_turns_a_user_error_into_one_line_and_status_2(capsys: pytes
 
 
 def test_the_command_line_package_imports_neither_torch_nor_caev2_hf():
+    """Every module of caev2_hf_cli, and the console commands' module before it runs a command."""
+    modules = [f"caev2_hf_cli.{module.name}" for module in pkgutil.iter_modules(caev2_hf_cli.__path__)]
+    assert {"caev2_hf_cli.pretraining", "caev2_hf_cli.classification", "caev2_hf_cli.hub"} <= set(modules)
     code = (
-        "import sys, caev2_hf_cli, caev2_hf_cli.parsing, caev2_hf_cli.checks, caev2_hf_cli.errors\n"
-        "print(sorted(name for name in ('torch', 'caev2_hf') if name in sys.modules))"
+        f"import sys, importlib\nfor name in {[*modules, 'caev2_hf_commands']!r}:\n    importlib.import_module(name)\n"
+        "print(sorted(name for name in sys.modules if name.split('.')[0] in ('torch', 'caev2_hf')))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert result.stdout.strip() == "[]"

@@ -12,7 +12,6 @@ import pytest
 import torch
 from PIL import Image, JpegImagePlugin
 
-from caev2_hf.cli import UserError
 from caev2_hf.data import loader as loader_module
 from caev2_hf.data import transforms as transforms_module
 from caev2_hf.data.decoding import open_image, to_rgb_image
@@ -20,8 +19,10 @@ from caev2_hf.data.loader import build_pretrain_loader
 from caev2_hf.data.masking import RandomMaskGenerator
 from caev2_hf.data.sources import open_image_dataset, shard_for_process
 from caev2_hf.data.transforms import PretrainCrop, _draft_request
-from caev2_hf.pretraining.arguments import parse_pretraining_arguments
 from caev2_hf.pretraining.checkpointing import ResumableBatchStream
+from caev2_hf_cli.errors import UserError
+from caev2_hf_cli.parsing import parse_arguments
+from caev2_hf_cli.pretraining import ARGUMENT_CLASSES
 
 
 def encode(image: Image.Image, image_format: str = "PNG", **options) -> bytes:
@@ -232,12 +233,12 @@ def test_resume_with_another_worker_count_is_refused(demo_tar_shards) -> None:
 def test_a_data_source_on_the_command_line_replaces_the_config_files(tmp_path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text("train_dir: images\nnum_demo_images: 4\ndataset_config_name: x\nmax_steps: 3\n")
-    _, data_args, training_args = parse_pretraining_arguments(["--config", str(config), "--data_files", "a.tar"])
+    _, data_args, training_args = parse_arguments(ARGUMENT_CLASSES, ["--config", str(config), "--data_files", "a.tar"])
     assert (data_args.data_files, data_args.train_dir, data_args.dataset_config_name) == (["a.tar"], None, None)
     assert training_args.max_steps == 3  # the rest of the file still applies
-    _, data_args, _ = parse_pretraining_arguments([str(config), "--dataset_name=org/data"])
+    _, data_args, _ = parse_arguments(ARGUMENT_CLASSES, [str(config), "--dataset_name=org/data"])
     assert (data_args.dataset_name, data_args.train_dir) == ("org/data", None)
-    _, data_args, _ = parse_pretraining_arguments([str(config), "--max_steps", "5"])
+    _, data_args, _ = parse_arguments(ARGUMENT_CLASSES, [str(config), "--max_steps", "5"])
     assert data_args.train_dir == "images"  # no source on the command line: the file's
 
 

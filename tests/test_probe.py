@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch import nn
 
-from caev2_hf.evaluation.arguments import ProbeArguments
 from caev2_hf.evaluation.feature_cache import FeatureCacheFile
 from caev2_hf.evaluation.probe import (
     EpochRecord,
@@ -17,6 +16,7 @@ from caev2_hf.evaluation.probe import (
     train_fast_probe,
     train_linear_heads,
 )
+from caev2_hf_cli.classification import ProbeArguments
 
 
 def separable_features(num_examples: int = 96) -> tuple[torch.Tensor, torch.Tensor]:

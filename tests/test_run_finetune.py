@@ -14,9 +14,6 @@ from PIL import Image
 from transformers import Trainer, TrainingArguments, pipeline
 
 from caev2_hf import CAEv2ForImageClassification, CAEv2ForPreTraining
-from caev2_hf.cli import UserError, parse_arguments_with_config
-from caev2_hf.evaluation.arguments import AugmentationArguments, FineTuningModelArguments
-from caev2_hf.evaluation.data_arguments import ImageDataArguments
 from caev2_hf.evaluation.finetune import (
     CAEv2FineTuningTrainer,
     build_classification_loss,
@@ -26,12 +23,21 @@ from caev2_hf.evaluation.finetune import (
     load_finetune_model,
 )
 from caev2_hf.evaluation.frozen_encoder import EncoderPreprocessing
+from caev2_hf_cli.classification import AugmentationArguments, FineTuningModelArguments, ImageDataArguments
+from caev2_hf_cli.errors import UserError
+from caev2_hf_cli.parsing import parse_arguments
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODULE_SPEC = importlib.util.spec_from_file_location("run_finetune", REPO_ROOT / "run_finetune.py")
 run_finetune = importlib.util.module_from_spec(MODULE_SPEC)
 MODULE_SPEC.loader.exec_module(run_finetune)
+
+
+def finetune(argv: list[str]) -> dict:
+    """`python run_finetune.py ARGV` in this process: the script's one parse and checks, then its main."""
+    return run_finetune.main(*run_finetune.parse_and_check_arguments(argv))
+
 
 COLOURS = {"blue": (40, 60, 200), "green": (40, 180, 60), "red": (210, 50, 40)}
 # Mixup, cutmix, RandAugment and erasing off, so a few steps visibly lower the loss.
@@ -79,7 +85,7 @@ def test_finetuning_lowers_the_loss_and_writes_a_classifier(
     encoder_dir: str, colours: dict, tmp_path: Path, capsys: pytest.CaptureFixture
 ):
     arguments = finetune_arguments(encoder_dir, colours, tmp_path, "--max_steps", "24", "--learning_rate", "2e-3")
-    results = run_finetune.main([*arguments, "--logging_steps", "1", "--warmup_steps", "2"])
+    results = finetune([*arguments, "--logging_steps", "1", "--warmup_steps", "2"])
     printed = capsys.readouterr()
     losses = [entry["loss"] for entry in json.loads((tmp_path / "trainer_state.json").read_text())["log_history"]
               if "loss" in entry]  # fmt: skip
@@ -106,7 +112,7 @@ def test_finetuning_runs_the_default_recipe_without_timm(
     data = ["--train_dir", colours["train"], "--validation_dir", colours["validation"], "--output_dir", str(tmp_path)]
     options = ["--max_steps", "3", "--per_device_train_batch_size", "5", "--report_to", "none"]  # odd batches
     options += ["--save_strategy", "no", "--dataloader_num_workers", "0"]
-    results = run_finetune.main(["--model", encoder_dir, *data, *options])
+    results = finetune(["--model", encoder_dir, *data, *options])
     assert results["max_steps"] == 3 and 0 <= results["top1_accuracy"] <= 1 and results["top5_accuracy"] == 1.0
 
 
@@ -114,7 +120,7 @@ def test_epochs_become_steps_for_a_stream(encoder_dir: str, colours: dict, tmp_p
     # 72 training images, 2 epochs, batch 8 x accumulation 3 = 24 per step: 6 optimizer steps. The data is prepared
     # in the Arrow cache first (streaming false), as multi-worker runs on image folders would.
     arguments = finetune_arguments(encoder_dir, colours, tmp_path, "--num_train_epochs", "2")
-    results = run_finetune.main([*arguments, "--gradient_accumulation_steps", "3", "--streaming", "false"])
+    results = finetune([*arguments, "--gradient_accumulation_steps", "3", "--streaming", "false"])
     assert (results["max_steps"], results["num_train_examples"], results["num_classes"]) == (6, 72, 3)
 
 
@@ -140,11 +146,11 @@ def test_resume_from_latest_continues_the_trainers_checkpoint(encoder_dir: str, 
     arguments = finetune_arguments(encoder_dir, colours, tmp_path, "--max_steps", "4", "--save_strategy", "steps")
     arguments += ["--save_steps", "2"]
     with pytest.raises(UserError, match="holds no checkpoint-N folder yet"):
-        run_finetune.main([*arguments, "--resume_from_checkpoint", "latest"])
+        finetune([*arguments, "--resume_from_checkpoint", "latest"])
     with pytest.raises(UserError, match="nowhere is no Trainer checkpoint"):
-        run_finetune.main([*arguments, "--resume_from_checkpoint", str(tmp_path / "nowhere")])
-    run_finetune.main([*arguments, "--max_steps", "2"])  # a run that stopped after its checkpoint at step 2
-    run_finetune.main([*arguments, "--resume_from_checkpoint", "latest"])
+        finetune([*arguments, "--resume_from_checkpoint", str(tmp_path / "nowhere")])
+    finetune([*arguments, "--max_steps", "2"])  # a run that stopped after its checkpoint at step 2
+    finetune([*arguments, "--resume_from_checkpoint", "latest"])
     history = json.loads((tmp_path / "trainer_state.json").read_text())
     assert history["global_step"] == 4 and (tmp_path / "checkpoint-4").is_dir()
 
@@ -198,7 +204,7 @@ def test_finetune_model_starts_fc_norm_as_the_encoder_final_norm(encoder_dir: st
 def test_finetuning_refuses_a_head_with_another_class_count(colours: dict, tmp_path: Path):
     CAEv2ForImageClassification(build_tiny_config(num_labels=5)).save_pretrained(tmp_path / "classifier")
     with pytest.raises(ValueError, match="head has 5 classes but the dataset has 3"):
-        run_finetune.main(finetune_arguments(str(tmp_path / "classifier"), colours, tmp_path / "out"))
+        finetune(finetune_arguments(str(tmp_path / "classifier"), colours, tmp_path / "out"))
     model_args = FineTuningModelArguments(str(tmp_path / "classifier"), ignore_mismatched_sizes=True)
     replaced = load_finetune_model(model_args, ["a", "b", "c"])
     assert replaced.classifier.weight.shape == (3, 32)
@@ -257,7 +263,7 @@ def test_trainer_refuses_options_the_recipe_does_not_read(encoder_dir: str, colo
         encoder_dir, colours, tmp_path, "--max_steps", "1", "--label_smoothing_factor", "0.1"
     )
     with pytest.raises(ValueError, match="use --label_smoothing"):
-        run_finetune.main(arguments)
+        finetune(arguments)
 
 
 def test_trainer_mixes_every_image_of_a_short_odd_batch_while_training_only():
@@ -285,7 +291,7 @@ def test_trainer_mixes_every_image_of_a_short_odd_batch_while_training_only():
 def test_finetune_config_is_read_and_overridden_by_flags(size, learning_rate, layer_decay, mixup, warmup, tmp_path):
     config = str(REPO_ROOT / "configs" / f"finetune-vit-{size}.yaml")
     roles = (FineTuningModelArguments, ImageDataArguments, AugmentationArguments, TrainingArguments)
-    model_args, data_args, augmentation_args, training_args = parse_arguments_with_config(
+    model_args, data_args, augmentation_args, training_args = parse_arguments(
         roles, [config, "--output_dir", str(tmp_path), "--bf16", "false", "--report_to", "none"]
     )
     assert (training_args.learning_rate, model_args.layer_decay, augmentation_args.mixup) == (
@@ -310,4 +316,4 @@ def test_finetune_config_is_read_and_overridden_by_flags(size, learning_rate, la
 )
 def test_augmentation_arguments_out_of_range_are_user_errors_at_parse_time(flags: list[str], message: str):
     with pytest.raises(UserError, match=message):
-        parse_arguments_with_config((AugmentationArguments,), flags)
+        parse_arguments((AugmentationArguments,), flags)

@@ -21,17 +21,24 @@ from transformers import AutoModelForImageClassification, CLIPVisionModel, pipel
 
 import caev2_hf.evaluation.frozen_encoder
 from caev2_hf import CAEv2ForPreTraining
-from caev2_hf.cli import UserError, parse_arguments_with_config
 from caev2_hf.data.device_augment import normalize_pixel_values
 from caev2_hf.data.transforms import build_eval_transform
-from caev2_hf.evaluation.arguments import ProbeArguments, ProbeModelArguments
-from caev2_hf.evaluation.data_arguments import ImageDataArguments
+from caev2_hf_cli.classification import ImageDataArguments, ProbeArguments, ProbeModelArguments
+from caev2_hf_cli.errors import UserError
+from caev2_hf_cli.parsing import parse_arguments
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODULE_SPEC = importlib.util.spec_from_file_location("run_linear_probe", REPO_ROOT / "run_linear_probe.py")
 run_linear_probe = importlib.util.module_from_spec(MODULE_SPEC)
 MODULE_SPEC.loader.exec_module(run_linear_probe)
+ARGUMENT_CLASSES = (ProbeModelArguments, ImageDataArguments, ProbeArguments)
+
+
+def probe(argv: list[str]) -> dict:
+    """`python run_linear_probe.py ARGV` in this process: the script's parse and checks, then its main."""
+    return run_linear_probe.main(*run_linear_probe.parse_and_check_arguments(argv))
+
 
 # Short runs: 15 epochs of 10 steps. LARS moves a matrix by lr x 0.001 of its norm per step, so a batch of 50
 # needs a larger base lr than ImageNet's 0.1 at 8192 to train in 150 steps.
@@ -78,7 +85,7 @@ def run_and_capture(arguments: list[str]) -> tuple[dict, str]:
     """`main(arguments)`'s results and what it printed."""
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        results = run_linear_probe.main(arguments)
+        results = probe(arguments)
     AcceleratorState._reset_state(reset_partial_state=True)
     return results, printed.getvalue()
 
@@ -198,7 +205,7 @@ def test_fast_probe_reuses_its_feature_cache(fast_run: dict, tmp_path: Path):
 def test_fast_probe_rebuilds_its_cache_when_the_model_changes(fast_run: dict, digits: dict, tmp_path: Path):
     changed = write_encoder(tmp_path / "changed", seed=1)
     arguments = probe_arguments(changed, digits, tmp_path / "out", "--protocol", "fast")
-    results = run_linear_probe.main([*arguments, "--cache_dir", str(fast_run["cache_dir"])])
+    results = probe([*arguments, "--cache_dir", str(fast_run["cache_dir"])])
     old_path = fast_run["results"]["feature_cache"]["train"]["path"]
     assert results["feature_cache"]["train"]["reused"] is False
     assert results["feature_cache"]["train"]["path"] != old_path
@@ -213,11 +220,11 @@ def test_fast_probe_refuses_a_cache_written_by_another_model(fast_run: dict, dig
         "--cache_dir",
         str(cache_dir),
     ]
-    own_path = run_linear_probe.main(arguments)["feature_cache"]["train"]["path"]
+    own_path = probe(arguments)["feature_cache"]["train"]["path"]
     shutil.copy(fast_run["results"]["feature_cache"]["train"]["path"], own_path)  # another model's features
     AcceleratorState._reset_state(reset_partial_state=True)
     with pytest.raises(ValueError, match="was written by another model"):
-        run_linear_probe.main(arguments)
+        probe(arguments)
 
 
 def test_probe_output_runs_in_the_image_classification_pipeline(fast_run: dict, digits: dict):
@@ -247,7 +254,7 @@ def test_update_model_card_adds_the_probe_results(fast_run: dict, encoder_dir: s
     model_dir = shutil.copytree(encoder_dir, tmp_path / "model")
     ModelCard("---\nlicense: apache-2.0\n---\n# My encoder\n").save(model_dir / "README.md")
     overrides = ["--model", str(model_dir), "--output_dir", str(tmp_path / "out"), "--update_model_card", "true"]
-    results = run_linear_probe.main([*fast_run["arguments"], *overrides])
+    results = probe([*fast_run["arguments"], *overrides])
     card = ModelCard.load(model_dir / "README.md")
     values = {result.metric_name: result.metric_value for result in card.data.eval_results}
     assert values == {
@@ -261,7 +268,7 @@ def test_fast_probe_compares_another_transformers_encoder(digits: dict, tmp_path
     torch.manual_seed(0)
     CLIPVisionModel(build_tiny_config().teacher_config).save_pretrained(tmp_path / "clip")  # pooler: CLS after LN
     arguments = probe_arguments(str(tmp_path / "clip"), digits, tmp_path / "out", "--protocol", "fast")
-    results = run_linear_probe.main([*arguments, "--cache_dir", str(tmp_path / "cache")])
+    results = probe([*arguments, "--cache_dir", str(tmp_path / "cache")])
     assert results["top1_accuracy"] > 0.3
     head = load_file(tmp_path / "out" / "probe_head.safetensors")
     assert head["head.1.weight"].shape == (10, 32) and head["head.0.running_var"].shape == (32,)
@@ -270,11 +277,14 @@ def test_fast_probe_compares_another_transformers_encoder(digits: dict, tmp_path
 
 def test_probe_refuses_a_folder_without_an_encoder(digits: dict, tmp_path: Path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="holds no model"):
-        run_linear_probe.main(probe_arguments(str(tmp_path / "empty"), digits, tmp_path / "out"))
+    with pytest.raises(UserError, match="holds no config.json"):  # the script's check, before torch
+        probe(probe_arguments(str(tmp_path / "empty"), digits, tmp_path / "out"))
+    unchecked = parse_arguments(ARGUMENT_CLASSES, probe_arguments(str(tmp_path / "empty"), digits, tmp_path / "out"))
+    with pytest.raises(ValueError, match="holds no model"):  # the loader's own
+        run_linear_probe.main(*unchecked)
     build_tiny_config().save_pretrained(tmp_path / "config_only")
     with pytest.raises(ValueError, match="No encoder weights could be loaded"):
-        run_linear_probe.main(probe_arguments(str(tmp_path / "config_only"), digits, tmp_path / "out"))
+        probe(probe_arguments(str(tmp_path / "config_only"), digits, tmp_path / "out"))
 
 
 def test_probe_refuses_a_dataset_without_labels(encoder_dir: str, digits: dict, tmp_path: Path):
@@ -283,8 +293,10 @@ def test_probe_refuses_a_dataset_without_labels(encoder_dir: str, digits: dict, 
     for path in list(Path(digits["train"]).glob("*/*.png"))[:20]:
         shutil.copy(path, unlabelled / path.name)  # no class subfolders, so no label column
     arguments = probe_arguments(encoder_dir, {"train": str(unlabelled), "validation": digits["validation"]}, tmp_path)
-    with pytest.raises(ValueError, match="has no label column"):
-        run_linear_probe.main(arguments)
+    with pytest.raises(UserError, match="holds files but no class subfolders"):  # the script's check, before torch
+        probe(arguments)
+    with pytest.raises(ValueError, match="has no label column"):  # the loader's own, for callers of the library
+        run_linear_probe.main(*parse_arguments(ARGUMENT_CLASSES, arguments))
 
 
 def test_probe_refuses_validation_classes_the_head_does_not_have(encoder_dir: str, digits: dict, tmp_path: Path):
@@ -293,14 +305,14 @@ def test_probe_refuses_validation_classes_the_head_does_not_have(encoder_dir: st
     shutil.copy(next(Path(digits["validation"]).glob("3/*.png")), validation / "extra" / "x.png")
     arguments = probe_arguments(encoder_dir, {"train": digits["train"], "validation": str(validation)}, tmp_path)
     with pytest.raises(UserError, match=r"validation data 11 \(0, 1, 2, 3, 4, \.\.\.\): give both the same class"):
-        run_linear_probe.main([*arguments, "--protocol", "fast", "--cache_dir", str(tmp_path / "cache")])
+        probe([*arguments, "--protocol", "fast", "--cache_dir", str(tmp_path / "cache")])
 
 
 @pytest.mark.parametrize("size, batch_size", [("tiny", 16384), ("small", 8192), ("base", 8192)])
 def test_linear_probe_config_is_read_and_overridden_by_flags(size: str, batch_size: int):
     config = str(REPO_ROOT / "configs" / f"linear-probe-vit-{size}.yaml")
-    model_args, data_args, probe_args = parse_arguments_with_config(
-        (ProbeModelArguments, ImageDataArguments, ProbeArguments), [config, "--epochs", "30", "--protocol", "fast"]
+    model_args, data_args, probe_args = parse_arguments(
+        ARGUMENT_CLASSES, [config, "--epochs", "30", "--protocol", "fast"]
     )
     assert (probe_args.batch_size, probe_args.base_learning_rate, probe_args.warmup_epochs) == (batch_size, 0.1, 10)
     assert (probe_args.epochs, probe_args.protocol) == (30, "fast")
@@ -316,7 +328,7 @@ def test_fast_probe_reads_tar_shards_and_holds_out_part_of_train(encoder_dir: st
     arguments = ["--model", encoder_dir, "--train_files", *train, "--validation_files", *validation]
     arguments += ["--output_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache"), *RUN_SETTINGS]
     arguments += ["--batch_size", "16", "--epochs", "60", "--fast_base_learning_rates", "1", "3", "10", "30", "100"]
-    results = run_linear_probe.main([*arguments, "--protocol", "fast", "--holdout_fraction", "0.2"])
+    results = probe([*arguments, "--protocol", "fast", "--holdout_fraction", "0.2"])
     assert results["num_train_examples"] == 60
     # 20 % of 60 held out: every hold-out accuracy is a multiple of 1/12
     for entry in results["learning_rate_histories"]:
@@ -338,4 +350,4 @@ def test_fast_probe_reads_tar_shards_and_holds_out_part_of_train(encoder_dir: st
 def test_probe_arguments_out_of_range_are_user_errors_at_parse_time(flags: list[str], message: str):
     arguments = ["--model", "m", "--output_dir", "out", *flags]
     with pytest.raises(UserError, match=message):
-        parse_arguments_with_config((ProbeModelArguments, ImageDataArguments, ProbeArguments), arguments)
+        parse_arguments(ARGUMENT_CLASSES, arguments)

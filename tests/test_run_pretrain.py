@@ -24,11 +24,12 @@ from transformers import AutoImageProcessor, AutoModel
 
 import caev2_hf.hub.publish
 from caev2_hf import CAEv2Config, CAEv2ForPreTraining, CAEv2Model
-from caev2_hf.cli import UserError
 from caev2_hf.data.demo import write_demo_image_folder
-from caev2_hf.pretraining.arguments import parse_pretraining_arguments
 from caev2_hf.pretraining.checkpointing import read_training_state
 from caev2_hf.pretraining.step import PretrainingStep, build_accelerator
+from caev2_hf_cli.errors import UserError
+from caev2_hf_cli.parsing import parse_arguments
+from caev2_hf_cli.pretraining import ARGUMENT_CLASSES
 
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
@@ -36,6 +37,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 MODULE_SPEC = importlib.util.spec_from_file_location("run_pretrain", REPO_ROOT / "run_pretrain.py")
 run_pretrain = importlib.util.module_from_spec(MODULE_SPEC)
 MODULE_SPEC.loader.exec_module(run_pretrain)
+
+
+def pretrain(argv: list[str]) -> None:
+    """`python run_pretrain.py ARGV` in this process: the script's parse and checks, then its main."""
+    run_pretrain.main(*run_pretrain.parse_and_check_arguments(argv))
+
+
+def parse_pretraining_arguments(argv: list[str]) -> tuple:
+    """The arguments alone, unchecked."""
+    return parse_arguments(ARGUMENT_CLASSES, argv)
 
 
 def tiny_model_overrides() -> dict:
@@ -83,7 +94,7 @@ def run_until_preempted(monkeypatch: pytest.MonkeyPatch, config_path: str, step_
     with monkeypatch.context() as patched:
         patched.setattr(PretrainingStep, "__call__", crash)
         with pytest.raises(KeyboardInterrupt):
-            run_pretrain.main(["--config", config_path])
+            pretrain(["--config", config_path])
 
 
 def final_weights(output_dir: str | Path) -> dict[str, torch.Tensor]:
@@ -96,7 +107,7 @@ def checkpoint_state(output_dir: str | Path, step: int) -> dict:
 
 def test_demo_config_runs_end_to_end_and_its_final_folder_loads(tmp_path: Path) -> None:
     output_dir, image_dir = tmp_path / "demo_output", tmp_path / "demo_images"
-    run_pretrain.main(
+    pretrain(
         ["--config", str(REPO_ROOT / "configs" / "demo.yaml"), "--output_dir", str(output_dir),
          "--demo_dir", str(image_dir), "--num_demo_images", "16", "--per_device_train_batch_size", "4",
          "--max_steps", "3", "--warmup_steps", "1", "--logging_steps", "1", "--save_steps", "1"]
@@ -141,12 +152,12 @@ def test_resume_matches_uninterrupted_run(
                      logging_steps=2, report_to="tensorboard")  # fmt: skip
     uninterrupted = write_config(tmp_path, "uninterrupted", **data, **arguments)
     interrupted = write_config(tmp_path, "interrupted", **data, **arguments)
-    run_pretrain.main(["--config", uninterrupted])
+    pretrain(["--config", uninterrupted])
 
     with caplog.at_level("WARNING", logger="run_pretrain"):
         run_until_preempted(monkeypatch, interrupted, step_calls=9)  # the middle of update 5's accumulation
     assert "Interrupted: the last checkpoint is" in caplog.text and "checkpoint-00000003" in caplog.text
-    run_pretrain.main(["--config", interrupted, "--resume_from_checkpoint", "latest"])
+    pretrain(["--config", interrupted, "--resume_from_checkpoint", "latest"])
 
     # The logs: the checkpoint at 3 closes a window too, so the resumed run logs the same windows (2, 3, 4, 6), and
     # TensorBoard hides what the interrupted run logged after its checkpoint (update 4, before the crash).
@@ -237,7 +248,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(
     num_images = 32 if source == "shards" else 16
     assert not rank_images[0] & rank_images[1] and len(rank_images[0] | rank_images[1]) == num_images
     monkeypatch.setattr(run_pretrain, "open_train_stream", lambda *args, **kwargs: ConcatenatedStreams(streams))
-    run_pretrain.main(["--config", two, "--per_device_train_batch_size", "4", "--output_dir", str(tmp_path / "one")])
+    pretrain(["--config", two, "--per_device_train_batch_size", "4", "--output_dir", str(tmp_path / "one")])
 
     one_process, two_processes = final_weights(tmp_path / "one"), final_weights(tmp_path / "two_processes")
     # The regressor's key-LayerNorm bias shifts every key alike, to which softmax is blind: its true gradient is 0
@@ -263,7 +274,7 @@ def nan_losses(monkeypatch, bad_calls: set[int] | None) -> None:
 
 def test_nonfinite_loss_skips_the_update_and_counts_it(tmp_path: Path, demo_image_folder: str, monkeypatch) -> None:
     nan_losses(monkeypatch, bad_calls={1})
-    run_pretrain.main(["--config", write_config(tmp_path, train_dir=demo_image_folder, max_steps=3, save_steps=3)])
+    pretrain(["--config", write_config(tmp_path, train_dir=demo_image_folder, max_steps=3, save_steps=3)])
     assert checkpoint_state(tmp_path / "config", 3)["skipped_steps"] == 1
     optimizer_state = torch.load(tmp_path / "config" / "checkpoints" / "checkpoint-00000003" / "optimizer.bin")
     assert {int(state["step"]) for state in optimizer_state["state"].values()} == {2}  # 3 updates, 1 skipped
@@ -274,7 +285,7 @@ def test_nonfinite_losses_in_a_row_stop_the_run(tmp_path: Path, demo_image_folde
     nan_losses(monkeypatch, bad_calls=None)
     config = write_config(tmp_path, train_dir=demo_image_folder, max_steps=4, max_consecutive_skipped_steps=2)
     with pytest.raises(RuntimeError, match="2 updates in a row had a non-finite loss"):
-        run_pretrain.main(["--config", config])
+        pretrain(["--config", config])
 
 
 def encode(image: Image.Image, image_format: str) -> bytes:
@@ -300,7 +311,7 @@ def test_unusable_images_are_skipped_and_counted(tmp_path: Path, caplog) -> None
     # 10 usable images, batches of 4: one epoch is 2 batches and a dropped tail of 2; the 2 unusable files are
     # counted wherever the shuffle put them, the dropped tail included.
     config = write_config(tmp_path, train_dir=str(folder), shuffle_buffer_size=1, max_steps=2, save_steps=2)
-    run_pretrain.main(["--config", config])
+    pretrain(["--config", config])
     assert checkpoint_state(tmp_path / "config", 2)["skipped_images"] == 2
     skips = [record.getMessage() for record in caplog.records if "Skipping an unusable image" in record.getMessage()]
     assert len(skips) == 2 and not any("BytesIO" in message for message in skips)
@@ -314,7 +325,7 @@ def test_unusable_images_are_skipped_and_counted(tmp_path: Path, caplog) -> None
 def test_empty_dataset_is_reported(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="empty holds no image files"):
-        run_pretrain.main(["--config", write_config(tmp_path, train_dir=str(tmp_path / "empty"))])
+        pretrain(["--config", write_config(tmp_path, train_dir=str(tmp_path / "empty"))])
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -326,7 +337,7 @@ def test_dataset_of_only_unreadable_images_is_reported(tmp_path: Path, num_worke
         tmp_path, train_dir=str(tmp_path / "broken"), dataloader_num_workers=num_workers, per_device_train_batch_size=2
     )
     with pytest.raises(UserError) as raised:
-        run_pretrain.main(["--config", config])
+        pretrain(["--config", config])
     message = str(raised.value)  # one line, even from a loader worker, whose traceback PyTorch would prepend
     assert message.startswith("A whole pass (epoch 0) over loader worker") and "every image was unreadable" in message
     assert "\n" not in message
@@ -336,7 +347,7 @@ def test_column_without_images_is_reported(tmp_path: Path) -> None:
     pq.write_table(pa.Table.from_pylist([{"text": "a caption"}] * 4), tmp_path / "captions.parquet")
     config = write_config(tmp_path, data_files=[str(tmp_path / "captions.parquet")])
     with pytest.raises(ValueError, match=r"No image column among the dataset's columns \['text'\]"):
-        run_pretrain.main(["--config", config])
+        pretrain(["--config", config])
 
 
 def test_fewer_shards_than_processes_is_reported(tmp_path: Path, demo_tar_shards: list[str]) -> None:
@@ -350,7 +361,7 @@ def test_fewer_shards_than_processes_is_reported(tmp_path: Path, demo_tar_shards
 def test_resume_from_a_missing_checkpoint_is_reported(tmp_path: Path, demo_image_folder: str) -> None:
     config = write_config(tmp_path, train_dir=demo_image_folder)
     with pytest.raises(UserError, match="is not a complete checkpoint"):
-        run_pretrain.main(["--config", config, "--resume_from_checkpoint", str(tmp_path / "no-such-checkpoint")])
+        pretrain(["--config", config, "--resume_from_checkpoint", str(tmp_path / "no-such-checkpoint")])
 
 
 class RecordingHfApi:
@@ -379,7 +390,7 @@ def test_push_to_hub_uploads_the_final_folder_with_the_token_from_the_environmen
     monkeypatch.setattr(caev2_hf.hub.publish, "HfApi", RecordingHfApi)
     RecordingHfApi.instances.clear()
     config = write_config(tmp_path, train_dir=demo_image_folder, max_steps=1)
-    run_pretrain.main(["--config", config, "--push_to_hub", "--hub_model_id", "me/caev2-test", "--hub_private_repo"])
+    pretrain(["--config", config, "--push_to_hub", "--hub_model_id", "me/caev2-test", "--hub_private_repo"])
     (api,) = RecordingHfApi.instances
     assert api.token == "hf_from_environment" and api.created == {"repo_id": "me/caev2-test", "private": True}
     assert {"README.md", "config.json", "model.safetensors", "preprocessor_config.json", "modeling_caev2.py",
@@ -388,13 +399,13 @@ def test_push_to_hub_uploads_the_final_folder_with_the_token_from_the_environmen
 
 
 def test_model_name_or_path_starts_from_saved_weights(tmp_path: Path, demo_image_folder: str) -> None:
-    run_pretrain.main(["--config", write_config(tmp_path, "first", train_dir=demo_image_folder, max_steps=1)])
+    pretrain(["--config", write_config(tmp_path, "first", train_dir=demo_image_folder, max_steps=1)])
     start = str(tmp_path / "first" / "final" / "pretraining")
     # One update inside a 1-update warmup runs at lr 0 (decay is scaled by lr too): the weights stay where they
     # started, and the ignored preset "large" does not change the architecture read from the folder.
     second = write_config(tmp_path, "second", train_dir=demo_image_folder, max_steps=1, model_name_or_path=start,
                           model_preset="large")  # fmt: skip
-    run_pretrain.main(["--config", second])
+    pretrain(["--config", second])
     started, ended = final_weights(tmp_path / "first"), final_weights(tmp_path / "second")
     for name in started:
         torch.testing.assert_close(ended[name], started[name], rtol=0, atol=0, msg=name)
@@ -441,7 +452,7 @@ def test_build_accelerator_applies_compile_and_precision(
 
 
 def test_training_state_records_numbers_and_arguments(tmp_path: Path, demo_image_folder: str) -> None:
-    run_pretrain.main(["--config", write_config(tmp_path, train_dir=demo_image_folder, max_steps=2)])
+    pretrain(["--config", write_config(tmp_path, train_dir=demo_image_folder, max_steps=2)])
     state = checkpoint_state(tmp_path / "config", 2)
     assert state["numbers"] == {"num_processes": 1, "effective_batch_size": 4, "learning_rate": 1e-3, "max_steps": 2,
                                 "warmup_steps": 1, "steps_per_epoch": None}  # fmt: skip
@@ -453,16 +464,16 @@ def test_rerun_refuses_overwrites_or_resumes_and_a_finished_resume_keeps_its_los
     tmp_path: Path, demo_image_folder: str, caplog
 ) -> None:
     config = write_config(tmp_path, train_dir=demo_image_folder, max_steps=2, report_to="tensorboard")
-    run_pretrain.main(["--config", config])
+    pretrain(["--config", config])
     output_dir = tmp_path / "config"
     with pytest.raises(UserError, match="holds another run"):
-        run_pretrain.main(["--config", config])
-    run_pretrain.main(["--config", config, "--overwrite_output_dir", "true"])
+        pretrain(["--config", config])
+    pretrain(["--config", config, "--overwrite_output_dir", "true"])
     assert len(list((output_dir / "logs").iterdir())) == 2  # each run its own TensorBoard subfolder
     loss = checkpoint_state(output_dir, 2)["last_metrics"]["loss"]
     caplog.clear()
     with caplog.at_level("INFO", logger="run_pretrain"):
-        run_pretrain.main(["--config", config, "--resume_from_checkpoint", "latest"])  # already finished
+        pretrain(["--config", config, "--resume_from_checkpoint", "latest"])  # already finished
     assert f"Done. Final loss {loss:.4f}." in caplog.text
     assert f"Training loss at the end: {loss:.4f}." in (output_dir / "final" / "README.md").read_text()
     assert len(list((output_dir / "logs").iterdir())) == 2  # the resumed run continues its run's subfolder

@@ -24,7 +24,6 @@ from caev2_hf.evaluation.segmentation import (
     predict_label_map,
     slide_inference,
 )
-from caev2_hf.evaluation.segmentation_arguments import SegmentationDataArguments, SegmentationModelArguments
 from caev2_hf.evaluation.segmentation_data import (
     SegmentationEvalTransform,
     SegmentationTrainTransform,
@@ -36,6 +35,8 @@ from caev2_hf.evaluation.segmentation_data import (
     reduce_zero_label,
 )
 from caev2_hf.evaluation.segmentation_metrics import MEAN_IOU_PATH, MeanIoUAccumulator, count_confusion
+from caev2_hf_cli.parsing import parse_arguments
+from caev2_hf_cli.segmentation import SegmentationDataArguments, SegmentationModelArguments
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -330,9 +331,8 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     output_dir = tmp_path_factory.mktemp("segmentation_demo")
     threads = torch.get_num_threads()
     try:  # one thread, as the demo config: far faster on a busy machine
-        results = run_semantic_segmentation.main(
-            [*DEMO_TEST_ARGUMENTS, "--torch_num_threads", "1", "--output_dir", str(output_dir)]
-        )
+        arguments = [*DEMO_TEST_ARGUMENTS, "--torch_num_threads", "1", "--output_dir", str(output_dir)]
+        results = run_semantic_segmentation.main(*run_semantic_segmentation.parse_and_check_arguments(arguments))
     finally:
         torch.set_num_threads(threads)
     return output_dir, results
@@ -400,10 +400,8 @@ def test_script_answers_bad_input_with_one_line_and_status_2(arguments, words):
 def test_ade20k_configs_hold_the_authors_recipe(size, learning_rate, layer_decay, drop_path_rate):
     from transformers import TrainingArguments
 
-    from caev2_hf.cli import parse_arguments_with_config
-
     config = str(REPO_ROOT / "configs" / f"segmentation-vit-{size}.yaml")
-    model, data, training = parse_arguments_with_config(
+    model, data, training = parse_arguments(
         (SegmentationModelArguments, SegmentationDataArguments, TrainingArguments), [config, "--use_cpu", "true"]
     )
     assert (training.learning_rate, model.layer_decay, model.drop_path_rate) == (
@@ -429,3 +427,20 @@ def test_ade20k_configs_hold_the_authors_recipe(size, learning_rate, layer_decay
         "all_pixels",
         "interpolate",
     )
+
+
+def test_a_source_on_the_command_line_replaces_the_config_files_with_its_settings():
+    from transformers import TrainingArguments
+
+    classes = (SegmentationModelArguments, SegmentationDataArguments, TrainingArguments)
+    local = ["--train_image_dir", "i/train", "--train_annotation_dir", "a/train", "--validation_image_dir", "i/val",
+             "--validation_annotation_dir", "a/val"]  # fmt: skip
+    ade20k = str(REPO_ROOT / "configs" / "segmentation-vit-base.yaml")
+    _, data, _ = parse_arguments(classes, [ade20k, *local, "--model", "m", "--use_cpu", "true"])
+    assert (data.dataset_name, data.dataset_config_name, data.dataset_revision) == (None, None, None)
+    assert (data.train_image_dir, data.validation_annotation_dir, data.num_labels) == ("i/train", "a/val", 150)
+    demo = str(REPO_ROOT / "configs" / "demo-segmentation.yaml")
+    _, data, _ = parse_arguments(classes, [demo, "--dataset_name", "scene_parse_150", "--num_labels", "150"])
+    assert (data.demo_data, data.dataset_name, data.num_labels) == (False, "scene_parse_150", 150)
+    model, _, _ = parse_arguments(classes, [demo, "--config_overrides", '{"num_hidden_layers": 2}'])
+    assert model.config_overrides["num_hidden_layers"] == 2 and model.config_overrides["hidden_size"] == 96

@@ -6,11 +6,18 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate import Accelerator
-from test_run_pretrain import final_weights, run_pretrain, run_until_preempted, tiny_model_overrides, write_config
+from test_run_pretrain import (
+    final_weights,
+    pretrain,
+    run_pretrain,
+    run_until_preempted,
+    tiny_model_overrides,
+    write_config,
+)
 from transformers import CLIPVisionModelWithProjection
 
 from caev2_hf import CAEv2ForPreTraining
-from caev2_hf.pretraining.arguments import PretrainingModelArguments
+from caev2_hf_cli.pretraining import PretrainingModelArguments
 
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
@@ -46,12 +53,13 @@ def real_teacher_overrides(clip_folder: str) -> dict:
 def test_build_model_downloads_only_a_teacher_that_never_received_weights(tmp_path, clip_folder, downloads):
     accelerator = Accelerator(cpu=True)
     fresh = PretrainingModelArguments(model_preset="base", config_overrides=real_teacher_overrides(clip_folder))
-    model = run_pretrain.build_model(fresh, accelerator, seed=0)
+    config = run_pretrain.build_config(fresh)
+    model = run_pretrain.build_model(fresh, config, accelerator, seed=0)
     assert downloads == [clip_folder] and bool(model.teacher.has_weights)
     model.save_pretrained(tmp_path / "loaded")
-    run_pretrain.build_model(fresh, accelerator, seed=0, resuming=True)  # the checkpoint brings the teacher
+    run_pretrain.build_model(fresh, config, accelerator, seed=0, resuming=True)  # the checkpoint brings the teacher
     continued = run_pretrain.build_model(
-        PretrainingModelArguments(model_name_or_path=str(tmp_path / "loaded")), accelerator, seed=0
+        PretrainingModelArguments(model_name_or_path=str(tmp_path / "loaded")), None, accelerator, seed=0
     )
     assert downloads == [clip_folder] and bool(continued.teacher.has_weights)
     torch.testing.assert_close(
@@ -59,7 +67,7 @@ def test_build_model_downloads_only_a_teacher_that_never_received_weights(tmp_pa
     )
     CAEv2ForPreTraining(model.config).save_pretrained(tmp_path / "never_loaded")
     run_pretrain.build_model(
-        PretrainingModelArguments(model_name_or_path=str(tmp_path / "never_loaded")), accelerator, seed=0
+        PretrainingModelArguments(model_name_or_path=str(tmp_path / "never_loaded")), None, accelerator, seed=0
     )
     assert downloads == [clip_folder, clip_folder]
 
@@ -72,10 +80,10 @@ def test_resume_with_a_real_teacher_restores_it_without_a_download(
     )
     uninterrupted = write_config(tmp_path, "uninterrupted", **arguments)
     interrupted = write_config(tmp_path, "interrupted", **arguments)
-    run_pretrain.main(["--config", uninterrupted])
+    pretrain(["--config", uninterrupted])
     run_until_preempted(monkeypatch, interrupted, step_calls=2)  # in update 3
     assert downloads == [clip_folder, clip_folder]
-    run_pretrain.main(["--config", interrupted, "--resume_from_checkpoint", "latest"])
+    pretrain(["--config", interrupted, "--resume_from_checkpoint", "latest"])
     assert downloads == [clip_folder, clip_folder]  # the resumed run took its teacher from the checkpoint
 
     expected, resumed = final_weights(tmp_path / "uninterrupted"), final_weights(tmp_path / "interrupted")

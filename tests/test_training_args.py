@@ -1,4 +1,4 @@
-"""Tests for caev2_hf/pretraining/arguments.py: YAML plus command-line parsing, the checks made before a run starts,
+"""Tests for caev2_hf_cli/pretraining.py: YAML plus command-line parsing, the checks made before a run starts,
 and the shipped recipe files."""
 
 from pathlib import Path
@@ -7,12 +7,17 @@ import pytest
 import yaml
 from PIL import Image
 
-from caev2_hf.cli import UserError
-from caev2_hf.pretraining.arguments import check_pretraining_arguments, parse_pretraining_arguments
 from caev2_hf.pretraining.schedule import compute_training_numbers
+from caev2_hf_cli.errors import UserError
+from caev2_hf_cli.parsing import parse_arguments
+from caev2_hf_cli.pretraining import ARGUMENT_CLASSES, check_pretraining_arguments
 
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def parse_pretraining_arguments(argv: list[str]) -> tuple:
+    return parse_arguments(ARGUMENT_CLASSES, argv)
 
 
 def write_yaml(tmp_path: Path, values: dict | list) -> str:
@@ -43,7 +48,7 @@ def test_parse_without_a_config_file_uses_the_defaults() -> None:
 
 
 def test_parse_refuses_unknown_yaml_keys_with_a_suggestion(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"unknown argument\(s\) learning_rat \(did you mean \['learning_rate'\]\)"):
+    with pytest.raises(UserError, match=r"unknown argument\(s\) learning_rat \(did you mean learning_rate\?\)"):
         parse_pretraining_arguments(["--config", write_yaml(tmp_path, {"learning_rat": 0.1})])
 
 
@@ -69,6 +74,7 @@ def test_config_overrides_read_json_from_the_command_line() -> None:
         (["--per_device_train_batch_size", "-4"], "--per_device_train_batch_size -4: must be greater than 0"),
         (["--learning_rate", "0"], "--learning_rate 0.0: must be greater than 0"),
         (["--warmup_steps", "-1"], "--warmup_steps -1: must be 0 or more"),
+        (["--model_preset", "huge"], "--model_preset huge: choose one of tiny, small, base, large"),
     ],
 )
 def test_parse_refuses_invalid_training_arguments(arguments: list[str], message: str) -> None:
@@ -133,6 +139,32 @@ def test_command_line_source_replaces_the_demo_folder_of_the_config_file(tmp_pat
     images = write_images(tmp_path / "images", 16)
     _, data_args, _ = parse_pretraining_arguments(["--config", str(CONFIGS / "demo.yaml"), "--train_dir", images])
     assert (data_args.train_dir, data_args.demo_dir) == (images, None)
+
+
+def test_a_source_on_the_command_line_keeps_the_files_config_overrides(tmp_path: Path) -> None:
+    """The bug of the argv rewriting: naming a source dropped the file's own config_overrides, the demo's random
+    teacher among them (the run then tried to download CLIP)."""
+    demo = str(CONFIGS / "demo.yaml")
+    expected = {**yaml.safe_load((CONFIGS / "demo.yaml").read_text())["config_overrides"], "drop_path_rate": 0.1}
+    assert expected["use_random_teacher"] is True and expected["image_size"] == 64
+    override = ["--config_overrides", '{"drop_path_rate": 0.1}']
+    for source in (["--demo_dir", str(tmp_path / "demo")], ["--train_dir", str(tmp_path / "images")]):
+        model_args, data_args, _ = parse_pretraining_arguments([demo, *override, *source])
+        assert model_args.config_overrides == expected
+        assert data_args.num_demo_images == 128
+    no_source = write_yaml(tmp_path, {"config_overrides": {"use_random_teacher": True}, "max_steps": 3})
+    model_args, data_args, _ = parse_pretraining_arguments([no_source, "--train_dir", "images", *override])
+    assert model_args.config_overrides == {"use_random_teacher": True, "drop_path_rate": 0.1}
+    assert data_args.train_dir == "images"
+
+
+def test_a_hub_dataset_on_the_command_line_replaces_the_files_with_its_configuration(tmp_path: Path) -> None:
+    hub = write_yaml(tmp_path, {"dataset_name": "org/data", "dataset_config_name": "full", "max_steps": 3})
+    _, data_args, training_args = parse_pretraining_arguments([hub, "--data_files", "a.tar"])
+    assert (data_args.dataset_name, data_args.dataset_config_name, data_args.data_files) == (None, None, ["a.tar"])
+    _, data_args, _ = parse_pretraining_arguments([hub, "--dataset_config_name", "mini"])
+    assert (data_args.dataset_name, data_args.dataset_config_name) == ("org/data", "mini")
+    assert training_args.max_steps == 3
 
 
 def test_output_dir_of_another_run_is_refused_unless_resuming_or_overwriting(tmp_path: Path) -> None:

@@ -13,6 +13,8 @@ from PIL import Image
 
 from caev2_hf import CAEv2ForImageClassification, CAEv2ForPreTraining, CAEv2Model, visualize
 from caev2_hf.data.masking import build_mask_generator
+from caev2_hf_cli.errors import UserError
+from caev2_hf_cli.visualize import parse_visualize_arguments
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -179,6 +181,11 @@ def write_images(folder: Path, sizes: list[tuple[int, int]]) -> list[str]:
     return paths
 
 
+def draw(argv: list[str]) -> int:
+    """`caev2-visualize ARGV` in this process: the command's parse and checks, then its main."""
+    return visualize.main(parse_visualize_arguments(argv))
+
+
 def png_size(path: str | Path) -> tuple[int, int]:
     with Image.open(path) as image:
         assert image.format == "PNG"
@@ -188,7 +195,7 @@ def png_size(path: str | Path) -> tuple[int, int]:
 def test_command_on_a_final_folder_writes_one_png_per_image(tmp_path: Path, capsys):
     final = save_tiny_run(tmp_path / "final")
     images = write_images(tmp_path / "images", [(40, 30), (32, 32)])
-    assert visualize.main(["--model", str(final), "--image", *images, "--output_dir", str(tmp_path / "out")]) == 0
+    assert draw(["--model", str(final), "--image", *images, "--output_dir", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out
     assert sorted(os.listdir(tmp_path / "out")) == ["photo0.png", "photo1.png"]
     # 2 + 2 similarity + PCA + 4 heads = 9 panels: 5 columns, 2 rows of 2.2 inches at 100 dpi
@@ -202,12 +209,12 @@ def test_command_on_an_encoder_folder_and_another_resolution(tmp_path: Path, cap
     model_class(build_tiny_config(num_labels=2)).save_pretrained(tmp_path / "encoder")
     images = write_images(tmp_path / "images", [(50, 50)])
     arguments = ["--model", str(tmp_path / "encoder"), "--image", *images, "--output_dir", str(tmp_path / "out")]
-    assert visualize.main(arguments + ["--image_size", "48"]) == 0
+    assert draw(arguments + ["--image_size", "48"]) == 0
     assert "cosine" not in capsys.readouterr().out
     # input, mask, PCA + 4 heads = 7 panels: 5 columns, 2 rows
     assert png_size(tmp_path / "out" / "photo0.png") == (1100, 440)
-    with pytest.raises(ValueError, match="multiple of the patch size"):
-        visualize.main(arguments + ["--image_size", "50"])
+    with pytest.raises(UserError, match="multiple of the patch size"):
+        draw(arguments + ["--image_size", "50"])
 
 
 def test_unreadable_images_are_skipped_and_counted(tmp_path: Path, capsys):
@@ -216,7 +223,7 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path: Path, capsys):
     empty = tmp_path / "images" / "empty.jpg"
     empty.write_bytes(b"")
     arguments = ["--model", str(final), "--output_dir", str(tmp_path / "out")]
-    assert visualize.main([*arguments, "--image", str(empty), good, str(tmp_path / "missing.png")]) == 1
+    assert draw([*arguments, "--image", str(empty), good, str(tmp_path / "missing.png")]) == 1
     printed = capsys.readouterr()
     assert sorted(os.listdir(tmp_path / "out")) == ["photo0.png"]
     assert f"{empty}: skipped, not a readable image (UnidentifiedImageError" in printed.err
@@ -227,7 +234,7 @@ def test_command_is_reproducible(tmp_path: Path, capsys):
     final = save_tiny_run(tmp_path / "final")
     images = write_images(tmp_path / "images", [(32, 32)])
     for name in ("a", "b"):
-        visualize.main(["--model", str(final), "--image", *images, "--output_dir", str(tmp_path / name)])
+        draw(["--model", str(final), "--image", *images, "--output_dir", str(tmp_path / name)])
     first, second = capsys.readouterr().out.splitlines()
     assert first.split(": ", 1)[1] == second.split(": ", 1)[1]
 
@@ -237,9 +244,9 @@ def test_missing_matplotlib_gives_the_message_not_a_crash(tmp_path: Path):
     images = write_images(tmp_path / "images", [(32, 32)])
     code = (
         "import sys; sys.modules['matplotlib'] = None\n"
-        "from caev2_hf import visualize\n"
-        f"sys.exit(visualize.main(['--model', {str(final)!r}, '--image', {images[0]!r}, '--output_dir', "
-        f"{str(tmp_path / 'out')!r}]))\n"
+        "import caev2_hf_commands\n"
+        f"sys.argv[1:] = ['--model', {str(final)!r}, '--image', {images[0]!r}, '--output_dir', {str(tmp_path / 'out')!r}]\n"
+        "caev2_hf_commands.visualize()\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
     assert result.returncode == 1, result.stderr
@@ -249,15 +256,19 @@ def test_missing_matplotlib_gives_the_message_not_a_crash(tmp_path: Path):
     assert not (tmp_path / "out").exists()
 
 
-def test_module_runs_as_a_command(tmp_path: Path):
+@pytest.mark.parametrize(
+    "command", [["-m", "caev2_hf.visualize"], ["-c", "import caev2_hf_commands; caev2_hf_commands.visualize()"]]
+)
+def test_the_module_and_the_console_command_are_the_same_command(tmp_path: Path, command: list[str]):
     result = subprocess.run(
-        [sys.executable, "-m", "caev2_hf.visualize", "--help"],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=120,
+        [sys.executable, *command, "--help"], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120
     )
-    assert result.returncode == 0 and "--image_size" in result.stdout
+    assert result.returncode == 0 and "--image_size" in result.stdout and "caev2-visualize" in result.stdout
+    result = subprocess.run(
+        [sys.executable, *command, "--model", str(tmp_path / "none"), "--image", "a.jpg", "--output_dir", "o"],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2 and result.stderr.startswith(f"error: --model {tmp_path / 'none'}: no such folder")
 
 
 def test_model_card_embeds_an_optional_picture():
@@ -265,7 +276,7 @@ def test_model_card_embeds_an_optional_picture():
 
     config = build_tiny_config()
     with_picture = str(render_model_card(config, picture="pictures/china.png"))
-    assert "](pictures/china.png)\n\n*Drawn by `python -m caev2_hf.visualize`.*" in with_picture
+    assert "](pictures/china.png)\n\n*Drawn by `caev2-visualize`.*" in with_picture
     assert with_picture.index("](pictures/china.png)") < with_picture.index("## Model details")
     assert "![" not in str(render_model_card(config))
 

@@ -21,7 +21,8 @@ import torch
 from PIL import Image
 from transformers.utils import logging
 
-from ..cli import UserError
+from caev2_hf_cli.errors import UserError
+
 from .decoding import describe_error, image_name, open_image, to_rgb
 
 

@@ -14,12 +14,13 @@ from torchvision.transforms import v2
 from transformers import AutoConfig, AutoModelForImageClassification, EvalPrediction, Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..cli import UserError
+from caev2_hf_cli.classification import AugmentationArguments, FineTuningModelArguments
+from caev2_hf_cli.errors import UserError
+
 from ..data.loader import PretrainImageStream
 from ..data.transforms import build_eval_transform
 from ..modeling_caev2 import CAEv2ForImageClassification
 from ..optim import build_parameter_groups
-from .arguments import AugmentationArguments, FineTuningModelArguments
 from .frozen_encoder import EncoderPreprocessing
 from .labelled_data import build_label_mappings
 from .metrics import compute_topk_accuracy, rank_predictions

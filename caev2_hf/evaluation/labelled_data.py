@@ -9,10 +9,10 @@ import os
 import datasets
 from torch.utils.data import DataLoader, default_collate
 
-from ..cli import UserError
+from caev2_hf_cli.errors import UserError
+
 from ..data.loader import PretrainImageStream
 from ..data.sources import open_image_dataset
-from .data_arguments import ImageDataArguments  # noqa: F401  the arguments of the data opened here
 
 
 def describe_data_source(source: dict) -> dict:

@@ -25,13 +25,13 @@ from transformers import get_cosine_schedule_with_warmup
 from transformers.utils import logging
 from transformers.utils.logging import tqdm
 
-from ..cli import UserError
+from caev2_hf_cli.classification import ImageDataArguments, ProbeArguments
+from caev2_hf_cli.errors import UserError
+
 from ..data.loader import build_pretrain_dataloader, iterate_forever
 from ..data.sources import shard_for_process
 from ..data.transforms import build_eval_transform, build_pretrain_transform
 from ..optim import LARS
-from .arguments import ProbeArguments
-from .data_arguments import ImageDataArguments
 from .feature_cache import FeatureCacheFile, fingerprint_encoder, load_or_extract_features
 from .frozen_encoder import FrozenEncoder, extract_features
 from .labelled_data import build_eval_loader, open_labelled_datasets, resolve_class_names

@@ -18,7 +18,8 @@ from transformers import (
 )
 from transformers.utils import logging
 
-from ..cli import UserError
+from caev2_hf_cli.errors import UserError
+
 from ..configuration_caev2 import CAEV2_PRESETS, CAEv2Config
 from ..modeling_caev2_backbone import CAEv2Backbone
 from ..optim import build_parameter_groups

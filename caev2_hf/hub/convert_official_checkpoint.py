@@ -1,93 +1,28 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
-r"""Official CAE v2 checkpoints (Atten4Vis/CAE, `project/CAEv2`) <-> transformers folders, both ways (docs/method.md#checkpoint-keys-of-the-authors-code).
-
-Released encoder weights, a full pretraining checkpoint (`--pretraining`), and back (`--to_official`):
-
-    python -m caev2_hf.hub.convert_official_checkpoint --checkpoint caev2_base.pth --size base --output_dir caev2-vit-base
-    python -m caev2_hf.hub.convert_official_checkpoint --checkpoint checkpoint-299.pth --size tiny --pretraining \
-        --output_dir caev2-vit-tiny-pretraining
-    python -m caev2_hf.hub.convert_official_checkpoint --to_official --checkpoint caev2-vit-base --output_dir official
+"""Official CAE v2 checkpoints (Atten4Vis/CAE, `project/CAEv2`) <-> transformers folders, both ways: the key table,
+the tensor conversions and a check against the authors' own computation
+(docs/method.md#checkpoint-keys-of-the-authors-code). The command is `caev2-convert-checkpoint`
+(`caev2_hf_cli/hub.py` holds its arguments); `python -m caev2_hf.hub.convert_official_checkpoint` runs the same.
 """
 
 import argparse
 import logging
-import os
 import pickle
 import zipfile
 from pathlib import Path
 
-from ..cli import UserError, run_main
-from .model_card import SIZES
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from transformers import PreTrainedModel
 
+from caev2_hf_cli.errors import UserError
+from caev2_hf_cli.hub import check_checkpoint_file, parse_convert_arguments
+from caev2_hf_cli.parsing import run_command
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="Official .pth file (or, with --to_official, our folder).")
-    parser.add_argument("--size", choices=sorted(SIZES), help="Preset of the official file.")
-    parser.add_argument("--output_dir", required=True, help="Folder to write.")
-    parser.add_argument("--pretraining", action="store_true", help="Full checkpoint: keep regressor and head.")
-    parser.add_argument("--to_official", action="store_true", help="Convert our folder back to the official layout.")
-    parser.add_argument("--push_to_hub", action="store_true", help="Upload the folder (token from HF_TOKEN).")
-    parser.add_argument("--hub_model_id", help="Hub repository id, e.g. org/caev2-vit-base (used by the card too).")
-    args = parser.parse_args(argv)
-    if not args.to_official and args.size is None:
-        parser.error("--size is required to convert an official checkpoint.")
-    if args.push_to_hub and (args.to_official or not args.hub_model_id):
-        parser.error("--push_to_hub needs --hub_model_id and does not apply to --to_official.")
-    return args
-
-
-ZIP_MAGIC, PICKLE_MAGIC = b"PK\x03\x04", b"\x80"  # torch.save's zip format; the legacy pickle (protocol >= 2)
-KNOWN_MAGICS = {b"\xff\xd8\xff": "a JPEG image", b"\x89PNG": "a PNG image", b"GIF8": "a GIF image",
-                b"{": "a JSON/text file", b"%PDF": "a PDF file"}  # fmt: skip
-
-
-def check_checkpoint_file(path: str | Path) -> None:
-    """Refuses, with what it is instead, a path that is not a file written by `torch.save`."""
-    if not os.path.exists(path):
-        raise UserError(f"--checkpoint {path}: no such file. Give the official .pth file (e.g. caev2_base.pth).")
-    if os.path.isdir(path):
-        raise UserError(
-            f"--checkpoint {path} is a folder: give the official .pth file, or add --to_official to convert one of "
-            "this package's folders back."
-        )
-    with open(path, "rb") as file:
-        head = file.read(8)
-    if head.startswith(ZIP_MAGIC):
-        try:
-            zipfile.ZipFile(path).close()  # reads the central directory at the end: a truncated file has none
-        except (zipfile.BadZipFile, OSError) as error:
-            raise UserError(
-                f"--checkpoint {path} is truncated or damaged ({error}): download or copy it again."
-            ) from None
-        return
-    if head.startswith(PICKLE_MAGIC):
-        return
-    if not head:
-        kind = "an empty file"
-    else:
-        magic = next((name for magic, name in KNOWN_MAGICS.items() if head.startswith(magic)), None)
-        printable = all(32 <= byte < 127 or byte in b"\t\r\n" for byte in head)
-        kind = magic or ("a text file" if printable else "not a file written by torch.save")
-    raise UserError(
-        f"--checkpoint {path} is {kind}, not a PyTorch checkpoint (.pth written by torch.save). Give the official "
-        "checkpoint file."
-    )
-
-
-if __name__ == "__main__":  # `--help`, a bad flag and a file that is no checkpoint are answered before torch loads
-    _arguments = parse_args()
-    if not _arguments.to_official:
-        run_main(lambda: check_checkpoint_file(_arguments.checkpoint))
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-from transformers import PreTrainedModel  # noqa: E402
-
-from ..configuration_caev2 import CAEv2Config  # noqa: E402
-from ..modeling_caev2 import CAEv2ForPreTraining, CAEv2Model, build_2d_sincos_position_embedding  # noqa: E402
-from .publish import prepare_folder, push_folder  # noqa: E402
+from ..configuration_caev2 import CAEv2Config
+from ..modeling_caev2 import CAEv2ForPreTraining, CAEv2Model, build_2d_sincos_position_embedding
+from .publish import prepare_folder, push_folder
 
 
 logger = logging.getLogger(__name__)
@@ -452,13 +387,9 @@ def export_official_checkpoint(folder: str | Path, output_dir: str | Path) -> Pa
     return output_file
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(args: argparse.Namespace) -> None:
+    """Runs the command on arguments from `caev2_hf_cli.hub.parse_convert_arguments` (checked there)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    if args.to_official and not os.path.isfile(os.path.join(args.checkpoint, "config.json")):
-        raise UserError(
-            f"--to_official --checkpoint {args.checkpoint}: not a folder of this package (no config.json there)."
-        )
     if args.to_official:
         logger.info("Wrote %s", export_official_checkpoint(args.checkpoint, args.output_dir))
         return
@@ -468,5 +399,5 @@ def main(argv: list[str] | None = None) -> None:
         push_folder(args.output_dir, args.hub_model_id)
 
 
-if __name__ == "__main__":
-    run_main(main)
+if __name__ == "__main__":  # the command `caev2-convert-checkpoint`, which starts faster (it parses before torch)
+    run_command(main, run_command(parse_convert_arguments))

@@ -1,23 +1,21 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
 """Model cards for CAE v2 checkpoints, all rendered from `model_card_template.md` (converted, trained or pushed).
-
-python -m caev2_hf.hub.model_card --output_dir model_cards [--namespace my-org]
+`caev2-model-cards --output_dir model_cards [--namespace my-org]` writes one per official size
+(`python -m caev2_hf.hub.model_card` runs the same).
 """
-
-from __future__ import annotations
 
 import argparse
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from caev2_hf_cli.hub import parse_model_card_arguments
+from caev2_hf_cli.parsing import run_command
 
-if TYPE_CHECKING:  # torch and the model are imported where a card is rendered: `--help` stays fast
-    from ..configuration_caev2 import CAEv2Config
-
-SIZES = ("tiny", "small", "base", "large")  # the presets of configuration_caev2.CAEV2_PRESETS (checked by the tests)
+from ..configuration_caev2 import CAEV2_PRESETS, CAEv2Config
+from ..modeling_caev2 import CAEv2Model
 
 
 TEMPLATE_PATH = Path(__file__).with_name("model_card_template.md")
@@ -115,10 +113,6 @@ def evaluations_block(eval_results: list[EvalResult] | None) -> str:
 
 def count_encoder_parameters(config: CAEv2Config) -> int:
     """Trainable encoder parameters (fixed tables are buffers), counted on the meta device without memory."""
-    import torch
-
-    from ..modeling_caev2 import CAEv2Model
-
     with torch.device("meta"):
         return sum(parameter.numel() for parameter in CAEv2Model(config).parameters())
 
@@ -162,11 +156,11 @@ def render_model_card(
         eval_results: Model-index entries to keep as they are (e.g. read from the card of the folder a checkpoint
             comes from); they replace `results` and the paper's numbers.
         usage_path: What the usage snippets load: a Hub id or the folder's real path; defaults to `model_id`.
-        picture: Path (relative to the card) or URL of a PNG from `python -m caev2_hf.visualize`, shown under the
+        picture: Path (relative to the card) or URL of a PNG from `caev2-visualize`, shown under the
             introduction; none by default.
     """
-    if size is not None and size not in SIZES:
-        raise ValueError(f"Unknown size {size!r}: choose one of {sorted(SIZES)}.")
+    if size is not None and size not in CAEV2_PRESETS:
+        raise ValueError(f"Unknown size {size!r}: choose one of {sorted(CAEV2_PRESETS)}.")
     model_id = model_id or (f"caev2-vit-{size}" if size else "caev2-vit")
     if eval_results:
         eval_results = list(eval_results)
@@ -269,8 +263,6 @@ def add_eval_results(folder: str | Path, eval_results: list[EvalResult]) -> Path
 
 def write_size_cards(output_dir: str | Path, namespace: str | None = None) -> list[Path]:
     """One card per official size, `caev2-vit-{size}.md`, with ids `{namespace}/caev2-vit-{size}`."""
-    from ..configuration_caev2 import CAEV2_PRESETS, CAEv2Config
-
     paths = []
     for size in CAEV2_PRESETS:
         model_id = f"{namespace}/caev2-vit-{size}" if namespace else f"caev2-vit-{size}"
@@ -281,16 +273,11 @@ def write_size_cards(output_dir: str | Path, namespace: str | None = None) -> li
     return paths
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", default="model_cards", help="Folder for the per-size cards.")
-    parser.add_argument("--namespace", help="Hub user or organisation used in the cards' model ids.")
-    args = parser.parse_args(argv)
+def main(args: argparse.Namespace) -> None:
+    """Writes the cards, on arguments from `caev2_hf_cli.hub.parse_model_card_arguments`."""
     for path in write_size_cards(args.output_dir, args.namespace):
         print(path)
 
 
-if __name__ == "__main__":
-    from ..cli import run_main
-
-    run_main(main)
+if __name__ == "__main__":  # the command `caev2-model-cards`, which starts faster (it parses before torch)
+    run_command(main, run_command(parse_model_card_arguments))

@@ -1,33 +1,24 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
-r"""Ready-to-push Hub folders (weights, config with auto_map, image processor, remote code, card) and their upload.
-
-List, assemble, upload:
-
-    python -m caev2_hf.hub prepare --size base --weights caev2-vit-base --output_dir hub/caev2-vit-base --dry_run
-    python -m caev2_hf.hub prepare --size base --weights caev2-vit-base --output_dir hub/caev2-vit-base \
-        --model_id my-org/caev2-vit-base
-    HF_TOKEN=hf_... python -m caev2_hf.hub push --folder hub/caev2-vit-base --repo_id my-org/caev2-vit-base
-"""
-
-from __future__ import annotations
+"""Ready-to-push Hub folders (weights, config with auto_map, image processor, remote code, card) and their upload:
+the command `caev2-hub prepare|push` (`caev2_hf_cli/hub.py` holds its arguments; `python -m caev2_hf.hub` runs the
+same)."""
 
 import argparse
+import json
 import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from huggingface_hub import HfApi
+from transformers import PreTrainedModel
 
-from ..cli import UserError, run_main
-from .model_card import SIZES, read_card_facts, write_model_card
+from caev2_hf_cli.errors import UserError
+from caev2_hf_cli.hub import check_saved_folder
 
-
-if TYPE_CHECKING:  # torch, transformers and the model are imported when weights are loaded: `--help` stays fast
-    from transformers import PreTrainedModel
-
-    from ..configuration_caev2 import CAEv2Config
+from .. import modeling_caev2
+from ..configuration_caev2 import CAEv2Config
+from .model_card import read_card_facts, write_model_card
 
 
 logger = logging.getLogger(__name__)
@@ -56,8 +47,6 @@ ARCHITECTURE_FIELDS = (
 
 def check_matches_preset(config: CAEv2Config, size: str) -> None:
     """Refuse to publish under a size (and its paper numbers) weights of another architecture."""
-    from ..configuration_caev2 import CAEv2Config
-
     preset = CAEv2Config.from_preset(size)
     differences = [
         f"{field}={getattr(config, field)} (preset {getattr(preset, field)})"
@@ -86,7 +75,7 @@ def check_folder_is_prepared(folder: str | Path) -> None:
     if missing:
         raise UserError(
             f"{folder} is not a prepared CAE v2 folder; missing {', '.join(missing)}. Assemble one with "
-            "`python -m caev2_hf.hub prepare --weights FOLDER --output_dir FOLDER`."
+            "`caev2-hub prepare --weights FOLDER --output_dir FOLDER`."
         )
 
 
@@ -108,20 +97,8 @@ def prepare_folder(
 
 def load_caev2_model(weights: str | Path) -> PreTrainedModel:
     """Load a saved CAE v2 folder with the head class it was saved from (`architectures` in its config)."""
-    import json
-
-    from .. import modeling_caev2
-    from ..configuration_caev2 import CAEv2Config
-
+    check_saved_folder(weights, "--weights")
     config_file = Path(weights) / "config.json"
-    if not config_file.is_file():
-        problem = "no such folder" if not Path(weights).exists() else "no config.json in it"
-        if (Path(weights) / "final" / "config.json").is_file():
-            problem += f" (a run_pretrain.py output folder: its model is in {Path(weights) / 'final'})"
-        raise UserError(
-            f"--weights {weights}: {problem}. Give a folder written by save_pretrained, run_pretrain.py (its final/) "
-            "or the converter."
-        )
     model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
     if model_type != CAEv2Config.model_type:
         raise UserError(
@@ -169,35 +146,13 @@ def push_folder(
     )
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    prepare = commands.add_parser("prepare", help="Assemble a ready-to-push folder from saved weights.")
-    prepare.add_argument("--weights", required=True, help="Folder written by save_pretrained or the converter.")
-    prepare.add_argument("--output_dir", required=True, help="Folder to assemble.")
-    prepare.add_argument("--size", choices=sorted(SIZES), help="Official size: checked, and sets the card.")
-    prepare.add_argument("--model_id", help="Hub id shown in the card's usage snippets.")
-    prepare.add_argument("--dry_run", action="store_true", help="List the files that would be uploaded; write none.")
-    push = commands.add_parser("push", help="Upload a prepared folder (token from HF_TOKEN).")
-    push.add_argument("--folder", required=True, help="A folder assembled by `prepare` or the converter.")
-    push.add_argument("--repo_id", required=True, help="Hub repository, e.g. my-org/caev2-vit-base.")
-    push.add_argument("--private", action="store_true", help="Create the repository as private.")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> None:
+def main(args: argparse.Namespace) -> None:
+    """Runs `prepare` or `push` on arguments from `caev2_hf_cli.hub.parse_publish_arguments` (checked there)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
     if args.command == "push":
-        if not os.path.isdir(args.folder):
-            raise UserError(f"--folder {args.folder}: no such folder.")
         commit = push_folder(args.folder, args.repo_id, private=args.private)
         logger.info("Uploaded %s to %s", args.folder, getattr(commit, "commit_url", args.repo_id))
         return
     files = prepare_from_weights(args.weights, args.output_dir, args.size, args.model_id, args.dry_run)
     verb = "Would upload" if args.dry_run else f"Prepared {args.output_dir} with"
     logger.info("%s %d files:\n  %s", verb, len(files), "\n  ".join(files))
-
-
-if __name__ == "__main__":
-    run_main(main)

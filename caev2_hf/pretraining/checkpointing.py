@@ -23,7 +23,7 @@ from accelerate.utils import gather_object
 from safetensors import SafetensorError
 from transformers.utils import logging
 
-from ..cli import UserError
+from caev2_hf_cli.errors import UserError
 
 
 logger = logging.get_logger(__name__)

@@ -12,9 +12,10 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, TorchDynamoPlugin, send_to_device
 
+from caev2_hf_cli.pretraining import PretrainingArguments
+
 from ..data.device_augment import AUGMENTATION_KEYS, augment_and_normalize
 from ..optim import build_parameter_groups
-from .arguments import PretrainingArguments
 from .schedule import TrainingNumbers, build_lr_scheduler
 from .step_tracking import StepTracker
 
