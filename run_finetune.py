@@ -19,7 +19,7 @@ from dataclasses import asdict
 
 from caev2_hf_cli.checks import check_model_path
 from caev2_hf_cli.classification import AugmentationArguments, FineTuningModelArguments, ImageDataArguments
-from caev2_hf_cli.parsing import answer_help, parse_arguments, run_command
+from caev2_hf_cli.parsing import answer_help, build_arguments, read_arguments, run_command
 
 
 SCRIPT_ARGUMENT_CLASSES = (FineTuningModelArguments, ImageDataArguments, AugmentationArguments)
@@ -35,17 +35,17 @@ https://huggingface.co/docs/transformers/main_classes/trainer#transformers.Train
 
 def parse_and_check_arguments(argv: list[str] | None = None) -> tuple:
     """(model, data, augmentation, training arguments) from one parse, checked before the model or data are loaded.
-    `--help` is answered first, from this script's own classes: TrainingArguments imports torch (about 2 s)."""
+    `--help` is answered first, from this script's own classes: importing TrainingArguments imports torch (about
+    2 s), and building it transformers' integrations (2 s more), so this script's own arguments are checked first."""
     argv = sys.argv[1:] if argv is None else argv
     answer_help(argv, SCRIPT_ARGUMENT_CLASSES, __doc__, TRAINING_ARGUMENTS_HELP)
     from transformers import TrainingArguments  # after the help, which must not wait for torch
 
-    model_args, data_args, augmentation_args, training_args = parse_arguments(
-        (*SCRIPT_ARGUMENT_CLASSES, TrainingArguments), argv, __doc__
-    )
+    values = read_arguments((*SCRIPT_ARGUMENT_CLASSES, TrainingArguments), argv, __doc__)
+    model_args, data_args, augmentation_args = (build_arguments(cls, values) for cls in SCRIPT_ARGUMENT_CLASSES)
     check_model_path(model_args.model)
     data_args.check()
-    return model_args, data_args, augmentation_args, training_args
+    return model_args, data_args, augmentation_args, build_arguments(TrainingArguments, values)
 
 
 if __name__ == "__main__":  # parsed and checked before the heavy imports below

@@ -21,7 +21,7 @@ import json
 import os
 import sys
 
-from caev2_hf_cli.parsing import answer_help, parse_arguments, run_command
+from caev2_hf_cli.parsing import answer_help, build_arguments, read_arguments, run_command
 from caev2_hf_cli.segmentation import SegmentationDataArguments, SegmentationModelArguments
 
 
@@ -37,17 +37,17 @@ TrainingArguments; help(TrainingArguments)"`)."""
 
 def parse_and_check_arguments(argv: list[str] | None = None) -> tuple:
     """(model, data, training arguments) from one parse, checked before the model or data are loaded. `--help` is
-    answered first, from this script's own classes: TrainingArguments imports torch (about 2 s)."""
+    answered first, from this script's own classes: importing TrainingArguments imports torch (about 2 s), and
+    building it transformers' integrations (2 s more), so this script's own arguments are checked first."""
     argv = sys.argv[1:] if argv is None else argv
     answer_help(argv, SCRIPT_ARGUMENT_CLASSES, __doc__, TRAINING_ARGUMENTS_HELP)
     from transformers import TrainingArguments  # after the help, which must not wait for torch
 
-    model_args, data_args, training_args = parse_arguments(
-        (*SCRIPT_ARGUMENT_CLASSES, TrainingArguments), argv, __doc__
-    )
+    values = read_arguments((*SCRIPT_ARGUMENT_CLASSES, TrainingArguments), argv, __doc__)
+    model_args, data_args = (build_arguments(cls, values) for cls in SCRIPT_ARGUMENT_CLASSES)
     model_args.check()
     data_args.check()
-    return model_args, data_args, training_args
+    return model_args, data_args, build_arguments(TrainingArguments, values)
 
 
 if __name__ == "__main__":  # parsed and checked before the heavy imports below

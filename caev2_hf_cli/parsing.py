@@ -191,6 +191,19 @@ def parse_arguments(dataclass_types: tuple, argv: list[str] | None = None, descr
     types; each dataclass is then built from the merged mapping, so its `__post_init__` checks every value whichever
     side it came from. `--help` lists every dataclass's options.
     """
+    values = read_arguments(dataclass_types, argv, description)
+    return tuple(build_arguments(cls, values) for cls in dataclass_types)
+
+
+def build_arguments(cls: type, values: dict):
+    """One dataclass from `read_arguments`' mapping. A script builds its own classes, checks them, and only then
+    builds `TrainingArguments`, whose construction imports transformers' integrations (about 2 s)."""
+    return cls(**{key: value for key, value in values.items() if key in field_names((cls,))})
+
+
+def read_arguments(dataclass_types: tuple, argv: list[str] | None = None, description: str | None = None) -> dict:
+    """The one parse of `parse_arguments`: every field's value, by name, from the config file and the command line
+    (fields left to their defaults are absent)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     answer_help(argv, dataclass_types, description)
     config_path = None
@@ -221,6 +234,4 @@ def parse_arguments(dataclass_types: tuple, argv: list[str] | None = None, descr
     ]
     if missing:
         parser.error(f"the following arguments are required: {', '.join(missing)}")
-    return tuple(
-        cls(**{key: value for key, value in values.items() if key in field_names((cls,))}) for cls in dataclass_types
-    )
+    return values

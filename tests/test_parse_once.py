@@ -176,3 +176,26 @@ def test_the_converter_parses_once(monkeypatch, tmp_path: Path, parses: list[str
         caev2_hf_commands.convert_checkpoint()
     ((arguments,),) = stopped_mains
     assert len(parses) == 1 and (arguments.size, arguments.to_official) == ("tiny", False)
+
+
+@pytest.mark.parametrize(
+    ("script", "argv"),
+    [
+        ("run_finetune.py", ["--model", "./nothere", "--train_dir", "a", "--validation_dir", "b"]),
+        ("run_semantic_segmentation.py", ["--model", "./nothere", "--demo_data", "true"]),
+    ],
+)
+def test_trainer_scripts_check_their_own_arguments_before_building_training_arguments(
+    monkeypatch, tmp_path: Path, parses: list[str], capsys, script: str, argv: list[str]
+):
+    """Building TrainingArguments imports transformers' integrations (about 2 s): a bad path is refused first."""
+    built = []
+    original = TrainingArguments.__post_init__
+    monkeypatch.setattr(TrainingArguments, "__post_init__", lambda self: built.append(1) or original(self))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        run_script(monkeypatch, script, argv)
+    assert exited.value.code == 2 and capsys.readouterr().err == "error: --model ./nothere: no such folder. " + (
+        "Give a saved model folder (with config.json) or a Hub id.\n"
+    )
+    assert parses == [script] and built == []
