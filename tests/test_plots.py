@@ -29,6 +29,7 @@ from caev2_hf.plots import (
     plot_training_curves,
     probe_accuracy_curves,
 )
+from caev2_hf_cli.visualize import parse_visualize_arguments
 
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
@@ -41,6 +42,11 @@ def load_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_script(script, argv: list[str]):
+    """`python script.py ARGV` in this process: the script's parse and checks, then its main."""
+    return script.main(*script.parse_and_check_arguments(argv))
 
 
 def png_size(path: str | Path) -> tuple[int, int]:
@@ -152,7 +158,7 @@ def test_pretraining_writes_loss_png_keeps_its_rows_on_resume_and_its_final_fold
 ):
     run_pretrain = load_script("run_pretrain")
     config = write_pretrain_config(tmp_path, demo_image_folder)
-    run_pretrain.main(["--config", config])
+    run_script(run_pretrain, ["--config", config])
     output_dir = tmp_path / "run"
     assert png_size(output_dir / "loss.png") == (1200, 300)
     first = json.loads((output_dir / "loss_history.json").read_text())
@@ -162,7 +168,7 @@ def test_pretraining_writes_loss_png_keeps_its_rows_on_resume_and_its_final_fold
     # preempted after update 2: the resumed run keeps rows 1-2 and appends its own 3-4
     shutil.rmtree(output_dir / "checkpoints" / "checkpoint-00000004")
     AcceleratorState._reset_state(reset_partial_state=True)
-    run_pretrain.main(["--config", config, "--resume_from_checkpoint", "latest"])
+    run_script(run_pretrain, ["--config", config, "--resume_from_checkpoint", "latest"])
     resumed = json.loads((output_dir / "loss_history.json").read_text())
     assert [row["step"] for row in resumed] == [1, 2, 3, 4]
     assert resumed[:2] == first[:2]
@@ -170,9 +176,8 @@ def test_pretraining_writes_loss_png_keeps_its_rows_on_resume_and_its_final_fold
     image = os.path.join(demo_image_folder, "china", sorted(os.listdir(os.path.join(demo_image_folder, "china")))[0])
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        status = visualize.main(
-            ["--model", str(output_dir / "final"), "--image", image, "--output_dir", str(tmp_path)]
-        )
+        arguments = ["--model", str(output_dir / "final"), "--image", image, "--output_dir", str(tmp_path)]
+        status = visualize.main(parse_visualize_arguments(arguments))
     assert status == 0 and "cosine to the teacher: visible" in printed.getvalue()
     assert png_size(tmp_path / f"{Path(image).stem}.png") == (1100, 440)
 
@@ -207,7 +212,7 @@ def test_probe_writes_its_accuracy_curves(tmp_path: Path, demo_image_folder: str
     ]  # fmt: skip
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        results = run_linear_probe.main(arguments)
+        results = run_script(run_linear_probe, arguments)
     picture = tmp_path / "probe" / "accuracy.png"
     assert png_size(picture) == (800, 300)  # held-out and train accuracy panels
     assert f"curves:  {picture}" in printed.getvalue()
