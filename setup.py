@@ -13,7 +13,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["caev2_hf", "caev2_hf.*"]),
+    packages=find_packages(include=["caev2_hf", "caev2_hf.*", "caev2_hf_cli", "caev2_hf_cli.*"]),
     include_package_data=True,
     package_data={"caev2_hf": ["evaluation/segmentation/mean_iou/*.py", "hub/model_card_template.md"]},
     # Ranges: each lower bound is the version the tests run with on the development machine, which is what a fresh
