@@ -1,6 +1,6 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
-"""Optimizers and their parameter groups: weight decay by tensor rank, layer-wise lr decay (the AdamW of fine-tuning
-and segmentation), and LARS, the linear probe's optimizer (MoCo v3 / MAE / CAE v2): SGD with momentum whose step on
+"""Optimizers and their parameter groups: weight decay by tensor rank, layer-wise lr decay (the AdamW of fine-tuning,
+segmentation and detection), and LARS, the linear probe's optimizer (MoCo v3 / MAE / CAE v2): SGD with momentum whose step on
 each matrix is rescaled to move the weights by a fixed fraction (the trust coefficient) of their norm
 (docs/method.md#recipes)."""
 
@@ -14,10 +14,11 @@ from torch import nn
 def layer_id_for_parameter(name: str, num_layers: int) -> int:
     """Depth of a parameter for layer decay: 0 for embeddings and tokens, i + 1 for encoder block i, L + 1 above.
 
-    Names are those of any CAE v2 model or of a model wrapping its encoder: `caev2.` (the head models) or `backbone.`
-    (UperNet) prefix or none, behind DDP's `module.`. MAE's and BEiT's `get_layer_id` rule.
+    Names are those of any CAE v2 model or of a model wrapping its encoder: `caev2.` (the head models), `backbone.`
+    (UperNet) or `backbone.body.` (torchvision's detectors) prefix or none, behind DDP's `module.`. MAE's and BEiT's
+    `get_layer_id` rule.
     """
-    name = name.removeprefix("module.").removeprefix("caev2.").removeprefix("backbone.")
+    name = name.removeprefix("module.").removeprefix("caev2.").removeprefix("backbone.").removeprefix("body.")
     if name.startswith("embeddings."):
         return 0
     match = re.match(r"encoder\.layers\.(\d+)\.", name)
@@ -77,7 +78,7 @@ def build_layer_decay_optimizer(
     eps: float = 1e-8,
 ) -> torch.optim.AdamW:
     """AdamW whose groups scale the lr by `layer_decay ** (num_layers + 1 - depth)` (`layer_id_for_parameter`), the
-    optimizer of fine-tuning and of segmentation; weight decay as `build_parameter_groups` gives it.
+    optimizer of fine-tuning, segmentation and detection; weight decay as `build_parameter_groups` gives it.
 
     Pass it as `Trainer(optimizers=(optimizer, scheduler))`: a scheduler scales every group's own lr alike.
     """

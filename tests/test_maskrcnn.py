@@ -19,11 +19,10 @@ from caev2_hf.evaluation.detection.maskrcnn import (
     AlignedMultiScaleRoIAlign,
     CAEv2FeaturePyramid,
     build_mask_rcnn,
-    build_mask_rcnn_optimizer,
     build_step_schedule,
     load_encoder,
-    step_schedule_factor,
 )
+from caev2_hf.optim import build_layer_decay_optimizer
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -140,6 +139,24 @@ def test_evaluation_returns_boxes_labels_scores_and_masks_at_each_image_size():
         assert ((output["masks"] >= 0) & (output["masks"] <= 1)).all()
 
 
+def test_box_coordinates_stay_float32_under_bf16_autocast():
+    model = tiny_detector()
+    images, targets = images_and_targets()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        batch, _ = model.transform(images)
+        features = model.backbone(batch.tensors)
+        anchors = model.rpn.anchor_generator(batch, list(features.values()))
+        model.eval()
+        with torch.no_grad():
+            outputs = model(images)
+        model.train()
+        losses = model(images, targets)
+    assert {feature.dtype for feature in features.values()} == {torch.float32}
+    assert {anchor.dtype for anchor in anchors} == {torch.float32}  # torchvision takes the features' dtype
+    assert {output["boxes"].dtype for output in outputs} == {torch.float32}
+    assert all(torch.isfinite(loss) for loss in losses.values()), losses
+
+
 def test_giou_box_loss_is_ten_times_one_minus_giou_over_all_sampled_rois():
     heads = tiny_detector().roi_heads
     proposal = torch.tensor([[10.0, 10.0, 50.0, 30.0], [0.0, 0.0, 8.0, 8.0]])
@@ -228,7 +245,7 @@ def test_a_folder_of_another_model_is_refused(tmp_path):
 
 def test_layer_decay_groups_scale_each_block_and_leave_the_detector_at_full_lr():
     model = tiny_detector()  # 4 blocks, decay 0.5: embeddings 0.5**5, block i 0.5**(4 - i), all else 1
-    optimizer = build_mask_rcnn_optimizer(model, learning_rate=1.0, weight_decay=0.05, layer_decay=0.5)
+    optimizer = build_layer_decay_optimizer(model, learning_rate=1.0, weight_decay=0.05, layer_decay=0.5, num_layers=4)
     by_parameter = {
         id(p): (group["lr"], group["weight_decay"]) for group in optimizer.param_groups for p in group["params"]
     }
@@ -254,15 +271,33 @@ def test_layer_decay_groups_scale_each_block_and_leave_the_detector_at_full_lr()
 
 
 def test_step_schedule_warms_up_linearly_then_drops_tenfold_at_each_milestone():
-    # 500 warmup steps from 0.001, milestones at steps 900 and 1100 (epochs 9 and 11 of 100 steps)
-    assert step_schedule_factor(0, 500, [900, 1100]) == pytest.approx(0.001)
-    assert step_schedule_factor(250, 500, [900, 1100]) == pytest.approx(0.001 + 0.999 * 0.5)
-    assert step_schedule_factor(500, 500, [900, 1100]) == 1.0
-    assert step_schedule_factor(899, 500, [900, 1100]) == 1.0
-    assert step_schedule_factor(900, 500, [900, 1100]) == pytest.approx(0.1)
-    assert step_schedule_factor(1100, 500, [900, 1100]) == pytest.approx(0.01)
+    # mmcv's rule, by hand: 500 warmup steps from 0.001, milestones at steps 900 and 1100 (epochs 9 and 11 of 100 steps)
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=1.0)
+    schedule = build_step_schedule(optimizer, 500, [900, 1100])
+    factors = []
+    for _ in range(1200):
+        factors.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    expected = {0: 0.001, 250: 0.001 + 0.999 * 0.5, 499: 0.001 + 0.999 * 499 / 500, 500: 1.0, 899: 1.0, 900: 0.1}
+    expected |= {1099: 0.1, 1100: 0.01, 1199: 0.01}
+    assert {step: factors[step] for step in expected} == pytest.approx(expected, rel=1e-5)
+    optimizer = torch.optim.SGD([parameter], lr=1.0)
+    schedule = build_step_schedule(optimizer, 0, [2])  # no warmup: the full lr from the first step
+    factors = []
+    for _ in range(3):
+        factors.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert factors == pytest.approx([1.0, 1.0, 0.1])
+
+
+def test_schedule_keeps_each_layer_decay_group_at_its_own_scale():
     model = tiny_detector()
-    optimizer = build_mask_rcnn_optimizer(model, learning_rate=2e-4, weight_decay=0.05, layer_decay=0.5)
+    optimizer = build_layer_decay_optimizer(
+        model, learning_rate=2e-4, weight_decay=0.05, layer_decay=0.5, num_layers=4
+    )
     schedule = build_step_schedule(optimizer, 2, [3])
     rates = []
     for _ in range(4):

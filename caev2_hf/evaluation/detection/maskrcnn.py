@@ -1,7 +1,8 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
 """Mask R-CNN on a CAE v2 encoder from pip-installable parts: torchvision's detector (RoIAlign and NMS ship compiled
 in its wheel) around `CAEv2Backbone`, with the authors' mmdetection settings where torchvision can take them
-(docs/detection.md#mask-r-cnn). The model, its layer-decay AdamW and the 1x step schedule."""
+(docs/detection.md#mask-r-cnn). The model and the 1x step schedule; its layer-decay AdamW is
+`caev2_hf.optim.build_layer_decay_optimizer`, whose layer rule reads torchvision's `backbone.body.` names."""
 
 import os
 from collections import OrderedDict
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection._utils import BoxCoder  # the coder of every torchvision detector, not exported
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
@@ -21,7 +23,6 @@ from transformers.utils import logging
 
 from ...configuration_caev2 import CAEv2Config
 from ...modeling_caev2_backbone import CAEv2Backbone
-from ...optim import build_parameter_groups
 
 
 logger = logging.get_logger(__name__)
@@ -53,7 +54,9 @@ class CAEv2FeaturePyramid(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         feature_maps = self.body(pixel_values, return_dict=True).feature_maps
-        return self.fpn(OrderedDict(zip(FEATURE_NAMES, feature_maps, strict=True)))
+        pyramid = self.fpn(OrderedDict(zip(FEATURE_NAMES, feature_maps, strict=True)))
+        # float32 maps: torchvision's anchors take their dtype, and bf16 rounds coordinates near 1000 px to 4 px
+        return OrderedDict((name, feature.float()) for name, feature in pyramid.items())
 
 
 class AlignedMultiScaleRoIAlign(MultiScaleRoIAlign):
@@ -96,6 +99,14 @@ class AlignedMultiScaleRoIAlign(MultiScaleRoIAlign):
 
 
 # ---- The heads
+
+
+class Float32BoxCoder(BoxCoder):
+    """torchvision's box coder, decoding in float32: under bf16 autocast the deltas come in bf16, and torchvision
+    would cast the reference boxes down to them, rounding coordinates near 1000 px to multiples of 4."""
+
+    def decode_single(self, rel_codes: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        return super().decode_single(rel_codes.float(), boxes.float())
 
 
 class CAEv2RoIHeads(RoIHeads):
@@ -214,12 +225,14 @@ class CAEv2MaskRCNN(MaskRCNN):
             bg_iou_thresh=0.5,
             batch_size_per_image=512,
             positive_fraction=0.25,
-            bbox_reg_weights=None,  # (10, 10, 5, 5): mmdet's target_stds (0.1, 0.1, 0.2, 0.2)
+            bbox_reg_weights=None,  # (10, 10, 5, 5); the coder is replaced below
             score_thresh=0.05,
             nms_thresh=0.5,
             detections_per_img=100,
             box_loss=box_loss,
         )
+        self.rpn.box_coder = Float32BoxCoder((1.0, 1.0, 1.0, 1.0))
+        self.roi_heads.box_coder = Float32BoxCoder((10.0, 10.0, 5.0, 5.0))  # mmdet's target_stds (0.1, 0.1, 0.2, 0.2)
 
     @property
     def encoder(self) -> CAEv2Backbone:
@@ -348,41 +361,7 @@ def build_mask_rcnn(
     return CAEv2MaskRCNN(backbone, num_classes, min_size, max_size, box_loss, fpn_channels)
 
 
-# ---- Optimisation
-
-
-def build_mask_rcnn_optimizer(
-    model: CAEv2MaskRCNN,
-    learning_rate: float,
-    weight_decay: float,
-    layer_decay: float,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
-) -> torch.optim.AdamW:
-    """AdamW with the authors' `LayerDecayOptimizerConstructor` groups: lr x `layer_decay ** (L + 1 - depth)`, depth
-    0 for the embeddings, i + 1 for block i, L + 1 (full lr) for the neck, FPN, RPN and RoI heads; weight decay on
-    tensors of 2 or more dimensions ([CLS] and any bias tables included, as in the authors' constructor, whose
-    exemption list never matches their prefixed names), none on biases and norms."""
-    encoder = model.encoder
-    others = nn.ModuleDict(
-        {"backbone_fpn": model.backbone.fpn, "rpn": model.rpn, "roi_heads": model.roi_heads}
-    )  # every parameter outside the encoder
-    groups = build_parameter_groups(encoder, weight_decay, layer_decay, encoder.config.num_hidden_layers)
-    groups += build_parameter_groups(others, weight_decay)
-    for group in groups:
-        group["lr"] = learning_rate * group["lr_scale"]
-    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps)
-
-
-def step_schedule_factor(
-    step: int, num_warmup_steps: int, milestones: Sequence[int], gamma: float = 0.1, warmup_ratio: float = 0.001
-) -> float:
-    """mmcv's `step` policy with `linear` warmup: `gamma ** (milestones passed)`, times `r + (1 - r) step / warmup`
-    while `step < warmup`. Milestones are optimizer steps (the authors: the starts of epochs 9 and 11, 0-based)."""
-    factor = gamma ** sum(step >= milestone for milestone in milestones)
-    if step < num_warmup_steps:
-        factor *= warmup_ratio + (1.0 - warmup_ratio) * step / num_warmup_steps
-    return factor
+# ---- The 1x schedule
 
 
 def build_step_schedule(
@@ -391,8 +370,12 @@ def build_step_schedule(
     milestones: Sequence[int],
     gamma: float = 0.1,
     warmup_ratio: float = 0.001,
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """The 1x schedule as a `LambdaLR`, which scales each group's own lr (layer decay is kept)."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: step_schedule_factor(step, num_warmup_steps, milestones, gamma, warmup_ratio)
-    )
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """mmcv's `step` policy with `linear` warmup, per optimizer step: each group's lr times `gamma` at each milestone
+    and, during the first `num_warmup_steps`, also times `r + (1 - r) step / warmup` (the two multiply, as in mmcv).
+    Milestones are optimizer steps: the authors' are the starts of epochs 9 and 11 (0-based) of 12."""
+    decay = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(milestones), gamma)
+    if not num_warmup_steps:
+        return decay
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, warmup_ratio, 1.0, num_warmup_steps)
+    return torch.optim.lr_scheduler.ChainedScheduler([warmup, decay], optimizer)
