@@ -10,6 +10,7 @@ from accelerate.state import AcceleratorState, GradientState
 from conftest import build_tiny_config
 
 from caev2_hf import CAEv2ForPreTraining
+from caev2_hf.cli import UserError
 from caev2_hf.pretraining.arguments import PretrainingArguments
 from caev2_hf.pretraining.checkpointing import load_checkpoint, save_checkpoint
 from caev2_hf.pretraining.schedule import TrainingNumbers, build_lr_scheduler, compute_training_numbers
@@ -163,3 +164,8 @@ def test_authors_cosine_with_one_warmup_update_starts_at_zero_as_linspace_does()
     scheduler = build_lr_scheduler(optimizer, numbers, FLOOR, "authors_cosine")
     observed = [scheduler.get_last_lr()[0], lr_after(scheduler, optimizer, 1), lr_after(scheduler, optimizer, 1)]
     np.testing.assert_allclose(observed, authors_schedule(PEAK, FLOOR, 1, 3), rtol=1e-12, atol=0)
+
+
+def test_pretraining_arguments_refuse_an_unknown_schedule() -> None:
+    with pytest.raises(UserError, match="--lr_scheduler_type linear: choose cosine_with_min_lr or authors_cosine"):
+        PretrainingArguments(lr_scheduler_type="linear")

@@ -20,6 +20,7 @@ from caev2_hf.study.definition import load_study
 from caev2_hf.study.runner import Launch, run_step
 from caev2_hf.study.state import FAILED_FILE, STEP_FILE, read_run_status
 from caev2_hf_cli.errors import UserError
+from caev2_hf_cli.study import parse_study_command
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -205,6 +206,26 @@ def test_launcher_prints_the_missing_steps_and_resumes_a_trainer_checkpoint(tmp_
         (Path(finetune.folder) / f"checkpoint-{number}").mkdir(parents=True)
     (Path(finetune.folder) / "checkpoint-7" / "trainer_state.json").write_text("{}")  # 12 is incomplete
     assert resume_arguments(finetune) == ["--resume_from_checkpoint", os.path.join(finetune.folder, "checkpoint-7")]
+
+
+def test_a_results_json_without_the_column_s_metric_is_a_failure_in_the_report(tmp_path):
+    fake_done_run(tmp_path, "demo", 0.5)
+    (tmp_path / "demo" / "linear_probe" / "results.json").write_text(json.dumps({"top5_accuracy": 0.9}))
+    report = json.loads(Path(report_study(str(PAPER / "mini.yaml"), str(tmp_path))["json"]).read_text())
+    cell = report["rows"][0]["cells"]["LIN (digits)"]
+    assert (
+        cell["ours"] is None and cell["state"] == "failed" and cell["detail"].endswith("has no number top1_accuracy")
+    )
+    assert {"run": "demo", "step": "linear_probe", "state": "failed", "detail": cell["detail"]} in report["problems"]
+
+
+def test_study_command_takes_the_study_file_first_or_as_a_flag():
+    command, arguments = parse_study_command(["run", "configs/paper/mini.yaml", "--launcher", "true"])
+    assert (command, arguments.study, arguments.launcher, arguments.output_dir) == (
+        "run", "configs/paper/mini.yaml", True, "outputs/paper"
+    )  # fmt: skip
+    _, arguments = parse_study_command(["report", "--study", "configs/paper/mini.yaml", "--output_dir", "x"])
+    assert (arguments.study, arguments.output_dir, arguments.report_dir) == ("configs/paper/mini.yaml", "x", None)
 
 
 @pytest.mark.parametrize(

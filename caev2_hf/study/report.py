@@ -57,13 +57,6 @@ def build_report(study: Study, statuses: list[RunStatus], output_dir: str) -> di
         cells = {column.name: build_cell(row, column, status) for column in study.columns}
         entry = {"group": row.group, "label": row.label, "x": row.x, "run": row.run_name, "run_state": status.state}
         rows.append({**entry, "pretraining": pretraining, "cells": cells})
-    problems = []
-    for status in statuses:
-        for step, state in [(status.plan.pretraining, status.pretraining), *status.evaluations]:
-            if state.state != DONE:
-                problems.append(
-                    {"run": status.plan.name, "step": step.name, "state": state.state, "detail": state.detail}
-                )
     return {
         "title": study.title,
         "source": study.source,
@@ -73,8 +66,25 @@ def build_report(study: Study, statuses: list[RunStatus], output_dir: str) -> di
         "columns": [vars(column) for column in study.columns],
         "x_label": study.plot_x_label,
         "rows": rows,
-        "problems": problems,
+        "problems": list_problems(statuses, rows),
     }
+
+
+def list_problems(statuses: list[RunStatus], rows: list[dict]) -> list[dict]:
+    """Every step not done, and every done one whose results.json lacks a column's metric."""
+    problems = []
+    for status in statuses:
+        for step, state in [(status.plan.pretraining, status.pretraining), *status.evaluations]:
+            if state.state != DONE:
+                problems.append(
+                    {"run": status.plan.name, "step": step.name, "state": state.state, "detail": state.detail}
+                )
+    for row in rows:
+        for cell in row["cells"].values():
+            problem = {"run": row["run"], "step": cell["evaluation"], "state": cell["state"], "detail": cell["detail"]}
+            if cell["state"] == FAILED and problem not in problems:
+                problems.append(problem)
+    return problems
 
 
 def format_cell(cell: dict) -> str:
@@ -166,8 +176,12 @@ def plot_report(report: dict, path: str) -> str | None:
                 axis.scatter([x], [cell["paper"]], marker="s", color="black", zorder=3, **hollow)
             if paper:
                 axis.scatter([], [], marker="s", color="black", label="paper")  # one legend entry for all its points
-            axis.set(title=f"{group}: {name}", xlabel=report["x_label"], ylabel="%")
-            axis.legend(fontsize="small")
+            xs = [row["x"] for row in rows]  # every row's x, measured or not: the panels share their abscissa
+            margin = 0.05 * (max(xs) - min(xs) or 1)
+            axis.set(title=f"{group}: {name}", xlabel=report["x_label"], ylabel="%", xticks=xs)
+            axis.set_xlim(min(xs) - margin, max(xs) + margin)
+            if ours or paper:
+                axis.legend(fontsize="small")
     return save_figure(pyplot, figure, path)
 
 
