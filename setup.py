@@ -23,12 +23,11 @@ setup(
             "caev2-hub = caev2_hf_commands:hub",
             "caev2-convert-checkpoint = caev2_hf_commands:convert_checkpoint",
             "caev2-model-cards = caev2_hf_commands:model_cards",
+            "caev2-study = caev2_hf_commands:study",
         ]
     },
     include_package_data=True,
-    package_data={
-        "caev2_hf": ["evaluation/accuracy_topk/*.py", "evaluation/mean_iou/*.py", "hub/model_card_template.md"]
-    },
+    package_data={"caev2_hf": ["evaluation/segmentation/mean_iou/*.py", "hub/model_card_template.md"]},
     # Ranges: each lower bound is the version the tests run with on the development machine, which is what a fresh
     # `pip install -e ".[dev]"` got on 2026-11-26 (.ci/run installs afresh each time, so CI tests the newest versions
     # in range; torch 2.11 and transformers 5.17 also ran the GPU benchmarks); each upper bound is the next major

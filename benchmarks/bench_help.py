@@ -28,6 +28,7 @@ CONSOLE_COMMANDS = {  # setup.py's entry points: name -> function of caev2_hf_co
     "caev2-hub": "hub",
     "caev2-convert-checkpoint": "convert_checkpoint",
     "caev2-model-cards": "model_cards",
+    "caev2-study": "study",
 }
 COMMANDS = {
     **{script: [script] for script in sorted(path.name for path in ROOT.glob("run_*.py"))},
@@ -43,6 +44,7 @@ PYTHON_M_COMMANDS = {
         "caev2_hf.hub",
         "caev2_hf.hub.convert_official_checkpoint",
         "caev2_hf.hub.model_card",
+        "caev2_hf.study",
     )
 }
 

@@ -5,6 +5,6 @@
 commands' arguments live here instead, in a package that imports neither (nor anything of `caev2_hf`), so a command
 answers `--help` and refuses a bad argument in a fraction of that, before it imports the model code that does the
 work: `parsing` (one parse of YAML + flags, `run_command`), `errors` (`UserError`), `checks`, and one module per job
-(`pretraining`, `classification`, `segmentation`, `visualize`, `hub`). The `run_*.py` scripts and the console
+(`pretraining`, `classification`, `segmentation`, `visualize`, `hub`, `study`). The `run_*.py` scripts and the console
 commands (`caev2_hf_commands.py`) parse with it, then import `caev2_hf`.
 """

@@ -167,7 +167,7 @@ def test_bench_help_covers_every_script_and_console_command(tmp_path: Path):
 
     root = BENCHMARKS_DIR.parent
     entry_points = dict(re.findall(r'"(caev2-[\w-]+) = caev2_hf_commands:(\w+)"', (root / "setup.py").read_text()))
-    assert len(entry_points) == 4 and bench_help.CONSOLE_COMMANDS == entry_points
+    assert len(entry_points) == 5 and bench_help.CONSOLE_COMMANDS == entry_points
     assert all(callable(getattr(caev2_hf_commands, function)) for function in entry_points.values())
     scripts = {path.name for path in root.glob("run_*.py")}
     assert len(scripts) == 4 and set(bench_help.COMMANDS) == scripts | set(entry_points)

@@ -128,13 +128,14 @@ def tiny_folders(tmp_path: Path) -> dict[str, Path]:
 
 def console_cases(folders: dict[str, Path], out: Path) -> dict[str, list[str]]:
     return {
+        "study": ["list", str(REPO_ROOT / "configs" / "paper" / "mini.yaml"), "--output_dir", str(out)],
         "visualize": ["--model", str(folders["encoder"]), "--image", str(folders["image"]), "--output_dir", str(out)],
         "hub": ["prepare", "--weights", str(folders["pretraining"]), "--output_dir", str(out), "--dry_run"],
         "model_cards": ["--output_dir", str(out), "--namespace", "my-org"],
     }
 
 
-@pytest.mark.parametrize("command", ["visualize", "hub", "model_cards"])
+@pytest.mark.parametrize("command", ["visualize", "hub", "model_cards", "study"])
 def test_console_commands_parse_once_then_run(
     monkeypatch, tmp_path: Path, tiny_folders: dict, parses: list[str], command: str
 ):
@@ -146,6 +147,7 @@ def test_console_commands_parse_once_then_run(
     expected = {
         "visualize": ["photo.png"],
         "hub": [],  # a dry run lists the files and writes none
+        "study": [],  # a listing reads the run folders and writes none
         "model_cards": ["caev2-vit-base.md", "caev2-vit-large.md", "caev2-vit-small.md", "caev2-vit-tiny.md"],
     }
     assert written == expected[command]
@@ -153,7 +155,12 @@ def test_console_commands_parse_once_then_run(
 
 @pytest.mark.parametrize(
     ("module", "command"),
-    [("caev2_hf.visualize", "visualize"), ("caev2_hf.hub", "hub"), ("caev2_hf.hub.model_card", "model_cards")],
+    [
+        ("caev2_hf.visualize", "visualize"),
+        ("caev2_hf.hub", "hub"),
+        ("caev2_hf.hub.model_card", "model_cards"),
+        ("caev2_hf.study", "study"),
+    ],
 )
 def test_python_m_forms_parse_once_too(
     monkeypatch, tmp_path: Path, tiny_folders: dict, parses: list[str], stopped_mains: list[tuple], module, command

@@ -9,8 +9,8 @@ from transformers import AutoImageProcessor, AutoModel, PreTrainedModel
 
 from caev2_hf_cli.errors import UserError
 
-from ..configuration_caev2 import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, CAEv2Config
-from ..data.device_augment import normalize_pixel_values
+from ...configuration_caev2 import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, CAEv2Config
+from ...data.device_augment import normalize_pixel_values
 
 
 @dataclass

@@ -20,7 +20,7 @@ from transformers.utils.logging import tqdm
 from caev2_hf_cli.classification import ProbeArguments
 from caev2_hf_cli.errors import UserError
 
-from ..data.transforms import build_eval_transform
+from ...data.transforms import build_eval_transform
 from .frozen_encoder import EncoderPreprocessing, FrozenEncoder, extract_features
 from .labelled_data import build_eval_loader, describe_data_source, open_labelled_dataset, read_label_names
 

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 from caev2_hf_cli.errors import UserError
 from caev2_hf_cli.segmentation import DEMO_CLASS_NAMES
 
-from ..data.decoding import ImageLike, decode_rgb_image, open_image
+from ...data.decoding import ImageLike, decode_rgb_image, open_image
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
