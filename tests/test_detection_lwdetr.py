@@ -301,3 +301,28 @@ def test_an_encoder_released_with_lwdetr_converts_and_lands_where_the_authors_lo
             torch.testing.assert_close(found, reference, atol=0, rtol=0)
     torch.testing.assert_close(vit.embeddings.projection.weight, official["encoder.patch_embed.proj.weight"])
     torch.testing.assert_close(vit.embeddings.position_embeddings, official["encoder.pos_embed"], atol=0, rtol=0)
+
+
+def test_the_command_writes_a_detector_folder_the_pipeline_loads(encoder_folder, tmp_path):
+    """`python -m caev2_hf.evaluation.detection.lwdetr`: the untrained detector and its image processor."""
+    from PIL import Image
+    from transformers import pipeline
+
+    from caev2_hf.evaluation.detection.lwdetr import main
+    from caev2_hf_cli.errors import UserError
+
+    with pytest.raises(UserError, match=r"hidden_size 32 \(LW-DETR needs 192\)"):
+        main(["--encoder", encoder_folder, "--class_names", "a", "b", "--output_dir", str(tmp_path / "refused")])
+    CAEv2Model(tiny_encoder_config(hidden_size=192, num_attention_heads=12, intermediate_size=768,
+                                   num_hidden_layers=6)).save_pretrained(tmp_path / "tiny6")  # fmt: skip
+    too_few = r"image_size 64 gives 16 projector tokens at the smallest training size \(64 px\), fewer than "
+    with pytest.raises(UserError, match=too_few + "num_queries 100"):
+        main(["--encoder", str(tmp_path / "tiny6"), "--lwdetr_size", "tiny", "--image_size", "64", "--class_names",
+              "cat", "--output_dir", str(tmp_path / "too_small")])  # fmt: skip
+    arguments = ["--encoder", str(tmp_path / "tiny6"), "--lwdetr_size", "tiny", "--image_size", "192"]
+    main([*arguments, "--class_names", "cat", "dog", "--output_dir", str(tmp_path / "detector")])
+    detector = pipeline("object-detection", model=str(tmp_path / "detector"))
+    detections = detector(Image.new("RGB", (64, 48), "grey"), threshold=0.0)
+    assert len(detections) == 100 and {d["label"] for d in detections} <= {"cat", "dog"}
+    with pytest.raises(UserError, match="already holds a model"):
+        main([*arguments, "--class_names", "cat", "--output_dir", str(tmp_path / "detector")])

@@ -76,7 +76,8 @@ def read_annotation_file(path: str) -> dict:
     if not os.path.isfile(path):
         where = "a folder, not a file" if os.path.isdir(path) else "no such file"
         raise CocoFormatError(
-            f"Annotation file {path}: {where}. Give the COCO instances JSON (e.g. annotations/instances_train2017.json)."
+            f"Annotation file {path}: {where}. Give the COCO instances JSON (e.g. "
+            "annotations/instances_train2017.json)."
         )
     try:
         with open(path, encoding="utf-8") as file:
@@ -369,3 +370,18 @@ def objects_to_annotations(objects: dict, image_id: int) -> list[dict]:
                 annotation[key] = values[position]
         annotations.append(annotation)
     return annotations
+
+
+def load_hub_detection(
+    dataset_name: str,
+    config_name: str | None,
+    split: str,
+    revision: str | None = None,
+    image_column: str = "image",
+    objects_column: str = "objects",
+) -> CocoSplit:
+    """A Hub dataset's split in the cppe-5 layout (`open_hub_detection`), prepared in the local cache."""
+    import datasets
+
+    dataset = datasets.load_dataset(dataset_name, config_name, split=split, revision=revision)
+    return open_hub_detection(dataset, f"{dataset_name} ({split})", image_column, objects_column)

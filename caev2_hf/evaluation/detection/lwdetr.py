@@ -58,6 +58,16 @@ LWDETR_SIZES = {
 LWDETR_PATCH_SIZE = 16
 LWDETR_NUM_WINDOWS = 16  # 4 x 4 windows: the input's patch grid must be a multiple of 4 on each side
 DEFAULT_IMAGE_SIZE = 640  # the authors' evaluation resolution (square resize)
+SIZE_MULTIPLE = 64  # 16-pixel patches in 4 x 4 windows: each side a whole number of windows
+SCALE_RANGE = (0.7, 1.4)  # the authors' square training sizes, 448 ... 896 at 640
+
+
+def square_sizes(image_size: int, multiple: int = SIZE_MULTIPLE) -> list[int]:
+    """The multi-scale training sizes: multiples of `multiple` (patch x windows per side) from 0.7x to 1.4x
+    `image_size` (448, 512, ..., 896 at 640)."""
+    low, high = (factor * image_size for factor in SCALE_RANGE)
+    sizes = [size for size in range(multiple, int(high) + 1, multiple) if size >= low]
+    return sorted(set(sizes) | {image_size})
 
 
 def build_lwdetr_config(
@@ -114,6 +124,21 @@ def build_lwdetr_config(
     return LwDetrConfig(backbone_config=backbone, id2label=id2label, label2id=label2id, **fields)
 
 
+def check_enough_proposals(config: LwDetrConfig, image_size: int) -> None:
+    """The decoder's queries start from the best of the projector's tokens: an image must give at least as many,
+    also at the smallest training size (`square_sizes`)."""
+    backbone = config.backbone_config
+    smallest = square_sizes(image_size, backbone.patch_size * backbone.num_windows_side)[0]
+    grid = smallest // backbone.patch_size
+    tokens = sum(int(grid * scale) ** 2 for scale in config.projector_scale_factors)
+    if tokens < config.num_queries:
+        raise ValueError(
+            f"image_size {image_size} gives {tokens} projector tokens at the smallest training size ({smallest} px), "
+            f"fewer than "
+            f"num_queries {config.num_queries}: raise image_size or lower num_queries."
+        )
+
+
 def check_encoder_fits(encoder_config: CAEv2Config, config: LwDetrConfig, size: str | None = None) -> None:
     """Refuse, in one line naming every mismatch, an encoder whose blocks cannot become this LW-DETR's ViT."""
     backbone = config.backbone_config
@@ -131,7 +156,8 @@ def check_encoder_fits(encoder_config: CAEv2Config, config: LwDetrConfig, size: 
     ]
     if encoder_config.num_hidden_layers < backbone.num_hidden_layers:
         mismatches.append(
-            f"num_hidden_layers {encoder_config.num_hidden_layers} (LW-DETR takes the first {backbone.num_hidden_layers})"
+            f"num_hidden_layers {encoder_config.num_hidden_layers} "
+            f"(LW-DETR takes the first {backbone.num_hidden_layers})"
         )
     if mismatches:
         fitting = [
@@ -202,6 +228,7 @@ class EncoderLoadingReport:
     """What `build_lwdetr_from_caev2` took from the encoder and what it left to training."""
 
     source: str
+    encoder_config: CAEv2Config  # the encoder's: its normalisation is the detector's image processor's
     loaded: dict[str, str] = field(default_factory=dict)  # LW-DETR name -> encoder name (or "sin-cos table")
     unused: list[str] = field(default_factory=list)  # encoder tensors LW-DETR has no place for
     fresh: list[str] = field(default_factory=list)  # LW-DETR tensors left at their initialisation
@@ -273,6 +300,7 @@ def build_lwdetr_from_caev2(
     encoder_config, encoder_state = load_caev2_encoder(encoder_path)
     config = build_lwdetr_config(size, id2label, encoder_config, image_size, backbone_overrides, **overrides)
     check_encoder_fits(encoder_config, config, size)
+    check_enough_proposals(config, image_size)
     model = LwDetrForObjectDetection(config)
     report = load_encoder_into_lwdetr(model, encoder_state, encoder_config, str(encoder_path))
     logger.info(report.summary())
@@ -297,6 +325,7 @@ def load_encoder_into_lwdetr(
     used = set(table.values())
     return EncoderLoadingReport(
         source=source,
+        encoder_config=encoder_config,
         loaded=loaded,
         unused=[name for name in encoder_state if name not in used],
         fresh=[name for name in model.state_dict() if name not in loaded],
@@ -313,3 +342,29 @@ def build_lwdetr_image_processor(
         image_mean=per_channel(encoder_config.image_mean, encoder_config.num_channels),
         image_std=per_channel(encoder_config.image_std, encoder_config.num_channels),
     )
+
+
+def main(argv: list[str] | None = None) -> str:
+    """`python -m caev2_hf.evaluation.detection.lwdetr --encoder FOLDER --class_names a b c --output_dir OUT`: the
+    untrained detector with its image processor, a folder `from_pretrained` and `pipeline()` load."""
+    from caev2_hf_cli.detection import LwDetrBuildArguments
+    from caev2_hf_cli.errors import UserError
+    from caev2_hf_cli.parsing import parse_arguments
+
+    (args,) = parse_arguments((LwDetrBuildArguments,), argv, main.__doc__)
+    logging.set_verbosity_info()
+    id2label = dict(enumerate(args.class_names))
+    try:
+        model, report = build_lwdetr_from_caev2(args.encoder, args.lwdetr_size, id2label, args.image_size)
+    except ValueError as error:
+        raise UserError(str(error).splitlines()[0]) from None
+    model.save_pretrained(args.output_dir)
+    build_lwdetr_image_processor(report.encoder_config, args.image_size).save_pretrained(args.output_dir)
+    logger.info(f"Wrote LW-DETR-{args.lwdetr_size} ({len(id2label)} classes) to {args.output_dir}.")
+    return args.output_dir
+
+
+if __name__ == "__main__":
+    from caev2_hf_cli.parsing import run_command
+
+    run_command(main)

@@ -110,3 +110,25 @@ class CocoEvaluator:
             metrics.update({prefix + name: value for name, value in scores.items()})
         self.predictions = []
         return metrics
+
+
+def random_detections(ground_truth: COCO, per_image: int = 100, seed: int = 0) -> list[dict]:
+    """Boxes, categories and scores drawn uniformly at random for every image: the score of a detector that has
+    learned nothing, to set a trained one against."""
+    generator = np.random.default_rng(seed)
+    category_ids = sorted(ground_truth.cats)
+    detections = []
+    for image in ground_truth.dataset["images"]:
+        width, height = image["width"], image["height"]
+        corners = generator.uniform(0, 1, (per_image, 4)) * [width, height, width, height]
+        lows, highs = np.minimum(corners[:, :2], corners[:, 2:]), np.maximum(corners[:, :2], corners[:, 2:])
+        for low, high, score in zip(lows, highs, generator.uniform(0, 1, per_image), strict=True):
+            detections.append(
+                {
+                    "image_id": image["id"],
+                    "category_id": int(generator.choice(category_ids)),
+                    "bbox": [float(low[0]), float(low[1]), float(high[0] - low[0]), float(high[1] - low[1])],
+                    "score": float(score),
+                }
+            )
+    return detections

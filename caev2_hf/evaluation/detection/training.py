@@ -24,6 +24,7 @@ from transformers.utils import SAFE_WEIGHTS_NAME, logging
 
 from ...data.decoding import decode_rgb_image
 from .coco import CocoFormatError, CocoSplit
+from .lwdetr import SIZE_MULTIPLE, square_sizes
 from .metrics import CocoEvaluator, detections_to_coco
 
 
@@ -32,17 +33,8 @@ logger = logging.get_logger(__name__)
 # ---- Augmentation: the authors' `square_resize_div_64` pipeline, its sizes scaled to the run's resolution
 
 REFERENCE_SIZE = 640  # the recipe's sizes are given for 640 px
-SIZE_MULTIPLE = 64  # 16-pixel patches in 4 x 4 windows
-SCALE_RANGE = (0.7, 1.4)  # square sizes 448 ... 896 at 640
 CROP_SHORT_SIDES = (400, 500, 600)  # the crop branch's shorter side before cropping, at 640
 CROP_SIDES = (384, 600)  # its crop's side range, at 640
-
-
-def square_sizes(image_size: int) -> list[int]:
-    """The multi-scale training sizes: multiples of 64 from 0.7x to 1.4x `image_size` (448, 512, ..., 896 at 640)."""
-    low, high = (factor * image_size for factor in SCALE_RANGE)
-    sizes = [size for size in range(SIZE_MULTIPLE, int(high) + 1, SIZE_MULTIPLE) if size >= low]
-    return sorted(set(sizes) | {image_size})
 
 
 class RandomSizeCrop(v2.Transform):
@@ -70,11 +62,11 @@ def square_resize(sizes: list[int]) -> v2.Transform:
     return v2.RandomChoice([v2.Resize((size, size), antialias=True) for size in sizes])
 
 
-def build_train_transform(image_size: int) -> v2.Compose:
+def build_train_transform(image_size: int, multiple: int = SIZE_MULTIPLE) -> v2.Compose:
     """Flip; then, half the time each, a square resize to one of `square_sizes`, or a resize of the shorter side, a
     random crop and the square resize; boxes that the crop empties are dropped with their labels."""
     scale = image_size / REFERENCE_SIZE
-    sizes = square_sizes(image_size)
+    sizes = square_sizes(image_size, multiple)
     crop = v2.Compose(
         [
             v2.RandomShortestSize([round(side * scale) for side in CROP_SHORT_SIDES], antialias=True),
