@@ -41,6 +41,11 @@ def parse_script_arguments(argv: list[str] | None = None) -> tuple:
     )  # fmt: skip
     model_args.check()
     data_args.check()
+    if data_args.demo_data and not os.path.isdir(model_args.model) and model_args.model.startswith("demo_output"):
+        raise UserError(
+            f"--model {model_args.model}: no such folder. The demo starts from the demo encoder: run "
+            "python run_pretrain.py --config configs/demo.yaml first (16 s), or give another CAE v2 encoder."
+        )
     return model_args, data_args, training_args
 
 

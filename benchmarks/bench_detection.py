@@ -14,11 +14,7 @@ boxes per image). From the repository root:
 """
 
 import argparse
-import json
-import os
-import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -26,9 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: no install needed
 
-import transformers  # noqa: E402
 from transformers import LwDetrForObjectDetection  # noqa: E402
 
+from benchmarks.step_timing import describe_environment, time_steps, write_json  # noqa: E402
 from caev2_hf import CAEv2Config, CAEv2Model  # noqa: E402
 from caev2_hf.evaluation.detection.lwdetr import (  # noqa: E402
     LWDETR_SIZES,
@@ -82,11 +78,6 @@ def synthetic_labels(args: argparse.Namespace, device: torch.device) -> list[dic
     return labels
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
@@ -110,18 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
         ema.update(model)
         return loss.detach()
 
-    start = time.perf_counter()
-    for _ in range(args.warmup_steps):
-        loss = step()
-    synchronize(device)
-    warmup_seconds = time.perf_counter() - start
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        loss = step()
-    synchronize(device)
-    elapsed = time.perf_counter() - start
+    timing = time_steps(step, args.warmup_steps, args.steps, device)
     result = {
         "size": args.size,
         "encoder": f"CAE v2 ViT-{LWDETR_SIZES[args.size].encoder_preset.capitalize()} (random weights)",
@@ -129,29 +109,16 @@ def main(argv: list[str] | None = None) -> dict:
         "image_size": args.image_size,
         "precision": args.precision,
         "attn_implementation": args.attn_implementation,
-        "images_per_second": args.batch_size * args.steps / elapsed,
-        "step_ms": 1000 * elapsed / args.steps,
-        "warmup_seconds": warmup_seconds,
-        "peak_memory_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
-        "torch_threads": torch.get_num_threads(),
-        "final_loss": float(loss),
-        "loss_is_finite": bool(torch.isfinite(loss)),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-        },
+        "images_per_second": 1000 * args.batch_size / timing["step_ms"],
+        **timing,
+        **describe_environment(device),
     }
     print(
         f"LW-DETR-{args.size}, batch {args.batch_size} at {args.image_size} px, {args.precision} on {device.type}: "
         f"{result['images_per_second']:.2f} images/s, {result['step_ms']:.0f} ms/step",
         flush=True,
     )
-    if args.output_json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output_json)), exist_ok=True)
-        with open(args.output_json, "w") as file:
-            json.dump(result, file, indent=2)
+    write_json(args.output_json, result)
     return result
 
 

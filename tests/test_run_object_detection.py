@@ -13,6 +13,7 @@ import torch
 import yaml
 from conftest import build_tiny_config
 from huggingface_hub import ModelCard
+from test_detection_lwdetr import SMALL_DECODER, tiny_vit
 from transformers import pipeline
 
 from caev2_hf import CAEv2Config, CAEv2Model
@@ -38,26 +39,10 @@ def encoder_folder(tmp_path_factory) -> str:
 
 
 def tiny_run_arguments(encoder_folder: str, tmp_path: Path, *extra: str) -> list[str]:
-    backbone = {
-        "hidden_size": 32,
-        "num_attention_heads": 4,
-        "patch_size": 8,
-        "num_hidden_layers": 2,
-        "window_block_indices": [0],
-        "out_features": ["stage1", "stage2"],
-    }
-    decoder = {
-        "d_model": 32,
-        "decoder_ffn_dim": 64,
-        "decoder_self_attention_heads": 2,
-        "decoder_cross_attention_heads": 4,
-        "num_queries": 10,
-        "group_detr": 2,
-        "c2f_num_blocks": 1,
-    }
+    backbone = tiny_vit(2, window_block_indices=[0], patch_size=8)
     return [
         "--model", encoder_folder, "--image_size", "64", "--backbone_overrides", json.dumps(backbone),
-        "--config_overrides", json.dumps(decoder), "--encoder_learning_rate", "1e-3", "--ema_decay", "0.9",
+        "--config_overrides", json.dumps(SMALL_DECODER), "--encoder_learning_rate", "1e-3", "--ema_decay", "0.9",
         "--demo_data", "true", "--demo_dir", str(tmp_path / "data"), "--demo_num_train_images", "16",
         "--demo_num_validation_images", "8", "--demo_image_size", "64", "--random_baseline", "true",
         "--output_dir", str(tmp_path / "out"), "--per_device_train_batch_size", "4", "--per_device_eval_batch_size",
@@ -155,8 +140,9 @@ def test_images_named_but_absent_are_counted_not_fatal(encoder_folder, tmp_path)
 def run_script(*arguments: str) -> subprocess.CompletedProcess:
     environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *arguments], capture_output=True, text=True, env=environment, timeout=120
-    )
+        [sys.executable, str(SCRIPT), *arguments], capture_output=True, text=True, env=environment, timeout=120,
+        cwd=REPO_ROOT,
+    )  # fmt: skip
 
 
 def test_the_command_ends_bad_input_in_one_line_and_status_2(encoder_folder, tmp_path):
@@ -165,6 +151,11 @@ def test_the_command_ends_bad_input_in_one_line_and_status_2(encoder_folder, tmp
     cases = [
         (["--train_annotation_file", str(tmp_path / "missing.json")], "--train_annotation_file", "no such file"),
         (["--train_annotation_file", str(tmp_path / "broken.json")], "broken.json is not valid JSON", "line 1"),
+    ]
+    completed = run_script("configs/demo-detection.yaml", "--model", "demo_output/missing")
+    assert completed.returncode == 2 and completed.stderr.strip().splitlines() == [
+        "error: --model demo_output/missing: no such folder. The demo starts from the demo encoder: run python "
+        "run_pretrain.py --config configs/demo.yaml first (16 s), or give another CAE v2 encoder."
     ]
     for swap, *words in cases:
         data = ["--train_image_dir", str(tmp_path / "images"), "--train_annotation_file", str(tmp_path / "x.json"),
