@@ -2,13 +2,14 @@
 loading."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import build_tiny_config
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from transformers import AutoImageProcessor, AutoModel, CLIPVisionModelWithProjection
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, CLIPVisionModelWithProjection
 
 from caev2_hf import CAEv2Config, CAEv2ForImageClassification, CAEv2ForPreTraining, CAEv2Model
 from caev2_hf.modeling_caev2 import build_2d_sincos_position_embedding
@@ -453,3 +454,36 @@ def test_folder_saved_before_the_teacher_was_kept_reports_it_missing_and_refuses
     assert not bool(loaded.teacher.has_weights)
     with pytest.raises(RuntimeError, match="load_teacher"):
         loaded(pixel_values, bool_masked_pos=fixed_mask)
+
+
+SAVED_CONFIGS = Path(__file__).parent / "fixtures" / "legacy" / "pooling"  # tests/fixtures/make_legacy_fixtures.py
+
+
+def pooled_as(model: CAEv2Model, pixel_values: torch.Tensor) -> str:
+    """Which feature `pooler_output` is: the normalised [CLS] token or the normalised mean of the patch tokens."""
+    with torch.no_grad():
+        outputs = model.eval()(pixel_values, output_hidden_states=True)
+        last_block = outputs.hidden_states[-1]
+        features = {
+            "cls": model.layernorm(last_block[:, 0]),
+            "mean": model.layernorm(last_block[:, 1:].mean(dim=1)),
+        }
+    matching = [name for name, feature in features.items() if torch.allclose(outputs.pooler_output, feature)]
+    assert len(matching) == 1, matching
+    return matching[0]
+
+
+@pytest.mark.parametrize(
+    ("folder", "encoder_pooling", "classifier_pooling"),
+    [("pretraining", "cls", "mean"), ("final", "cls", "mean"), ("finetuned", "mean", "mean"), ("probe", "cls", "cls")],
+)
+def test_configs_saved_by_earlier_code_pool_as_they_did(folder, encoder_pooling, classifier_pooling, pixel_values):
+    """A pretraining run's folders, a fine-tuned and a probed classifier, saved before pooling had one owner: the
+    encoder (AutoModel) gives the feature it gave then, a classifier built on the folder takes the same head."""
+    config = AutoConfig.from_pretrained(SAVED_CONFIGS / folder)
+    assert pooled_as(AutoModel.from_config(config), pixel_values) == encoder_pooling
+    classifier = CAEv2ForImageClassification(config).eval()
+    assert pooled_as(classifier.caev2, pixel_values) == classifier_pooling
+    assert isinstance(classifier.pooler, torch.nn.Identity) == (classifier_pooling == "mean")
+    if folder == "pretraining":
+        CAEv2ForPreTraining(AutoConfig.from_pretrained(SAVED_CONFIGS / folder))  # still a valid pretraining config
