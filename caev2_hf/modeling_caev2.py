@@ -2,7 +2,7 @@
 """PyTorch CAE v2: a ViT encoder trained by regressing frozen CLIP features of visible and masked patches."""
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -301,7 +301,9 @@ class CAEv2Embeddings(nn.Module):
 class CAEv2Attention(nn.Module):
     """Multi-head attention with q and v biases and no k bias (official `Attention` / `CrossAttention`).
 
-    Self-attention passes the same states as query and key/value input; the regressor passes its own.
+    Self-attention passes the same states as query and key/value input; the regressor passes its own. An
+    `attention_bias` `(1 or batch, heads, queries, keys)` is added to the scores (the backbone's relative position
+    bias): eager and SDPA take it as a float mask; flash and flex attention cannot take a per-head bias.
     """
 
     def __init__(self, config: CAEv2Config, hidden_size: int, num_attention_heads: int, fused_qkv_init: bool) -> None:
@@ -320,22 +322,46 @@ class CAEv2Attention(nn.Module):
                 projection.xavier_fan_out = 3 * hidden_size
 
     def forward(
-        self, query_input: torch.Tensor, key_input: torch.Tensor, value_input: torch.Tensor
+        self,
+        query_input: torch.Tensor,
+        key_input: torch.Tensor,
+        value_input: torch.Tensor,
+        attention_bias: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch_size, query_length = query_input.shape[:2]
         query_states = self.q_proj(query_input).view(batch_size, query_length, -1, self.head_dim).transpose(1, 2)
         key_states = self.k_proj(key_input).view(batch_size, key_input.shape[1], -1, self.head_dim).transpose(1, 2)
         value_states = self.v_proj(value_input).view(batch_size, value_input.shape[1], -1, self.head_dim)
         value_states = value_states.transpose(1, 2)
+        if attention_bias is not None:
+            check_attention_bias_support(self.config)
+            attention_bias = attention_bias.to(query_states.dtype)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
         attn_output, attn_weights = attention_interface(
-            self, query_states, key_states, value_states, None, scaling=self.scaling, dropout=0.0, is_causal=False
+            self,
+            query_states,
+            key_states,
+            value_states,
+            attention_bias,
+            scaling=self.scaling,
+            dropout=0.0,
+            is_causal=False,
         )
         attn_output = self.o_proj(attn_output.reshape(batch_size, query_length, -1))
         return attn_output, attn_weights
+
+
+def check_attention_bias_support(config: CAEv2Config) -> None:
+    """An additive bias needs a kernel that adds a per-head float mask: eager or SDPA, not flash or flex attention."""
+    implementation = config._attn_implementation
+    if implementation not in (None, "eager", "sdpa"):
+        raise ValueError(
+            f"attn_implementation={implementation!r} cannot add the relative position bias: load with "
+            "attn_implementation='sdpa' (or 'eager'), or set backbone_relative_position_bias=False."
+        )
 
 
 class CAEv2MLP(nn.Module):
@@ -364,7 +390,8 @@ class CAEv2LayerScale(nn.Module):
 
 
 class CAEv2Layer(GradientCheckpointingLayer):
-    """Pre-norm encoder block with layer scale and drop path (official `Block`)."""
+    """Pre-norm encoder block with layer scale and drop path (official `Block`); `attention_bias`, if any, is added to
+    its attention scores."""
 
     def __init__(self, config: CAEv2Config, drop_path_rate: float) -> None:
         super().__init__()
@@ -377,9 +404,11 @@ class CAEv2Layer(GradientCheckpointingLayer):
         self.layer_scale2 = CAEv2LayerScale(size, config.layer_scale_init_value)
         self.drop_path = build_drop_path(drop_path_rate)
 
-    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, hidden_states: torch.Tensor, attention_bias: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         normed = self.layernorm_before(hidden_states)
-        attn_output, attn_weights = self.attention(normed, normed, normed)
+        attn_output, attn_weights = self.attention(normed, normed, normed, attention_bias)
         hidden_states = hidden_states + self.drop_path(self.layer_scale1(attn_output))
         mlp_output = self.mlp(self.layernorm_after(hidden_states))
         hidden_states = hidden_states + self.drop_path(self.layer_scale2(mlp_output))
@@ -429,7 +458,8 @@ def drop_path_rates(max_rate: float, depth: int) -> list[float]:
 
 
 class CAEv2Encoder(nn.Module):
-    """The stack of encoder blocks. `CAEv2Model.forward` records each block's input/output and attention map
+    """The stack of encoder blocks, each optionally with an attention bias of its own (the backbone's relative
+    position bias). The model that calls it records each block's input/output and attention map
     (`_can_record_outputs`) when `output_hidden_states` / `output_attentions` ask for them."""
 
     def __init__(self, config: CAEv2Config) -> None:
@@ -437,9 +467,12 @@ class CAEv2Encoder(nn.Module):
         rates = drop_path_rates(config.drop_path_rate, config.num_hidden_layers)
         self.layers = nn.ModuleList([CAEv2Layer(config, rate) for rate in rates])
 
-    def forward(self, hidden_states: torch.Tensor) -> BaseModelOutput:
-        for layer in self.layers:
-            hidden_states, _ = layer(hidden_states)
+    def forward(
+        self, hidden_states: torch.Tensor, attention_biases: Sequence[torch.Tensor] | None = None
+    ) -> BaseModelOutput:
+        biases = attention_biases if attention_biases is not None else (None,) * len(self.layers)
+        for layer, bias in zip(self.layers, biases, strict=True):
+            hidden_states, _ = layer(hidden_states, bias)
         return BaseModelOutput(last_hidden_state=hidden_states)
 
 

@@ -300,3 +300,12 @@ def test_backbone_and_upernet_folders_saved_before_load_every_weight_and_give_th
     for index, fmap in enumerate(maps):
         torch.testing.assert_close(fmap, expected[f"default.square.feature_maps.{index}"], rtol=0, atol=1e-6)
     torch.testing.assert_close(logits, expected["upernet.square.logits"], rtol=0, atol=1e-6)
+
+
+def test_an_attention_kernel_that_cannot_add_the_bias_is_refused():
+    backbone = CAEv2Backbone(backbone_config()).eval()
+    backbone.set_attn_implementation("flex_attention")  # takes a mask, not a per-head float bias
+    with pytest.raises(
+        ValueError, match=r"attn_implementation='flex_attention' cannot add the relative position bias"
+    ):
+        backbone(torch.randn(1, 3, 32, 32))
