@@ -1,6 +1,7 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
 """PyTorch CAE v2: a ViT encoder trained by regressing frozen CLIP features of visible and masked patches."""
 
+import copy
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -734,13 +735,11 @@ class CAEv2Model(CAEv2PreTrainedModel):
     The CAE v2 ViT encoder. Without `bool_masked_pos` it encodes every patch (downstream use); with it, only [CLS] and
     the visible patches enter the blocks, as in pretraining.
 
-    Args:
-        config (`CAEv2Config`): The model configuration.
-        use_mean_pooling (`bool`, *optional*, defaults to `config.use_mean_pooling`): BEiT's fine-tuning pooling,
-            used by `CAEv2ForImageClassification` with `classifier_pooling="mean"`: the final LayerNorm applies to
-            the mean of the patch tokens (`pooler_output`) instead of to every token, so `last_hidden_state` is the
-            last block's output. The norm keeps its key (`layernorm`), so a pretrained final norm loads into it
-            unchanged (the recipe's `fc_norm` starting as the final norm, docs/method.md#initialisation).
+    `pooler_output` is the feature `config.classifier_pooling` names: [CLS] after the final LayerNorm, or with
+    `"mean"` (a fine-tuned classifier's encoder, BEiT's pooling) the final LayerNorm of the mean of the patch tokens;
+    the norm then applies to that mean only, so `last_hidden_state` is the last block's output. The norm keeps its key
+    (`layernorm`) either way, so a pretrained final norm loads into it unchanged (the recipe's `fc_norm` starting as
+    the final norm, docs/method.md#initialisation).
 
     Example:
 
@@ -755,9 +754,8 @@ class CAEv2Model(CAEv2PreTrainedModel):
 
     _keys_to_ignore_on_load_unexpected = PRETRAINING_ONLY_KEYS
 
-    def __init__(self, config: CAEv2Config, use_mean_pooling: bool | None = None) -> None:
+    def __init__(self, config: CAEv2Config) -> None:
         super().__init__(config)
-        self.use_mean_pooling = config.use_mean_pooling if use_mean_pooling is None else use_mean_pooling
         self.embeddings = CAEv2Embeddings(config)
         self.encoder = CAEv2Encoder(config)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -794,7 +792,7 @@ class CAEv2Model(CAEv2PreTrainedModel):
         Returns:
             `BaseModelOutputWithPooling`: `last_hidden_state` `(batch_size, 1 + num_kept_patches, hidden_size)` after
             the final LayerNorm and `pooler_output` the normalised [CLS] token (the linear-probe feature); with
-            `use_mean_pooling`, the last block's output and the normalised mean of its patch tokens.
+            `config.classifier_pooling="mean"`, the last block's output and the normalised mean of its patch tokens.
         """
         warn_if_attentions_unavailable(self.config, kwargs.get("output_attentions"))
         visible_ids = None
@@ -804,7 +802,7 @@ class CAEv2Model(CAEv2PreTrainedModel):
         pixel_values = pixel_values.to(self.embeddings.patch_embeddings.projection.weight.dtype)
         embeddings = self.embeddings(pixel_values, visible_ids, interpolate_pos_encoding)
         hidden_states = self.encoder(embeddings).last_hidden_state
-        if self.use_mean_pooling:
+        if self.config.classifier_pooling == "mean":
             sequence_output = hidden_states
             pooled_output = self.layernorm(hidden_states[:, 1:].mean(dim=1))
         else:
@@ -880,7 +878,6 @@ class CAEv2ForPreTraining(CAEv2PreTrainedModel):
 
     def __init__(self, config: CAEv2Config) -> None:
         config.validate_for_pretraining()
-        config.use_mean_pooling = False  # the pretrained encoder's feature is [CLS]; recorded for its saved folders
         super().__init__(config)
         self.caev2 = CAEv2Model(config)
         if config.regressor_hidden_size != config.hidden_size:
@@ -1042,9 +1039,11 @@ class CAEv2ForImageClassification(CAEv2PreTrainedModel):
     tokens -> LayerNorm -> Linear, BEiT's head) or `"cls"` for linear probing ([CLS] after the final LayerNorm ->
     BatchNorm without affine -> Linear).
 
-    With mean pooling the encoder applies its final LayerNorm to the pooled feature only (`CAEv2Model`'s
-    `use_mean_pooling`): that norm is the recipe's `fc_norm`, starts as the pretrained final norm because it keeps
-    its checkpoint key, and every parameter of the model takes part in the loss.
+    With mean pooling the encoder applies its final LayerNorm to the pooled feature only (see `CAEv2Model`): that norm
+    is the recipe's `fc_norm`, starts as the pretrained final norm because it keeps its checkpoint key, and every
+    parameter of the model takes part in the loss. A config without a head (`classifier_pooling=None`, a pretrained
+    encoder's) gets the fine-tuning head, recorded in this model's own copy of the config: its saved folder, loaded
+    with `AutoModel`, then gives the feature the head was trained on.
 
     Example:
 
@@ -1062,12 +1061,13 @@ class CAEv2ForImageClassification(CAEv2PreTrainedModel):
     _keys_to_ignore_on_load_unexpected = PRETRAINING_ONLY_KEYS
 
     def __init__(self, config: CAEv2Config) -> None:
+        if config.classifier_pooling is None:  # no head chosen (an encoder's config): the fine-tuning head, in a copy
+            config = copy.deepcopy(config)
+            config.classifier_pooling = "mean"
         super().__init__(config)
         self.num_labels = config.num_labels
-        # Recorded in the config, so the saved folder loads into `CAEv2Model` (AutoModel) pooling the same way.
-        config.use_mean_pooling = config.classifier_pooling == "mean"
         self.caev2 = CAEv2Model(config)
-        self.pooler = nn.Identity() if config.use_mean_pooling else CAEv2ClsBatchNormPooler(config)
+        self.pooler = nn.Identity() if config.classifier_pooling == "mean" else CAEv2ClsBatchNormPooler(config)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels else nn.Identity()
         self.post_init()
 
