@@ -630,6 +630,17 @@ class CAEv2Teacher(nn.Module):
         return torch.cat([targets[:, :1], patches.flatten(2).transpose(1, 2)], dim=1)
 
 
+@torch.no_grad()
+def init_teacher_weights(clip: CLIPVisionModelWithProjection) -> None:
+    """CLIP's initialisation of every teacher weight not loaded from a checkpoint, each module after its children so
+    that a parent's scheme wins, as in CLIP's own `post_init`. transformers' pass over the teacher alone leaves two
+    gaps: the patch embedding, replaced by `CAEv2PatchConv2d` after CLIP's `post_init`, gets a plain Conv2d init; and
+    from the meta device (`from_pretrained` with missing teacher weights) it skips the CLIP modules without weights
+    of their own (attention, MLP, the projection's owner), as it does in any model defined outside transformers."""
+    for module in reversed(list(clip.modules())):
+        clip._init_weights(module)
+
+
 def build_image_processor(config: CAEv2Config) -> BitImageProcessor:
     """The stock transformers processor matching the evaluation transform: resize 256 (bicubic), centre crop 224."""
     resize = round(config.image_size * 256 / 224)
@@ -694,6 +705,13 @@ class CAEv2PreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
+        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):  # the probe's pooler, the backbone's neck
+            if module.affine:
+                init.ones_(module.weight)
+                init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
         elif isinstance(module, CAEv2LayerScale):
             init.constant_(module.lambda1, module.init_value)
         elif isinstance(module, CAEv2Embeddings):
@@ -703,17 +721,26 @@ class CAEv2PreTrainedModel(PreTrainedModel):
             init.trunc_normal_(module.mask_token, std=std, a=-std, b=std)
             init.copy_(module.position_embeddings, self._sincos_like(module.position_embeddings))
         elif isinstance(module, CAEv2Teacher):
+            init_teacher_weights(module.model)
             init.zeros_(module.has_weights)  # a teacher built or loaded without weights has none
             input_scale, input_shift = module.renormalisation(self.config)
             init.copy_(module.input_scale, input_scale)
             init.copy_(module.input_shift, input_shift)
 
     def set_attn_implementation(self, attn_implementation: str | dict, *args, **kwargs):
-        """As transformers'. A model without the teacher (encoder, classifier, backbone) also sets it on
-        `config.teacher_config`, which transformers would otherwise do with a warning that it found no teacher module."""
-        if isinstance(attn_implementation, str) and not hasattr(self, "teacher"):
-            self.config.teacher_config._attn_implementation_internal = attn_implementation
-        return super().set_attn_implementation(attn_implementation, *args, **kwargs)
+        """As transformers'. A model without the teacher (encoder, classifier, backbone) sets it on
+        `config.teacher_config` first, as transformers would otherwise do with a warning that it found no teacher
+        module, and puts it back if transformers refuses the value: a refused value changes no config."""
+        if not isinstance(attn_implementation, str) or hasattr(self, "teacher"):
+            return super().set_attn_implementation(attn_implementation, *args, **kwargs)
+        teacher_config = self.config.teacher_config
+        previous = teacher_config._attn_implementation_internal
+        teacher_config._attn_implementation_internal = attn_implementation
+        try:
+            return super().set_attn_implementation(attn_implementation, *args, **kwargs)
+        except Exception:
+            teacher_config._attn_implementation_internal = previous
+            raise
 
     def _sincos_like(self, table: torch.Tensor) -> torch.Tensor:
         grid = self.config.image_size // self.config.patch_size

@@ -187,12 +187,6 @@ class CAEv2Backbone(BackboneMixin, CAEv2PreTrainedModel):
             init.kaiming_uniform_(module.weight, a=math.sqrt(5))
             fan_in = module.weight.shape[1] * module.weight[0, 0].numel()
             init.uniform_(module.bias, -(fan_in**-0.5), fan_in**-0.5)
-        elif isinstance(module, nn.BatchNorm2d):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-            init.zeros_(module.running_mean)
-            init.ones_(module.running_var)
-            init.zeros_(module.num_batches_tracked)
         elif isinstance(module, CAEv2RelativePositionBias):
             init.zeros_(module.relative_position_bias_table)
 
