@@ -10,8 +10,6 @@ Writes the fine-tuned model (a `CAEv2ForImageClassification` that `pipeline("ima
 `results.json` with top-1 / top-5.
 """
 
-from dataclasses import asdict
-
 from caev2_hf.cli import check_model_path, parse_arguments_with_config, parse_known_arguments_with_config, run_main
 from caev2_hf.evaluation.arguments import AugmentationArguments, FineTuningModelArguments
 from caev2_hf.evaluation.data_arguments import ImageDataArguments
@@ -40,18 +38,18 @@ if __name__ == "__main__":  # `--help` and a bad argument are answered here, bef
 
 from transformers import TrainingArguments, set_seed
 
-from caev2_hf.evaluation.finetune import (
+from caev2_hf.evaluation.classification.finetune import (
     build_finetune_trainer,
     build_finetune_transforms,
     build_training_streams,
-    compute_max_steps,
     format_finetune_summary,
     load_finetune_model,
     resolve_trainer_checkpoint,
     train_and_evaluate,
 )
-from caev2_hf.evaluation.frozen_encoder import read_preprocessing
-from caev2_hf.evaluation.labelled_data import open_labelled_datasets
+from caev2_hf.evaluation.classification.frozen_encoder import read_preprocessing
+from caev2_hf.evaluation.classification.labelled_data import open_labelled_datasets
+from caev2_hf.evaluation.trainer_steps import resolve_max_steps
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -69,11 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = load_finetune_model(model_args, class_names)
     preprocessing = read_preprocessing(model, model_args.model)
     train_transform, eval_transform = build_finetune_transforms(preprocessing, augmentation_args)
-    if training_args.max_steps <= 0:  # a stream has no length: epochs become steps
-        step_batch = training_args.train_batch_size * training_args.gradient_accumulation_steps
-        training_args.max_steps = compute_max_steps(
-            num_examples, training_args.num_train_epochs, step_batch * training_args.world_size
-        )
+    training_args.max_steps = resolve_max_steps(training_args, num_examples)  # a stream has no length
     train_stream, eval_stream = build_training_streams(
         train_dataset, validation_dataset, train_transform, eval_transform, training_args.seed
     )
@@ -83,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = train_and_evaluate(trainer, len(class_names), num_examples)
     if trainer.is_world_process_zero():
         print(format_finetune_summary(result, model_args.model, training_args.output_dir))
-    return asdict(result)
+    return result.to_json()
 
 
 if __name__ == "__main__":

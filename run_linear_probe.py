@@ -40,9 +40,13 @@ if __name__ == "__main__":  # `--help` and a bad argument are answered here, bef
 from accelerate import Accelerator
 from transformers import set_seed
 
-from caev2_hf.evaluation.frozen_encoder import open_frozen_encoder
-from caev2_hf.evaluation.probe import run_probe
-from caev2_hf.evaluation.probe_outputs import build_probe_eval_results, format_probe_summary, save_probe_outputs
+from caev2_hf.evaluation.classification.frozen_encoder import open_frozen_encoder
+from caev2_hf.evaluation.classification.probe import run_probe
+from caev2_hf.evaluation.classification.probe_outputs import (
+    build_probe_eval_results,
+    format_probe_summary,
+    save_probe_outputs,
+)
 from caev2_hf.hub.model_card import add_eval_results
 from caev2_hf.plots import plot_probe_curves
 

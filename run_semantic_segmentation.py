@@ -44,25 +44,24 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from transformers import TrainingArguments, set_seed  # noqa: E402
 
-from caev2_hf.evaluation.segmentation import (  # noqa: E402
-    SegmentationTrainer,
-    add_classifier_dropout,
-    build_image_processor,
-    build_poly_schedule,
-    build_random_encoder_config,
-    build_segmentation_optimizer,
-    compute_training_steps,
-    load_segmentation_model,
-)
-from caev2_hf.evaluation.segmentation_data import (  # noqa: E402
+from caev2_hf.evaluation.segmentation.data import (  # noqa: E402
     SegmentationDataset,
     SegmentationEvalTransform,
     SegmentationTrainTransform,
     collate_segmentation_batch,
     open_segmentation_splits,
 )
-from caev2_hf.evaluation.segmentation_metrics import MeanIoUAccumulator  # noqa: E402
+from caev2_hf.evaluation.segmentation.metrics import MeanIoUAccumulator  # noqa: E402
+from caev2_hf.evaluation.segmentation.model import (  # noqa: E402
+    add_classifier_dropout,
+    build_random_encoder_config,
+    build_segmentation_image_processor,
+    load_segmentation_model,
+)
+from caev2_hf.evaluation.segmentation.trainer import SegmentationTrainer, build_poly_schedule  # noqa: E402
+from caev2_hf.evaluation.trainer_steps import resolve_max_steps  # noqa: E402
 from caev2_hf.hub.model_card import add_eval_results, build_eval_results  # noqa: E402
+from caev2_hf.optim import build_layer_decay_optimizer  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -109,15 +108,13 @@ def main(argv: list[str] | None = None) -> dict:
             data_args.ignore_index,
         ),
     )  # fmt: skip
-    if training_args.max_steps <= 0:
-        step_batch = training_args.train_batch_size * training_args.gradient_accumulation_steps
-        training_args.max_steps = compute_training_steps(
-            len(train_dataset), training_args.num_train_epochs, step_batch * training_args.world_size
-        )
+    training_args.max_steps = resolve_max_steps(training_args, len(train_dataset))
     training_args.batch_eval_metrics = True  # confusion matrices summed batch by batch
-    optimizer = build_segmentation_optimizer(
+    # The authors' groups (docs/segmentation.md): unlike fine-tuning's, [CLS] and the bias tables decay too.
+    optimizer = build_layer_decay_optimizer(
         model, training_args.learning_rate, training_args.weight_decay, model_args.layer_decay,
-        (training_args.adam_beta1, training_args.adam_beta2), training_args.adam_epsilon,
+        backbone_config.num_hidden_layers, betas=(training_args.adam_beta1, training_args.adam_beta2),
+        eps=training_args.adam_epsilon,
     )  # fmt: skip
     scheduler = build_poly_schedule(
         optimizer, training_args.get_warmup_steps(training_args.max_steps), training_args.max_steps
@@ -129,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=collate_segmentation_batch,
-        processing_class=build_image_processor(model, data_args.crop_size, data_args.reduce_labels),
+        processing_class=build_segmentation_image_processor(model, data_args.crop_size, data_args.reduce_labels),
         optimizers=(optimizer, scheduler),
         compute_metrics=metrics,
         num_labels=data_args.num_labels,

@@ -13,11 +13,9 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["caev2_hf", "caev2_hf.*"]),
+    packages=find_packages(include=["caev2_hf", "caev2_hf.*", "caev2_hf_cli", "caev2_hf_cli.*"]),
     include_package_data=True,
-    package_data={
-        "caev2_hf": ["evaluation/accuracy_topk/*.py", "evaluation/mean_iou/*.py", "hub/model_card_template.md"]
-    },
+    package_data={"caev2_hf": ["evaluation/segmentation/mean_iou/*.py", "hub/model_card_template.md"]},
     # Ranges: each lower bound is the version the tests run with on the development machine, which is what a fresh
     # `pip install -e ".[dev]"` got on 2026-11-26 (.ci/run installs afresh each time, so CI tests the newest versions
     # in range; torch 2.11 and transformers 5.17 also ran the GPU benchmarks); each upper bound is the next major

@@ -136,23 +136,23 @@ def measure_stream(args: argparse.Namespace, config: CAEv2Config, source: dict, 
 
 def open_previous_stream(args: argparse.Namespace, config: CAEv2Config, source: dict, num_workers: int):
     """The data path before issue 11, for comparison (`--previous_path on`): a per-epoch loader whose workers decode,
-    crop, flip and jitter on the host (`build_pretrain_dataloader` with `build_pretrain_transform`), batches of the
-    workers' images with `MaskingCollator`; an image folder streamed by `datasets`' imagefolder as one shard."""
+    crop, flip and jitter on the host (`build_labelled_image_loader` with `build_random_crop_transform`), batches of
+    the workers' images with `MaskingCollator`; an image folder streamed by `datasets`' imagefolder as one shard."""
     import datasets
 
-    from caev2_hf.data.loader import build_pretrain_dataloader, iterate_forever
+    from caev2_hf.data.loader import build_labelled_image_loader, iterate_forever
     from caev2_hf.data.masking import MaskingCollator, build_mask_generator
     from caev2_hf.data.sources import open_image_dataset
-    from caev2_hf.data.transforms import build_pretrain_transform
+    from caev2_hf.data.transforms import build_random_crop_transform
 
     if "train_dir" in source:
         dataset = datasets.load_dataset("imagefolder", data_dir=source["train_dir"], split="train", streaming=True)
         dataset = dataset.cast_column("image", datasets.Image(decode=False))
     else:
         dataset = open_image_dataset(**source)
-    transform = build_pretrain_transform(config.image_size, (args.crop_min_scale, 1.0), args.color_jitter)
+    transform = build_random_crop_transform(config.image_size, (args.crop_min_scale, 1.0), args.color_jitter)
     collator = MaskingCollator(build_mask_generator(config), seed=args.seed)
-    loader = build_pretrain_dataloader(dataset, transform, collator, args.batch_size, num_workers, args.seed,
+    loader = build_labelled_image_loader(dataset, transform, collator, args.batch_size, num_workers, args.seed,
                                        shuffle_buffer_size=args.shuffle_buffer_size)  # fmt: skip
     return iterate_forever(loader), loader
 
@@ -217,9 +217,9 @@ def measure_batched_decode(args: argparse.Namespace, config: CAEv2Config, shards
     on the same device: an alternative to decoding in loader workers. Masks are left out (workers draw them cheaply)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    from caev2_hf.data.transforms import build_pretrain_transform
+    from caev2_hf.data.transforms import build_random_crop_transform
 
-    transform = build_pretrain_transform(config.image_size)
+    transform = build_random_crop_transform(config.image_size)
     encoded = [
         torch.frombuffer(bytearray(data), dtype=torch.uint8) for path in shards for data in read_tar_shard(path)
     ]

@@ -28,11 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 import transformers  # noqa: E402
 
 from caev2_hf import CAEV2_PRESETS, CAEv2Config  # noqa: E402
-from caev2_hf.evaluation.segmentation import (  # noqa: E402
-    build_poly_schedule,
-    build_segmentation_optimizer,
-    load_segmentation_model,
-)
+from caev2_hf.evaluation.segmentation.model import load_segmentation_model  # noqa: E402
+from caev2_hf.evaluation.segmentation.trainer import build_poly_schedule  # noqa: E402
+from caev2_hf.optim import build_layer_decay_optimizer  # noqa: E402
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -85,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     crop_size = args.crop_size or (64 if args.preset == "tiny-cpu" else 512)
     model = build_model(args, crop_size).to(device).train()
-    optimizer = build_segmentation_optimizer(model, 1e-4, 0.05, 0.65)
+    optimizer = build_layer_decay_optimizer(model, 1e-4, 0.05, 0.65, model.config.backbone_config.num_hidden_layers)
     scheduler = build_poly_schedule(optimizer, 1500, 160_000)
     step_model = torch.compile(model) if args.compile else model
     pixel_values = torch.randn(args.batch_size, 3, crop_size, crop_size, device=device)

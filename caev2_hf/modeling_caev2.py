@@ -971,7 +971,8 @@ class CAEv2ForPreTraining(CAEv2PreTrainedModel):
                 True = masked; exactly `config.num_masking_patches` per image. Without it a uniformly random mask
                 with that count is drawn on the device (training takes block masks from `caev2_hf.data.masking`).
             target_features (`torch.FloatTensor` of shape `(batch_size, 1 + num_patches, target_hidden_size)`,
-                *optional*): Teacher tokens in image order ([CLS] first). When given, the teacher is not run.
+                *optional*): Teacher tokens in image order ([CLS] first). When given, the teacher is not run; they
+                are L2-normalised here as the teacher's own are, so raw cached features need no normalising.
             output_hidden_states / output_attentions / return_dict: as for `CAEv2Model` (encoder states only).
         """
         batch_size, num_patches = pixel_values.shape[0], self.config.num_patches
@@ -1010,8 +1011,9 @@ class CAEv2ForPreTraining(CAEv2PreTrainedModel):
     def order_like_predictions(
         self, target_features: torch.Tensor, visible_ids: torch.Tensor, masked_ids: torch.Tensor
     ) -> torch.Tensor:
-        """Image-order targets -> [CLS, visible..., masked...], the order of the predictions
-        (docs/method.md#head-and-targets)."""
+        """Image-order targets -> [CLS, visible..., masked...], the order of the predictions, L2-normalised in fp32
+        (docs/method.md#head-and-targets): the authors normalise every target, so cached raw CLIP features passed as
+        `target_features` give the loss the teacher's own targets give."""
         expected = (visible_ids.shape[0], 1 + self.config.num_patches, self.config.target_hidden_size)
         if tuple(target_features.shape) != expected:
             raise ValueError(
@@ -1024,7 +1026,7 @@ class CAEv2ForPreTraining(CAEv2PreTrainedModel):
             gather_tokens(patch_targets, visible_ids),
             gather_tokens(patch_targets, masked_ids),
         ]
-        return torch.cat(ordered, dim=1).to(torch.float32)
+        return F.normalize(torch.cat(ordered, dim=1).to(torch.float32), dim=-1)
 
 
 class CAEv2ClsBatchNormPooler(nn.Module):

@@ -1,7 +1,8 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
-"""Optimizers and their parameter groups: weight decay by tensor rank, layer-wise lr decay for fine-tuning, and
-LARS, the linear probe's optimizer (MoCo v3 / MAE / CAE v2): SGD with momentum whose step on each matrix is
-rescaled to move the weights by a fixed fraction (the trust coefficient) of their norm (docs/method.md#recipes)."""
+"""Optimizers and their parameter groups: weight decay by tensor rank, layer-wise lr decay (the AdamW of fine-tuning,
+segmentation and detection), and LARS, the linear probe's optimizer (MoCo v3 / MAE / CAE v2): SGD with momentum whose step on
+each matrix is rescaled to move the weights by a fixed fraction (the trust coefficient) of their norm
+(docs/method.md#recipes)."""
 
 import re
 from collections.abc import Iterable
@@ -13,9 +14,11 @@ from torch import nn
 def layer_id_for_parameter(name: str, num_layers: int) -> int:
     """Depth of a parameter for layer decay: 0 for embeddings and tokens, i + 1 for encoder block i, L + 1 above.
 
-    Names are those of any CAE v2 model (`caev2.` prefix or not): MAE's and BEiT's `get_layer_id` rule.
+    Names are those of any CAE v2 model or of a model wrapping its encoder: `caev2.` (the head models), `backbone.`
+    (UperNet) or `backbone.body.` (torchvision's detectors) prefix or none, behind DDP's `module.`. MAE's and BEiT's
+    `get_layer_id` rule.
     """
-    name = name.removeprefix("module.").removeprefix("caev2.")
+    name = name.removeprefix("module.").removeprefix("caev2.").removeprefix("backbone.").removeprefix("body.")
     if name.startswith("embeddings."):
         return 0
     match = re.match(r"encoder\.layers\.(\d+)\.", name)
@@ -24,7 +27,7 @@ def layer_id_for_parameter(name: str, num_layers: int) -> int:
     return num_layers + 1
 
 
-def is_decayed(name: str, parameter: torch.Tensor) -> bool:
+def is_decayed(parameter: torch.Tensor) -> bool:
     """Matrices and convolutions decay; biases, norms, layer scales (all 1-D) do not. The [CLS] and mask tokens are
     3-D and decay, as in the official pretraining (docs/method.md#initialisation)."""
     return parameter.ndim >= 2
@@ -52,7 +55,7 @@ def build_parameter_groups(
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        decay = weight_decay if is_decayed(name, parameter) and name not in skip_weight_decay else 0.0
+        decay = weight_decay if is_decayed(parameter) and name not in skip_weight_decay else 0.0
         scale = (
             1.0 if layer_decay is None else layer_decay ** (num_layers + 1 - layer_id_for_parameter(name, num_layers))
         )
@@ -62,6 +65,27 @@ def build_parameter_groups(
         group["params"].append(parameter)
         group["names"].append(name)
     return list(groups.values())
+
+
+def build_layer_decay_optimizer(
+    model: nn.Module,
+    learning_rate: float,
+    weight_decay: float,
+    layer_decay: float,
+    num_layers: int,
+    skip_weight_decay: tuple[str, ...] = (),
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> torch.optim.AdamW:
+    """AdamW whose groups scale the lr by `layer_decay ** (num_layers + 1 - depth)` (`layer_id_for_parameter`), the
+    optimizer of fine-tuning, segmentation and detection; weight decay as `build_parameter_groups` gives it.
+
+    Pass it as `Trainer(optimizers=(optimizer, scheduler))`: a scheduler scales every group's own lr alike.
+    """
+    groups = build_parameter_groups(model, weight_decay, layer_decay, num_layers, skip_weight_decay)
+    for group in groups:
+        group["lr"] = learning_rate * group["lr_scale"]
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps)
 
 
 class LARS(torch.optim.Optimizer):

@@ -64,6 +64,15 @@ def build_tiny_config(**overrides) -> CAEv2Config:
     return CAEv2Config(**fields)
 
 
+def build_tiny_upernet(num_labels: int = 3, **overrides):
+    """UperNet (hidden 16, auxiliary 8) on a 4-block tiny CAE v2 backbone."""
+    from transformers import UperNetConfig, UperNetForSemanticSegmentation
+
+    backbone = build_tiny_config(num_hidden_layers=4, **overrides)
+    config = UperNetConfig(backbone_config=backbone, num_labels=num_labels, hidden_size=16, auxiliary_channels=8)
+    return UperNetForSemanticSegmentation(config)
+
+
 @pytest.fixture
 def tiny_config() -> CAEv2Config:
     return build_tiny_config()

@@ -18,10 +18,10 @@ from caev2_hf.data import loader, sources
 from caev2_hf.data.decoding import decode_rgb_image, to_rgb_image
 from caev2_hf.data.demo import write_demo_image_folder, write_demo_tar_shards
 from caev2_hf.data.device_augment import normalize_pixel_values
-from caev2_hf.data.loader import PretrainImageStream, build_pretrain_dataloader, iterate_forever
+from caev2_hf.data.loader import LabelledImageStream, build_labelled_image_loader, iterate_forever
 from caev2_hf.data.masking import MaskingCollator, RandomMaskGenerator
 from caev2_hf.data.sources import open_image_dataset, shard_for_process
-from caev2_hf.data.transforms import build_eval_transform, build_pretrain_transform
+from caev2_hf.data.transforms import build_eval_transform, build_random_crop_transform
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -195,12 +195,12 @@ def test_to_rgb_image_returns_none_for_unusable_images(tmp_path) -> None:
     assert decode_rgb_image(jpeg[:100])[1].startswith("OSError")
 
 
-def test_pretrain_transform_returns_a_uint8_crop_with_unscaled_values() -> None:
+def test_random_crop_transform_returns_a_uint8_crop_with_unscaled_values() -> None:
     torch.manual_seed(0)
-    crop = build_pretrain_transform(image_size=32)(Image.effect_noise((80, 60), 40).convert("RGB"))
+    crop = build_random_crop_transform(image_size=32)(Image.effect_noise((80, 60), 40).convert("RGB"))
     assert crop.dtype == torch.uint8 and crop.shape == (3, 32, 32) and crop.float().std() > 1
     # Without jitter, a flat colour stays exactly that colour: no rescaling to [0, 1] on the host.
-    flat = build_pretrain_transform(image_size=32, color_jitter=0.0)(Image.new("RGB", (80, 60), (200, 100, 50)))
+    flat = build_random_crop_transform(image_size=32, color_jitter=0.0)(Image.new("RGB", (80, 60), (200, 100, 50)))
     assert torch.equal(flat, torch.tensor([200, 100, 50], dtype=torch.uint8).view(3, 1, 1).expand(3, 32, 32))
 
 
@@ -222,7 +222,7 @@ def test_normalize_pixel_values_matches_hand_computation() -> None:
     assert half.dtype == torch.bfloat16 and half.device == pixel_values.device
 
 
-def test_pretrain_image_stream_counts_skipped_images(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_labelled_image_stream_counts_skipped_images(monkeypatch: pytest.MonkeyPatch) -> None:
     good = {"bytes": encode(Image.new("RGB", (16, 16), (9, 9, 9))), "path": None}
     bad, tiny = (
         {"bytes": b"broken", "path": "bad.jpg"},
@@ -231,7 +231,7 @@ def test_pretrain_image_stream_counts_skipped_images(monkeypatch: pytest.MonkeyP
     images = [good, bad, bad, good, tiny, good, bad]
     dataset = datasets.Dataset.from_dict({"image": images, "label": list(range(7))}).to_iterable_dataset()
     warnings = record_warnings(monkeypatch)
-    examples = list(PretrainImageStream(dataset, build_eval_transform(image_size=8, resize_size=8)))
+    examples = list(LabelledImageStream(dataset, build_eval_transform(image_size=8, resize_size=8)))
     assert [(example["label"], example["num_skipped"]) for example in examples] == [(0, 0), (3, 2), (4, 0), (5, 0)]
     # the same file is logged once, by name, not as PIL's `<_io.BytesIO object at ...>`
     assert len(warnings) == 1 and "bad.jpg" in warnings[0] and "UnidentifiedImageError" in warnings[0]
@@ -263,12 +263,12 @@ def test_shard_for_process_refuses_fewer_shards_than_processes(demo_tar_shards: 
 
 def build_demo_loader(tar_paths: list[str], seed: int, batch_size: int = 4) -> torch.utils.data.DataLoader:
     collator = MaskingCollator(RandomMaskGenerator((2, 2), 2), seed=seed)
-    transform = build_pretrain_transform(image_size=16)
+    transform = build_random_crop_transform(image_size=16)
     dataset = open_image_dataset(data_files=tar_paths)
-    return build_pretrain_dataloader(dataset, transform, collator, batch_size, num_workers=2, seed=seed)
+    return build_labelled_image_loader(dataset, transform, collator, batch_size, num_workers=2, seed=seed)
 
 
-def test_build_pretrain_dataloader_is_reproducible_with_workers(demo_tar_shards: list[str]) -> None:
+def test_build_labelled_image_loader_is_reproducible_with_workers(demo_tar_shards: list[str]) -> None:
     first, second, other = (list(build_demo_loader(demo_tar_shards, seed)) for seed in (0, 0, 1))
     assert len(first) == 8  # 2 workers x 2 shards x 8 images / batch 4
     batch = first[0]
@@ -280,7 +280,7 @@ def test_build_pretrain_dataloader_is_reproducible_with_workers(demo_tar_shards:
     assert not torch.equal(first[0]["pixel_values"], other[0]["pixel_values"])
 
 
-def test_build_pretrain_dataloader_replays_an_epoch_after_a_restart(demo_tar_shards: list[str]) -> None:
+def test_build_labelled_image_loader_replays_an_epoch_after_a_restart(demo_tar_shards: list[str]) -> None:
     # A resumed run starts fresh workers at epoch 1; its batches must equal the uninterrupted run's epoch 1,
     # although the uninterrupted run's persistent workers already drew the crops of epoch 0.
     uninterrupted = iterate_forever(build_demo_loader(demo_tar_shards, seed=0))
@@ -291,8 +291,8 @@ def test_build_pretrain_dataloader_replays_an_epoch_after_a_restart(demo_tar_sha
     assert not torch.equal(epochs_zero_and_one[0]["pixel_values"], epochs_zero_and_one[8]["pixel_values"])
 
 
-def test_pretrain_image_stream_leaves_the_global_rng_untouched(demo_tar_shards: list[str]) -> None:
-    stream = PretrainImageStream(open_image_dataset(data_files=demo_tar_shards[:1]), build_pretrain_transform(16))
+def test_labelled_image_stream_leaves_the_global_rng_untouched(demo_tar_shards: list[str]) -> None:
+    stream = LabelledImageStream(open_image_dataset(data_files=demo_tar_shards[:1]), build_random_crop_transform(16))
     torch.manual_seed(0)
     expected = torch.rand(3)
     torch.manual_seed(0)
@@ -300,10 +300,13 @@ def test_pretrain_image_stream_leaves_the_global_rng_untouched(demo_tar_shards: 
     assert torch.equal(torch.rand(3), expected) and len(crops) == 8
 
 
-def test_pretrain_image_stream_draws_different_crops_per_process(demo_tar_shards: list[str]) -> None:
+def test_labelled_image_stream_draws_different_crops_per_process(demo_tar_shards: list[str]) -> None:
     dataset = open_image_dataset(data_files=demo_tar_shards[:1])
     first, second = (
-        [example["pixel_values"] for example in PretrainImageStream(dataset, build_pretrain_transform(16), 0, index)]
+        [
+            example["pixel_values"]
+            for example in LabelledImageStream(dataset, build_random_crop_transform(16), 0, index)
+        ]
         for index in (0, 1)
     )
     assert not any(torch.equal(crop_a, crop_b) for crop_a, crop_b in zip(first, second, strict=True))
@@ -312,7 +315,7 @@ def test_pretrain_image_stream_draws_different_crops_per_process(demo_tar_shards
 def test_iterate_forever_advances_the_epoch_each_pass(demo_tar_shards: list[str]) -> None:
     dataset = open_image_dataset(data_files=demo_tar_shards[:1])
     collator = MaskingCollator(RandomMaskGenerator((2, 2), 1))
-    loader = build_pretrain_dataloader(dataset, build_eval_transform(16, 16), collator, 4, num_workers=0, seed=0)
+    loader = build_labelled_image_loader(dataset, build_eval_transform(16, 16), collator, 4, num_workers=0, seed=0)
     batches = iterate_forever(loader)
     epochs = []
     for _ in range(5):  # 8 images, batch 4: two batches per pass
@@ -328,7 +331,7 @@ def no_examples():
 def test_iterate_forever_raises_on_an_empty_dataset() -> None:
     empty = datasets.IterableDataset.from_generator(no_examples)
     collator = MaskingCollator(RandomMaskGenerator((2, 2), 1))
-    loader = build_pretrain_dataloader(empty, build_eval_transform(16, 16), collator, 4, num_workers=0, seed=0)
+    loader = build_labelled_image_loader(empty, build_eval_transform(16, 16), collator, 4, num_workers=0, seed=0)
     with pytest.raises(RuntimeError, match=r"A whole pass \(epoch 0\) over the data gave no batch"):
         next(iterate_forever(loader))
 
@@ -343,7 +346,7 @@ def test_iterate_forever_raises_when_every_image_is_unreadable(tmp_path, monkeyp
     dataset = open_image_dataset(data_files=path)
     warnings = record_warnings(monkeypatch)
     collator = MaskingCollator(RandomMaskGenerator((2, 2), 1))
-    loader = build_pretrain_dataloader(dataset, build_eval_transform(16, 16), collator, 1, num_workers=0, seed=0)
+    loader = build_labelled_image_loader(dataset, build_eval_transform(16, 16), collator, 1, num_workers=0, seed=0)
     with pytest.raises(RuntimeError, match=r"every image was unreadable"):
         next(iterate_forever(loader))
     assert len(warnings) == 2

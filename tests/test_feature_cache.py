@@ -1,13 +1,17 @@
-"""Unit tests for caev2_hf.evaluation.feature_cache: the encoder fingerprint that keys the cached features, and a
-cache that is written once and then read back."""
+"""Unit tests for caev2_hf.evaluation.classification.feature_cache: the encoder fingerprint that keys the cached
+features, and a cache that is written once and then read back."""
 
 import torch
 from conftest import build_tiny_config
 
 from caev2_hf import CAEv2Model
 from caev2_hf.evaluation.arguments import ProbeArguments
-from caev2_hf.evaluation.feature_cache import FeatureCacheFile, fingerprint_encoder, load_or_extract_features
-from caev2_hf.evaluation.frozen_encoder import EncoderPreprocessing, FrozenEncoder
+from caev2_hf.evaluation.classification.feature_cache import (
+    FeatureCacheFile,
+    fingerprint_encoder,
+    load_or_extract_features,
+)
+from caev2_hf.evaluation.classification.frozen_encoder import EncoderPreprocessing, FrozenEncoder
 
 
 def test_encoder_fingerprint_changes_with_any_weight_but_not_with_labels():

@@ -1,4 +1,4 @@
-"""Unit tests for caev2_hf.evaluation.frozen_encoder: loading an encoder to probe."""
+"""Unit tests for caev2_hf.evaluation.classification.frozen_encoder: loading an encoder to probe."""
 
 import os
 import shutil
@@ -8,7 +8,7 @@ import pytest
 from conftest import build_tiny_config
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from caev2_hf.evaluation.frozen_encoder import load_frozen_encoder
+from caev2_hf.evaluation.classification.frozen_encoder import load_frozen_encoder
 
 
 def test_frozen_encoder_loader_refuses_weights_of_another_architecture(tmp_path: Path):

@@ -1,4 +1,5 @@
-"""Unit tests for caev2_hf.evaluation.labelled_data: what identifies a data source, and how its labels are counted."""
+"""Unit tests for caev2_hf.evaluation.classification.labelled_data: what identifies a data source, and how its labels
+are counted."""
 
 from pathlib import Path
 
@@ -6,7 +7,7 @@ import datasets
 import pytest
 
 from caev2_hf.cli import UserError
-from caev2_hf.evaluation.labelled_data import (
+from caev2_hf.evaluation.classification.labelled_data import (
     build_label_mappings,
     count_labels,
     describe_data_source,

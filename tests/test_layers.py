@@ -1,6 +1,6 @@
 """The package's layers (docs/design.md#layers): model <- shared (data, optim, cli, hub) <- jobs (pretraining,
-evaluation, visualization) <- scripts. A module may import from its own layer or a lower one; two job packages never
-import each other, so each job can be read (and changed) alone."""
+evaluation, visualization, study) <- scripts. A module may import from its own layer or a lower one; two job packages
+never import each other, so each job can be read (and changed) alone."""
 
 import ast
 from pathlib import Path
@@ -11,7 +11,7 @@ import pytest
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "caev2_hf"
 MODEL_MODULES = {"__init__", "configuration_caev2", "modeling_caev2", "modeling_caev2_backbone"}
 SHARED = {"data", "optim", "cli", "hub", "plots"}
-JOBS = {"pretraining", "evaluation", "visualization", "visualize"}
+JOBS = {"pretraining", "evaluation", "visualization", "visualize", "study"}
 
 
 def component(module: str) -> str:

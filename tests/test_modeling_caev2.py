@@ -135,7 +135,21 @@ def test_targets_are_reordered_cls_visible_masked(pixel_values, fixed_mask):
     for image in range(3):
         visible = [1 + i for i in range(16) if not fixed_mask[image, i]]
         masked = [1 + i for i in range(16) if fixed_mask[image, i]]
-        torch.testing.assert_close(outputs.target_features[image], image_order[image, [0] + visible + masked])
+        expected = torch.nn.functional.normalize(image_order[image, [0] + visible + masked], dim=-1)
+        torch.testing.assert_close(outputs.target_features[image], expected)
+
+
+@pytest.mark.parametrize("loss_type", ["cosine", "mse", "smooth_l1"])
+def test_given_targets_are_normalised_as_the_authors_do(loss_type, pixel_values, fixed_mask):
+    """Cached raw CLIP features (any norm per token) give the loss of the same features L2-normalised."""
+    model = build_model(build_tiny_config(loss_type=loss_type)).eval()
+    unit = torch.nn.functional.normalize(torch.randn(3, 17, 16, generator=torch.Generator().manual_seed(1)), dim=-1)
+    scales = torch.rand(3, 17, 1, generator=torch.Generator().manual_seed(2)) * 20 + 0.05
+    raw = model(pixel_values, bool_masked_pos=fixed_mask, target_features=unit * scales)
+    normalised = model(pixel_values, bool_masked_pos=fixed_mask, target_features=unit)
+    for name in ("loss", "visible_loss", "masked_loss", "cls_loss", "target_features"):
+        torch.testing.assert_close(getattr(raw, name), getattr(normalised, name), rtol=1e-6, atol=1e-6, msg=name)
+    assert not torch.allclose((unit * scales).norm(dim=-1), torch.ones(3, 17))  # the raw ones really were not unit
 
 
 def test_teacher_targets_are_projected_post_norm_tokens(pixel_values):

@@ -1,12 +1,13 @@
-"""Tests for the fine-tuning parameter groups (layer-wise lr decay) and for LARS, against hand-computed values."""
+"""Tests for caev2_hf.optim against hand-computed values: weight decay by rank, the layer-decay AdamW of fine-tuning
+and segmentation (on a classifier's and an UperNet's parameter names), and LARS."""
 
 import pytest
 import torch
-from conftest import build_tiny_config
+from conftest import build_tiny_config, build_tiny_upernet
 
 from caev2_hf import CAEv2ForImageClassification
-from caev2_hf.evaluation.finetune import build_layer_decay_optimizer
-from caev2_hf.optim import LARS
+from caev2_hf.evaluation.classification.finetune import token_parameter_names
+from caev2_hf.optim import LARS, build_layer_decay_optimizer
 
 
 # One encoder block of the tiny model: name -> decayed (matrices decay; biases, norms and layer scales do not).
@@ -27,7 +28,10 @@ BLOCK_PARAMETERS = {
 def test_layer_decay_groups_of_a_two_layer_model_match_the_hand_written_table():
     # docs/method.md#recipes: scale = decay ** (L + 1 - id) with L = 2: embeddings 0.75^3, block 0 0.75^2, block 1 0.75, head 1.
     model = CAEv2ForImageClassification(build_tiny_config(num_labels=3))
-    optimizer = build_layer_decay_optimizer(model, learning_rate=1e-3, weight_decay=0.05, layer_decay=0.75)
+    optimizer = build_layer_decay_optimizer(
+        model, learning_rate=1e-3, weight_decay=0.05, layer_decay=0.75, num_layers=2,
+        skip_weight_decay=token_parameter_names(model), betas=(0.9, 0.98), eps=1e-6,
+    )  # fmt: skip
     expected = {
         "caev2.embeddings.cls_token": (0.421875, 0.0),  # a token: no decay in fine-tuning
         "caev2.embeddings.patch_embeddings.projection.weight": (0.421875, 0.05),
@@ -47,7 +51,35 @@ def test_layer_decay_groups_of_a_two_layer_model_match_the_hand_written_table():
     for name, (lr_scale, weight_decay) in expected.items():  # approx compares flat containers only (pytest >= 9.2)
         assert found[name] == pytest.approx((lr_scale, weight_decay)), name
     assert all(group["lr"] == pytest.approx(1e-3 * group["lr_scale"]) for group in optimizer.param_groups)
+    assert all((group["betas"], group["eps"]) == ((0.9, 0.98), 1e-6) for group in optimizer.param_groups)
     assert sum(len(group["params"]) for group in optimizer.param_groups) == len(list(model.parameters()))
+
+
+def test_layer_decay_groups_of_an_upernet_match_the_authors_constructor():
+    # Their LayerDecayOptimizerConstructor: the backbone's blocks by depth, the neck and heads at L + 1; no exemption.
+    torch.manual_seed(0)
+    model = build_tiny_upernet()  # 4 blocks: embeddings 0.5**5, block i 0.5**(4 - i), neck and heads 1
+    optimizer = build_layer_decay_optimizer(model, learning_rate=1.0, weight_decay=0.05, layer_decay=0.5, num_layers=4)
+    found = {name: (group["lr"], group["weight_decay"]) for group in optimizer.param_groups for name in group["names"]}
+    expected = {
+        "backbone.embeddings.cls_token": (1 / 32, 0.05),  # 3-D: decays, as in the authors' constructor
+        "backbone.embeddings.patch_embeddings.projection.weight": (1 / 32, 0.05),
+        "backbone.embeddings.patch_embeddings.projection.bias": (1 / 32, 0.0),
+        "backbone.encoder.layers.0.attention.q_proj.weight": (1 / 16, 0.05),
+        "backbone.encoder.layers.0.attention.q_proj.bias": (1 / 16, 0.0),
+        "backbone.encoder.layers.0.relative_position_bias.relative_position_bias_table": (1 / 16, 0.05),
+        "backbone.encoder.layers.1.layer_scale1.lambda1": (1 / 8, 0.0),
+        "backbone.encoder.layers.3.mlp.fc2.weight": (1 / 2, 0.05),
+        "backbone.encoder.layers.3.layernorm_after.weight": (1 / 2, 0.0),
+        "backbone.fpn1.0.weight": (1.0, 0.05),
+        "decode_head.classifier.weight": (1.0, 0.05),
+        "decode_head.classifier.bias": (1.0, 0.0),
+        "auxiliary_head.convs.0.batch_norm.weight": (1.0, 0.0),
+    }
+    assert {name: found[name] for name in expected} == expected  # powers of 2: exact
+    trainable = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+    assert sorted(found) == sorted(trainable)  # every parameter once
+    assert {group["lr"] for group in optimizer.param_groups} == {1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0}
 
 
 def lars_step(parameter: torch.Tensor, gradient: torch.Tensor, optimizer: LARS) -> None:

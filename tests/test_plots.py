@@ -20,7 +20,7 @@ from conftest import build_tiny_config
 from PIL import Image
 
 from caev2_hf import CAEv2ForPreTraining, visualize
-from caev2_hf.evaluation.probe import EpochRecord, LearningRateHistory
+from caev2_hf.evaluation.classification.probe import EpochRecord, LearningRateHistory
 from caev2_hf.plots import (
     INSTALL_HINT,
     MetricHistory,

@@ -1,6 +1,7 @@
-"""Unit tests for caev2_hf.evaluation.probe: the grid of linear heads, its epoch records, the probe's BatchNorm and
-the `ProbeResult` that `results.json` is written from."""
+"""Unit tests for caev2_hf.evaluation.classification.probe: the grid of linear heads, its epoch records, the probe's
+BatchNorm and the `ProbeResult` that `results.json` is written from."""
 
+import dataclasses
 import json
 
 import pytest
@@ -8,8 +9,8 @@ import torch
 from torch import nn
 
 from caev2_hf.evaluation.arguments import ProbeArguments
-from caev2_hf.evaluation.feature_cache import FeatureCacheFile
-from caev2_hf.evaluation.probe import (
+from caev2_hf.evaluation.classification.feature_cache import FeatureCacheFile
+from caev2_hf.evaluation.classification.probe import (
     EpochRecord,
     LearningRateHistory,
     ProbeResult,
@@ -110,3 +111,11 @@ def test_probe_result_json_holds_every_measured_value_but_the_head():
         "feature_cache": {"train": {"path": "/c/train.safetensors", "reused": True}},
     }  # fmt: skip
     assert "head" not in repr(result) and "class_names" not in repr(result)
+    # With 5 classes or fewer top-5 is null, and results.json says why beside it (3 classes here).
+    without_top5 = json.loads(json.dumps(dataclasses.replace(result, top5_accuracy=None).to_json()))
+    assert list(without_top5)[:4] == ["protocol", "top1_accuracy", "top5_accuracy", "top5_accuracy_note"]
+    assert without_top5["top5_accuracy"] is None
+    assert without_top5["top5_accuracy_note"] == "null: every label is among the top 5 of 3 classes"
+    assert {key: value for key, value in without_top5.items() if key != "top5_accuracy_note"} == values | {
+        "top5_accuracy": None
+    }

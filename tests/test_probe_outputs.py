@@ -1,5 +1,5 @@
-"""Unit tests for caev2_hf.evaluation.probe_outputs: the probe's entries in a model card's model-index and the
-summary it prints."""
+"""Unit tests for caev2_hf.evaluation.classification.probe_outputs: the probe's entries in a model card's model-index
+and the summary it prints."""
 
 from pathlib import Path
 
@@ -7,12 +7,16 @@ import pytest
 from huggingface_hub import ModelCard
 from torch import nn
 
-from caev2_hf.evaluation.probe import LearningRateHistory, ProbeResult
-from caev2_hf.evaluation.probe_outputs import ProbeOutputs, build_probe_eval_results, format_probe_summary
+from caev2_hf.evaluation.classification.probe import LearningRateHistory, ProbeResult
+from caev2_hf.evaluation.classification.probe_outputs import (
+    ProbeOutputs,
+    build_probe_eval_results,
+    format_probe_summary,
+)
 from caev2_hf.hub.model_card import add_eval_results
 
 
-def probe_result(top1: float = 0.81234, top5: float = 0.95, protocol: str = "official") -> ProbeResult:
+def probe_result(top1: float = 0.81234, top5: float | None = 0.95, protocol: str = "official") -> ProbeResult:
     holdout = 0.875 if protocol == "fast" else None
     histories = [LearningRateHistory(0.1, 0.05, holdout, []), LearningRateHistory(0.3, 0.15, 0.5, [])]
     return ProbeResult(
@@ -32,6 +36,17 @@ def test_probe_eval_results_are_named_as_the_card_names_linear_probing(protocol:
     assert {(entry.task_name, entry.task_type, entry.metric_type, entry.dataset_split) for entry in entries} == {
         ("Linear probing", "image-classification", "accuracy", "validation")
     }
+
+
+def test_a_probe_without_top5_has_no_top5_entry_and_its_summary_says_why():
+    result = probe_result(top5=None)  # 2 classes: every label is in the top 5
+    entries = build_probe_eval_results(result, "imagenette", "validation")
+    assert [(entry.metric_name, entry.metric_value) for entry in entries] == [("Top-1 (LIN)", 81.23)]
+    summary = format_probe_summary(result, ProbeOutputs("probe/results.json", "probe", None), "my-encoder")
+    assert summary.splitlines()[0] == (
+        "Linear probe (official protocol) of my-encoder: top-1 81.23 %, top-5 n/a (every label is among the top 5 "
+        "of 2 classes) on 40 validation images"
+    )
 
 
 def test_added_eval_results_replace_the_same_metric_and_keep_the_others(tmp_path: Path):

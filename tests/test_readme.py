@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 
 from caev2_hf import CAEv2Model
-from caev2_hf.evaluation.probe_outputs import build_probe_classifier
+from caev2_hf.evaluation.classification.probe_outputs import build_probe_classifier
 
 
 README = Path(__file__).resolve().parents[1] / "README.md"

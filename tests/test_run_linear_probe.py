@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from sklearn.datasets import load_digits
 from transformers import AutoModelForImageClassification, CLIPVisionModel, pipeline
 
-import caev2_hf.evaluation.frozen_encoder
+import caev2_hf.evaluation.classification.frozen_encoder
 from caev2_hf import CAEv2ForPreTraining
 from caev2_hf.cli import UserError, parse_arguments_with_config
 from caev2_hf.data.device_augment import normalize_pixel_values
@@ -87,7 +87,7 @@ def run_and_capture(arguments: list[str]) -> tuple[dict, str]:
 def official_run(encoder_dir: str, digits: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One official run, recording the encoder object the script loaded and its weights before probing."""
     recorded = {}
-    load_frozen_encoder = caev2_hf.evaluation.frozen_encoder.load_frozen_encoder
+    load_frozen_encoder = caev2_hf.evaluation.classification.frozen_encoder.load_frozen_encoder
 
     def load_and_record(model_name_or_path: str):
         encoder = load_frozen_encoder(model_name_or_path)
@@ -96,7 +96,7 @@ def official_run(encoder_dir: str, digits: dict[str, str], tmp_path_factory: pyt
 
     output_dir = tmp_path_factory.mktemp("official")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(caev2_hf.evaluation.frozen_encoder, "load_frozen_encoder", load_and_record)
+        patch.setattr(caev2_hf.evaluation.classification.frozen_encoder, "load_frozen_encoder", load_and_record)
         results, printed = run_and_capture(probe_arguments(encoder_dir, digits, output_dir, "--protocol", "official"))
     return {"results": results, "printed": printed, "output_dir": output_dir, **recorded}
 
@@ -322,6 +322,10 @@ def test_fast_probe_reads_tar_shards_and_holds_out_part_of_train(encoder_dir: st
     for entry in results["learning_rate_histories"]:
         assert abs(entry["holdout_top1_accuracy"] * 12 - round(entry["holdout_top1_accuracy"] * 12)) < 1e-4
     assert results["num_classes"] == 2 and results["top1_accuracy"] > 0.7  # the two sample photos, chance 0.5
+    assert results["top5_accuracy"] is None  # every label is among the top 5 of 2 classes
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["top5_accuracy_note"] == (
+        "null: every label is among the top 5 of 2 classes"
+    )
 
 
 @pytest.mark.parametrize(

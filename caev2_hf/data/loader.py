@@ -242,9 +242,9 @@ def build_pretrain_loader(
     )
 
 
-class PretrainImageStream(torch.utils.data.IterableDataset):
-    """Turns {"image", "label"} into {"pixel_values", "label", "num_skipped"} one image at a time, skipping and
-    counting bad images: the evaluation jobs' stream (pretraining uses `PretrainBatchStream`).
+class LabelledImageStream(torch.utils.data.IterableDataset):
+    """Turns labelled images {"image", "label"} into {"pixel_values", "label", "num_skipped"} one image at a time,
+    skipping and counting bad images: the evaluation jobs' stream (pretraining uses `PretrainBatchStream`).
 
     A skipped image is counted on the next good example (`num_skipped`). Each image's transform runs under a seed
     made of (seed, process index, worker id, epoch, position in the worker's stream), so a replayed epoch redraws the
@@ -298,7 +298,7 @@ class PretrainImageStream(torch.utils.data.IterableDataset):
             yield output
 
 
-def build_pretrain_dataloader(
+def build_labelled_image_loader(
     dataset: datasets.IterableDataset,
     transform: Callable[[Image.Image], torch.Tensor],
     collator: Callable[[list[dict]], dict],
@@ -315,7 +315,7 @@ def build_pretrain_dataloader(
         logger.warning(f"num_workers={num_workers} lowered to {dataset.num_shards}: a worker reads whole shards.")
         num_workers = dataset.num_shards
     shuffled = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
-    stream = PretrainImageStream(shuffled, transform, seed=seed, process_index=process_index)
+    stream = LabelledImageStream(shuffled, transform, seed=seed, process_index=process_index)
     return torch.utils.data.DataLoader(
         stream,
         batch_size=batch_size,
@@ -329,7 +329,7 @@ def build_pretrain_dataloader(
 
 def iterate_forever(
     dataloader: torch.utils.data.DataLoader,
-    dataset: PretrainImageStream | datasets.IterableDataset | None = None,
+    dataset: LabelledImageStream | datasets.IterableDataset | None = None,
     start_epoch: int = 0,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Yields batches of a per-epoch loader pass after pass, calling `set_epoch` before each pass.

@@ -169,7 +169,7 @@ class MaskingCollator:
 
     Returns `pixel_values` uint8 (batch, 3, H, W), `bool_masked_pos` bool (batch, num_patches), `labels` int64
     (batch,) when every example has a label, and `num_skipped_images`, an int64 scalar: how many unreadable images
-    were dropped before the images of this batch (see `data.PretrainImageStream`).
+    were dropped before the images of this batch (see `data.LabelledImageStream`).
     """
 
     def __init__(self, mask_generator: MaskGenerator, seed: int = 0, process_index: int = 0) -> None:

@@ -5,8 +5,9 @@
   when the crop allows it (PIL's draft mode) or else with torchvision's `decode_jpeg`, crops and resizes to uint8
   (torchvision's `resized_crop`, bicubic with antialiasing), and returns the flip and jitter parameters
   for `device_augment.augment_on_device`, which applies them batched on the accelerator.
-- `build_pretrain_transform`: the whole augmentation on the host (crop, flip, jitter), for the linear probe's official
-  protocol (and the data path before issue 11, which `benchmarks/bench_data.py --previous_path on` times).
+- `build_random_crop_transform`: a whole random augmentation on the host (crop, flip, jitter), the training view of the
+  linear probe's official protocol (and of the data path before issue 11, which `benchmarks/bench_data.py
+  --previous_path on` times).
 - `build_eval_transform`: resize the short side, centre crop.
 """
 
@@ -27,10 +28,11 @@ from .decoding import ImageLike, encoded_bytes, open_image, to_rgb
 JITTER_OPS = ("brightness", "contrast", "saturation")  # index = op code in `jitter_order`; hue stays 0 in CAE v2
 
 
-def build_pretrain_transform(
+def build_random_crop_transform(
     image_size: int = 224, scale: tuple[float, float] = (0.4, 1.0), color_jitter: float = 0.4, hflip: bool = True
 ) -> v2.Compose:
-    """docs/method.md#recipes pretraining augmentation on uint8, all on the host: crop, then flip and jitter the crop."""
+    """Random-resized crop (bicubic), then flip and jitter of the crop, all on the host, to uint8. The defaults are the
+    pretraining recipe's (docs/method.md#recipes); the linear probe asks for scale 0.08-1 and no jitter."""
     transforms = [
         v2.PILToTensor(),
         v2.RandomResizedCrop(image_size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),

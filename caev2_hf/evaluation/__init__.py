@@ -1,2 +1,2 @@
-"""Evaluating an encoder: frozen feature extraction, labelled data, the linear probe (the authors' LARS protocol
-and a cached-feature fast protocol), Trainer fine-tuning and top-k metrics."""
+"""Evaluating an encoder, one folder per job: `classification/` (linear probe and fine-tuning) and `segmentation/`
+(UperNet). Here: the scripts' argument dataclasses and what the Trainer-based jobs share."""

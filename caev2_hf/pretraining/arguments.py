@@ -147,6 +147,14 @@ class PretrainingArguments:
         },
     )
     min_learning_rate: float = field(default=1e-5, metadata={"help": "Floor of the cosine decay (absolute)."})
+    lr_scheduler_type: str = field(
+        default="cosine_with_min_lr",
+        metadata={
+            "help": "Warmup + cosine schedule: cosine_with_min_lr (transformers': warmup update k of W gets k / W of "
+            "the peak) or authors_cosine (the authors': k / (W - 1), the peak one update earlier; the recipes' "
+            "choice, docs/method.md#recipes)."
+        },
+    )
     adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
     adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2."})
     adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon."})
@@ -221,6 +229,10 @@ class PretrainingArguments:
                     f"--torch_compile_mode {self.torch_compile_mode}: choose one of {', '.join(COMPILE_MODES)}."
                 )
             self.torch_compile = True
+        if self.lr_scheduler_type not in ("cosine_with_min_lr", "authors_cosine"):
+            raise UserError(
+                f"--lr_scheduler_type {self.lr_scheduler_type}: choose cosine_with_min_lr or authors_cosine."
+            )
         if self.push_to_hub and not self.hub_model_id:
             raise UserError("--push_to_hub needs --hub_model_id (e.g. my-org/caev2-vit-base).")
         check_positive(

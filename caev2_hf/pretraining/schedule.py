@@ -2,6 +2,8 @@
 """The numbers a pretraining run derives from its arguments (batch, lr, steps) and its lr schedule (docs/method.md#recipes)."""
 
 import dataclasses
+import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -77,14 +79,41 @@ def compute_training_numbers(
     )
 
 
+def authors_cosine_factor(step: int, warmup_steps: int, max_steps: int, min_ratio: float) -> float:
+    """The lr of update `step` over the peak in the authors' schedule (`cosine_scheduler` of their `furnace/utils.py`).
+
+    Warmup is `np.linspace(0, 1, W)`: update k gets k / (W - 1), so the peak comes at update W - 1 (a warmup of one
+    update is `[0]`). Then half a cosine per update, from the peak at update W to `min_ratio` after the last update.
+    Only the warmup differs from transformers' cosine-with-min-lr schedule, which gives k / W (docs/method.md#recipes).
+    """
+    if step < warmup_steps:
+        return step / (warmup_steps - 1) if warmup_steps > 1 else 0.0
+    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def build_lr_scheduler(
-    optimizer: torch.optim.Optimizer, numbers: TrainingNumbers, min_learning_rate: float
+    optimizer: torch.optim.Optimizer,
+    numbers: TrainingNumbers,
+    min_learning_rate: float,
+    scheduler_type: str = "cosine_with_min_lr",
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup from 0, then half a cosine down to `min_learning_rate`, stepped once per update (docs/method.md#recipes)."""
+    """Linear warmup from 0, then half a cosine down to `min_learning_rate`, stepped once per update
+    (docs/method.md#recipes): transformers' `cosine_with_min_lr`, or `authors_cosine` (`authors_cosine_factor`)."""
     if not 0 <= min_learning_rate <= numbers.learning_rate:
         raise ValueError(
             f"min_learning_rate={min_learning_rate} must lie in [0, {numbers.learning_rate:.3g}] (the scaled peak lr)."
         )
+    if scheduler_type == "authors_cosine":
+        factor = functools.partial(
+            authors_cosine_factor,
+            warmup_steps=numbers.warmup_steps,
+            max_steps=numbers.max_steps,
+            min_ratio=min_learning_rate / numbers.learning_rate,
+        )
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if scheduler_type != "cosine_with_min_lr":
+        raise ValueError(f"scheduler_type={scheduler_type!r}: choose cosine_with_min_lr or authors_cosine.")
     return get_cosine_with_min_lr_schedule_with_warmup(
         optimizer, numbers.warmup_steps, numbers.max_steps, min_lr=min_learning_rate
     )

@@ -60,7 +60,10 @@ def build_optimizer_and_scheduler(
         eps=training_args.adam_epsilon,
         fused=True,
     )
-    return optimizer, build_lr_scheduler(optimizer, numbers, training_args.min_learning_rate)
+    scheduler = build_lr_scheduler(
+        optimizer, numbers, training_args.min_learning_rate, training_args.lr_scheduler_type
+    )
+    return optimizer, scheduler
 
 
 @dataclass

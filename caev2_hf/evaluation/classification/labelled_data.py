@@ -9,10 +9,10 @@ import os
 import datasets
 from torch.utils.data import DataLoader, default_collate
 
-from ..cli import UserError
-from ..data.loader import PretrainImageStream
-from ..data.sources import open_image_dataset
-from .data_arguments import ImageDataArguments  # noqa: F401  the arguments of the data opened here
+from ...cli import UserError
+from ...data.loader import LabelledImageStream
+from ...data.sources import open_image_dataset
+from ..data_arguments import ImageDataArguments  # noqa: F401  the arguments of the data opened here
 
 
 def describe_data_source(source: dict) -> dict:
@@ -111,6 +111,6 @@ def build_label_mappings(class_names: list[str]) -> dict[str, dict]:
 
 def build_eval_loader(dataset: datasets.IterableDataset, transform, batch_size: int, num_workers: int) -> DataLoader:
     """Every example once, in order, decoded and cropped to uint8 in the workers (a worker reads whole shards)."""
-    stream = PretrainImageStream(dataset, transform)
+    stream = LabelledImageStream(dataset, transform)
     num_workers = min(num_workers, dataset.num_shards)
     return DataLoader(stream, batch_size=batch_size, num_workers=num_workers, collate_fn=default_collate)

@@ -29,7 +29,7 @@ Returns:
     `per_category_iou` and `per_category_accuracy` (arrays of `num_labels`, NaN for an absent class).
 Examples:
     >>> import evaluate
-    >>> from caev2_hf.evaluation.segmentation_metrics import MEAN_IOU_PATH
+    >>> from caev2_hf.evaluation.segmentation.metrics import MEAN_IOU_PATH
     >>> metric = evaluate.load(MEAN_IOU_PATH)
     >>> result = metric.compute(predictions=[[[0, 1], [1, 1]]], references=[[[0, 1], [0, 255]]], num_labels=2)
     >>> round(result["mean_iou"], 4), result["overall_accuracy"]

@@ -13,9 +13,10 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import PreTrainedModel
 
-from ..hub.model_card import build_eval_results
-from ..modeling_caev2 import CAEv2ForImageClassification, CAEv2Model
+from ...hub.model_card import build_eval_results
+from ...modeling_caev2 import CAEv2ForImageClassification, CAEv2Model
 from .labelled_data import build_label_mappings
+from .metrics import TOP_K, format_topk_accuracy
 from .probe import ProbeResult
 
 
@@ -62,8 +63,8 @@ def save_probe_outputs(output_dir: str, encoder: PreTrainedModel, result: ProbeR
 def format_probe_summary(result: ProbeResult, outputs: ProbeOutputs, model: str) -> str:
     """The lines a probe prints at its end: top-1 / top-5, the chosen lr, and where results and model went."""
     lines = [
-        f"Linear probe ({result.protocol} protocol) of {model}: top-1 {100 * result.top1_accuracy:.2f} %, "
-        f"top-5 {100 * result.top5_accuracy:.2f} % on {result.num_validation_examples} validation images",
+        f"Linear probe ({result.protocol} protocol) of {model}: {format_topk_accuracy(result)} on "
+        f"{result.num_validation_examples} validation images",
         f"  learning rate {result.learning_rate:.4g} (base {result.base_learning_rate:g})"
         + (
             f", best of {len(result.learning_rate_histories)} on the held-out part of train "
@@ -83,7 +84,8 @@ def format_probe_summary(result: ProbeResult, outputs: ProbeOutputs, model: str)
 
 
 def build_probe_eval_results(result: ProbeResult, dataset_id: str, dataset_split: str) -> list[EvalResult]:
-    """Model-index entries for the probe's top-1 / top-5 (in %), for `model_card.add_eval_results`.
+    """Model-index entries for the probe's top-1 / top-5 (in %), for `model_card.add_eval_results`; a top-k left out
+    (top-5 of 5 classes or fewer) has none.
 
     They are the card's own linear-probe entry ("Top-1 (LIN)", see `model_card.RESULT_FIELDS`) with this dataset,
     split and number; the fast protocol says so in the metric name, so its number never replaces an official one.
@@ -99,5 +101,6 @@ def build_probe_eval_results(result: ProbeResult, dataset_id: str, dataset_split
             metric_name=f"Top-{k} (LIN{suffix})",
             metric_value=round(100 * getattr(result, f"top{k}_accuracy"), 2),
         )
-        for k in (1, 5)
+        for k in TOP_K
+        if getattr(result, f"top{k}_accuracy") is not None
     ]

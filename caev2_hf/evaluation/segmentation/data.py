@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from ..cli import UserError
-from ..data.decoding import ImageLike, decode_rgb_image, open_image
-from .segmentation_arguments import DEMO_CLASS_NAMES
+from ...cli import UserError
+from ...data.decoding import ImageLike, decode_rgb_image, open_image
+from ..segmentation_arguments import DEMO_CLASS_NAMES
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")

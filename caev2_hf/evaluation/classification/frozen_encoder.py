@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoImageProcessor, AutoModel, PreTrainedModel
 
-from ..cli import UserError
-from ..configuration_caev2 import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, CAEv2Config
-from ..data.device_augment import normalize_pixel_values
+from ...cli import UserError
+from ...configuration_caev2 import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, CAEv2Config
+from ...data.device_augment import normalize_pixel_values
 
 
 @dataclass

@@ -17,9 +17,9 @@ from transformers import PreTrainedModel
 from transformers.utils import logging
 from transformers.utils.logging import tqdm
 
-from ..cli import UserError
-from ..data.transforms import build_eval_transform
-from .arguments import ProbeArguments
+from ...cli import UserError
+from ...data.transforms import build_eval_transform
+from ..arguments import ProbeArguments
 from .frozen_encoder import EncoderPreprocessing, FrozenEncoder, extract_features
 from .labelled_data import build_eval_loader, describe_data_source, open_labelled_dataset, read_label_names
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from transformers import EvalPrediction
 
-from ..cli import UserError
+from ...cli import UserError
 
 
 MEAN_IOU_PATH = str(Path(__file__).with_name("mean_iou"))

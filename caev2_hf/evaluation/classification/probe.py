@@ -25,17 +25,17 @@ from transformers import get_cosine_schedule_with_warmup
 from transformers.utils import logging
 from transformers.utils.logging import tqdm
 
-from ..cli import UserError
-from ..data.loader import build_pretrain_dataloader, iterate_forever
-from ..data.sources import shard_for_process
-from ..data.transforms import build_eval_transform, build_pretrain_transform
-from ..optim import LARS
-from .arguments import ProbeArguments
-from .data_arguments import ImageDataArguments
+from ...cli import UserError
+from ...data.loader import build_labelled_image_loader, iterate_forever
+from ...data.sources import shard_for_process
+from ...data.transforms import build_eval_transform, build_random_crop_transform
+from ...optim import LARS
+from ..arguments import ProbeArguments
+from ..data_arguments import ImageDataArguments
 from .feature_cache import FeatureCacheFile, fingerprint_encoder, load_or_extract_features
 from .frozen_encoder import FrozenEncoder, extract_features
 from .labelled_data import build_eval_loader, open_labelled_datasets, resolve_class_names
-from .metrics import compute_topk_accuracy, rank_predictions
+from .metrics import compute_topk_accuracy, rank_predictions, topk_notes
 
 
 logger = logging.get_logger(__name__)
@@ -67,7 +67,7 @@ class ProbeResult:
 
     protocol: str
     top1_accuracy: float  # on validation, as a fraction
-    top5_accuracy: float
+    top5_accuracy: float | None  # None with 5 classes or fewer, where every example is in its top 5
     base_learning_rate: float  # the reported head's (official: the given one; fast: the grid's best)
     learning_rate: float
     holdout_top1_accuracy: float | None  # fast: the reported head's accuracy on the held-out part of train
@@ -84,8 +84,10 @@ class ProbeResult:
         return len(self.class_names)
 
     def to_json(self) -> dict:
-        """The measured values for `results.json`: every field but the head, with the class count for the names."""
+        """The measured values for `results.json`: every field but the head, with the class count for the names and
+        a note beside a top-k left out."""
         values = {"protocol": self.protocol, "top1_accuracy": self.top1_accuracy, "top5_accuracy": self.top5_accuracy}
+        values |= topk_notes(self)
         values |= {"num_classes": self.num_classes, "num_train_examples": self.num_train_examples}
         values |= {"num_validation_examples": self.num_validation_examples, "steps": self.steps}
         values |= {"base_learning_rate": self.base_learning_rate, "learning_rate": self.learning_rate}
@@ -293,8 +295,8 @@ def build_official_train_batches(
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Endless batches of this process's share of `args.batch_size`: random-resized crops (scale 0.08-1) and flips."""
     shard = shard_for_process(dataset, accelerator.process_index, accelerator.num_processes)
-    transform = build_pretrain_transform(encoder.preprocessing.image_size, scale=(0.08, 1.0), color_jitter=0.0)
-    loader = build_pretrain_dataloader(
+    transform = build_random_crop_transform(encoder.preprocessing.image_size, scale=(0.08, 1.0), color_jitter=0.0)
+    loader = build_labelled_image_loader(
         shard,
         transform,
         default_collate,
@@ -357,7 +359,7 @@ def run_official_probe(
     head = build_probe_head(hidden_size, len(class_names), generator).to(accelerator.device)
     epochs = train_official_probe(accelerator, encoder, head, batches, args, steps_per_epoch)
     ranked, labels = predict_with_encoder(accelerator, encoder, head, validation_dataset, args)
-    accuracy = compute_topk_accuracy(ranked, labels)
+    accuracy = compute_topk_accuracy(ranked, labels, len(class_names))
     return ProbeResult(
         protocol="official",
         top1_accuracy=accuracy["top1_accuracy"],
@@ -388,7 +390,8 @@ def run_fast_probe(encoder: FrozenEncoder, data_args: ImageDataArguments, args: 
     )
     fit = train_fast_probe(train_features, train_labels, len(class_names), args)
     with torch.no_grad():
-        accuracy = compute_topk_accuracy(rank_predictions(fit.head(validation_features)), validation_labels)
+        ranked = rank_predictions(fit.head(validation_features))
+    accuracy = compute_topk_accuracy(ranked, validation_labels, len(class_names))
     best = fit.best
     return ProbeResult(
         protocol="fast",

@@ -2,7 +2,6 @@
 """Fine-tuning through the transformers `Trainer` (docs/method.md#recipes): layer-wise lr decay, mixup / cutmix, top-k metrics."""
 
 import json
-import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -14,15 +13,15 @@ from torchvision.transforms import v2
 from transformers import AutoConfig, AutoModelForImageClassification, EvalPrediction, Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..cli import UserError
-from ..data.loader import PretrainImageStream
-from ..data.transforms import build_eval_transform
-from ..modeling_caev2 import CAEv2ForImageClassification
-from ..optim import build_parameter_groups
-from .arguments import AugmentationArguments, FineTuningModelArguments
+from ...cli import UserError
+from ...data.loader import LabelledImageStream
+from ...data.transforms import build_eval_transform
+from ...modeling_caev2 import CAEv2ForImageClassification
+from ...optim import build_layer_decay_optimizer
+from ..arguments import AugmentationArguments, FineTuningModelArguments
 from .frozen_encoder import EncoderPreprocessing
 from .labelled_data import build_label_mappings
-from .metrics import compute_topk_accuracy, rank_predictions
+from .metrics import compute_topk_accuracy, format_topk_accuracy, rank_predictions, topk_notes
 
 
 SHUFFLE_BUFFER_SIZE = 10_000  # examples held for shuffling a stream, as in pretraining
@@ -34,26 +33,6 @@ def token_parameter_names(model: CAEv2ForImageClassification) -> tuple[str, ...]
     return tuple(
         f"{model.base_model_prefix}.embeddings.{name}" for name, _ in embeddings.named_parameters(recurse=False)
     )
-
-
-def build_layer_decay_optimizer(
-    model: CAEv2ForImageClassification,
-    learning_rate: float,
-    weight_decay: float,
-    layer_decay: float,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
-) -> torch.optim.AdamW:
-    """AdamW whose groups scale the lr by `layer_decay ** (L + 1 - depth)`; no decay on norms, biases and [CLS].
-
-    Pass it as `Trainer(optimizers=(optimizer, None))`: the Trainer's scheduler scales every group's lr alike.
-    """
-    groups = build_parameter_groups(
-        model, weight_decay, layer_decay, model.config.num_hidden_layers, token_parameter_names(model)
-    )
-    for group in groups:
-        group["lr"] = learning_rate * group["lr_scale"]
-    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps)
 
 
 def build_finetune_transforms(
@@ -145,9 +124,16 @@ def build_classification_loss(label_smoothing: float) -> Callable:
     return compute_loss
 
 
-def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
-    """Top-1 / top-5 from the ranked predictions that `preprocess_logits_for_metrics` kept."""
-    return compute_topk_accuracy(torch.as_tensor(prediction.predictions), torch.as_tensor(prediction.label_ids))
+def build_topk_metrics(num_classes: int) -> Callable[[EvalPrediction], dict[str, float]]:
+    """`Trainer(compute_metrics=...)`: top-1 / top-5 from the ranked predictions that `preprocess_logits_for_metrics`
+    kept; a top-k that the class count makes meaningless (top-5 of 5 classes or fewer) is left out."""
+
+    def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
+        ranked, labels = torch.as_tensor(prediction.predictions), torch.as_tensor(prediction.label_ids)
+        accuracy = compute_topk_accuracy(ranked, labels, num_classes)
+        return {name: value for name, value in accuracy.items() if value is not None}
+
+    return compute_metrics
 
 
 def preprocess_logits_for_metrics(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -195,11 +181,6 @@ def load_finetune_model(model_args: FineTuningModelArguments, class_names: list[
     return model
 
 
-def compute_max_steps(num_examples: int, num_train_epochs: float, batch_size_per_step: int) -> int:
-    """Optimizer steps for `num_train_epochs` over a stream (which has no length): epochs x examples / batch."""
-    return max(1, math.floor(num_train_epochs * num_examples / batch_size_per_step))
-
-
 def build_finetune_trainer(
     model: CAEv2ForImageClassification,
     args: TrainingArguments,
@@ -219,8 +200,10 @@ def build_finetune_trainer(
         args.learning_rate,
         args.weight_decay,
         layer_decay,
-        (args.adam_beta1, args.adam_beta2),
-        args.adam_epsilon,
+        model.config.num_hidden_layers,
+        skip_weight_decay=token_parameter_names(model),
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
     )
     mixup_fn = build_mixup(augmentation, model.config.num_labels)
     return CAEv2FineTuningTrainer(
@@ -232,7 +215,7 @@ def build_finetune_trainer(
         optimizers=(optimizer, None),
         # With mixup, smoothing is already inside the soft targets.
         compute_loss_func=build_classification_loss(0.0 if mixup_fn else augmentation.label_smoothing),
-        compute_metrics=compute_metrics,
+        compute_metrics=build_topk_metrics(model.config.num_labels),
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         mixup_fn=mixup_fn,
     )
@@ -240,10 +223,10 @@ def build_finetune_trainer(
 
 def build_training_streams(
     train_dataset, validation_dataset, train_transform: v2.Compose, eval_transform: v2.Compose, seed: int
-) -> tuple[PretrainImageStream, PretrainImageStream]:
+) -> tuple[LabelledImageStream, LabelledImageStream]:
     """(train, eval) streams of {"pixel_values", "label"}: shuffled and augmented, or in order and centre-cropped."""
     shuffled = train_dataset.shuffle(seed=seed, buffer_size=SHUFFLE_BUFFER_SIZE)
-    return PretrainImageStream(shuffled, train_transform, seed=seed), PretrainImageStream(
+    return LabelledImageStream(shuffled, train_transform, seed=seed), LabelledImageStream(
         validation_dataset, eval_transform
     )
 
@@ -253,11 +236,15 @@ class FineTuningResult:
     """What a fine-tuning run measured on validation, and with how much data."""
 
     top1_accuracy: float
-    top5_accuracy: float
+    top5_accuracy: float | None  # None with 5 classes or fewer, where every example is in its top 5
     eval_loss: float
     num_classes: int
     num_train_examples: int
     max_steps: int
+
+    def to_json(self) -> dict:
+        """The fields for `results.json`, with a note beside a top-k left out."""
+        return asdict(self) | topk_notes(self)
 
 
 def resolve_trainer_checkpoint(resume_from_checkpoint: str | None, output_dir: str) -> str | None:
@@ -291,7 +278,7 @@ def train_and_evaluate(trainer: Trainer, num_classes: int, num_train_examples: i
     trainer.save_state()
     result = FineTuningResult(
         top1_accuracy=metrics["eval_top1_accuracy"],
-        top5_accuracy=metrics["eval_top5_accuracy"],
+        top5_accuracy=metrics.get("eval_top5_accuracy"),
         eval_loss=metrics["eval_loss"],
         num_classes=num_classes,
         num_train_examples=num_train_examples,
@@ -299,7 +286,7 @@ def train_and_evaluate(trainer: Trainer, num_classes: int, num_train_examples: i
     )
     if trainer.is_world_process_zero():
         with open(results_file(args.output_dir), "w") as file:
-            json.dump(asdict(result), file, indent=2)
+            json.dump(result.to_json(), file, indent=2)
     return result
 
 
@@ -311,8 +298,8 @@ def format_finetune_summary(result: FineTuningResult, model: str, output_dir: st
     """The lines fine-tuning prints at its end: top-1 / top-5, the results file and the model folder."""
     return "\n".join(
         [
-            f"Fine-tuned {model} for {result.max_steps} steps: top-1 {100 * result.top1_accuracy:.2f} %, "
-            f"top-5 {100 * result.top5_accuracy:.2f} % on validation (loss {result.eval_loss:.4f})",
+            f"Fine-tuned {model} for {result.max_steps} steps: {format_topk_accuracy(result)} on validation "
+            f"(loss {result.eval_loss:.4f})",
             f"  results: {results_file(output_dir)}",
             f'  model:   {output_dir}  (pipeline("image-classification", model="{output_dir}"))',
         ]

@@ -1,0 +1,93 @@
+# Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
+"""Checks the commands make before anything heavy is built: they read no more than file names and a few image
+headers, and raise `UserError` naming the problem and its fix."""
+
+import json
+import os
+
+from .errors import UserError
+
+
+def parse_json_mapping(value: dict | str | None, flag: str, example: str) -> dict | None:
+    """A mapping given in YAML arrives as a dict, on the command line as JSON text: both become a dict."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as error:
+        raise UserError(f"{flag}={value!r} is not JSON: write e.g. '{example}' on the command line.") from error
+
+
+def check_positive(**values: float | None) -> None:
+    """Refuses a size, count or rate that is not > 0 (None means unset and passes)."""
+    for name, value in values.items():
+        if value is not None and not value > 0:
+            raise UserError(f"--{name} {value}: must be greater than 0.")
+
+
+def check_image_folder(path: str, flag: str, at_least: int = 1, verify: int = 0) -> int:
+    """Refuses a folder that does not exist or holds no image file; returns how many it holds, counting up to
+    `at_least` only (a big folder is not walked to its end).
+
+    With `verify` > 0, images are opened (header checks only) until one opens, at most `verify` of them: a folder in
+    which none opens is refused too. Costs milliseconds, before any model is built.
+    """
+    if not os.path.exists(path):
+        where = "" if os.path.isabs(path) else f" (relative paths start at {os.getcwd()})"
+        raise UserError(f"{flag} {path}: no such folder. Check the path{where}.")
+    if not os.path.isdir(path):
+        raise UserError(f"{flag} {path} is a file, not a folder: give a folder of images (one subfolder per class).")
+    from PIL import Image  # cheap, and only where a folder is checked
+
+    extensions = set(Image.registered_extensions())
+    images, other = [], None
+    for root, folders, names in os.walk(path):
+        folders[:] = sorted(folder for folder in folders if not folder.startswith("."))
+        for name in sorted(names):
+            if os.path.splitext(name)[1].lower() in extensions:
+                images.append(os.path.join(root, name))
+            else:
+                other = other or os.path.join(root, name)
+        if len(images) >= max(at_least, verify):
+            break
+    if not images:
+        found = f"only other files, e.g. {os.path.relpath(other, path)}" if other else "no file at all"
+        raise UserError(
+            f"{flag} {path} holds no image files ({found}). Put images there (.jpg, .png, ...; one subfolder per "
+            "class), or point to the folder that holds them."
+        )
+    if verify:
+        problems = []
+        for image in images[:verify]:
+            try:
+                with Image.open(image) as opened:
+                    opened.verify()
+                break
+            except Exception as error:  # any decoder error means: not a usable image
+                problems.append(f"{os.path.relpath(image, path)} ({type(error).__name__})")
+        else:
+            shown = ", ".join(problems[:3]) + (", ..." if len(problems) > 3 else "")
+            raise UserError(
+                f"{flag} {path}: none of the {len(problems)} image file(s) tried opens ({shown}): they are corrupt "
+                "or not images. Replace them with readable images."
+            )
+    return min(len(images), at_least)
+
+
+def check_model_path(model: str, flag: str = "--model") -> None:
+    """Refuses a local model folder that does not exist. A Hub id (`org/name`) passes: it is checked when loaded.
+
+    A name counts as local when it exists, starts with `.`, `/` or `~`, or has more than one `/`.
+    """
+    path = os.path.expanduser(model)
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise UserError(
+                f"{flag} {model} holds no config.json: give the folder a model was saved to (save_pretrained, "
+                "run_pretrain.py's final/, the converter's output)."
+            )
+        return
+    if os.path.exists(path):
+        raise UserError(f"{flag} {model} is a file: give the folder that holds config.json (or a Hub id).")
+    if model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise UserError(f"{flag} {model}: no such folder. Give a saved model folder (with config.json) or a Hub id.")
