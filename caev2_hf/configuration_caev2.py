@@ -375,8 +375,9 @@ class CAEv2Config(BackboneConfigMixin, PretrainedConfig):
             )
 
     def validate_for_pretraining(self) -> None:
-        """What only pretraining needs: a mask count that leaves patches visible and a teacher on the student's grid.
-        `CAEv2ForPreTraining` checks it; an encoder or classifier may use another resolution without it."""
+        """What only pretraining needs: an encoder that normalises every token (not a fine-tuned classifier's
+        pooling), a mask count that leaves patches visible and a teacher on the student's grid. `CAEv2ForPreTraining`
+        checks it; an encoder or classifier may use another resolution without it."""
         if self.classifier_pooling == "mean":
             raise ValueError(
                 "classifier_pooling='mean' is a fine-tuned classifier's feature, without the final LayerNorm on each "
