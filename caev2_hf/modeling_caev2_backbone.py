@@ -140,8 +140,8 @@ class CAEv2Backbone(BackboneMixin, CAEv2PreTrainedModel):
     sides are multiples of the patch size works.
 
     The blocks are the encoder's own (`CAEv2Encoder`); each keeps its relative position bias table under its key
-    (`encoder.layers.{i}.relative_position_bias`) and passes the bias to its attention. The stages are read from the
-    block outputs the encoder records, as for `output_hidden_states`.
+    (`encoder.layers.{i}.relative_position_bias`) and gets the bias as its attention bias. The stages are the block
+    outputs that transformers' output recording keeps (`encode`), as for `output_hidden_states`.
 
     `CAEv2Backbone.from_pretrained(folder)` loads a checkpoint of any CAE v2 head (pretraining `final/`, encoder,
     classifier): the relative position bias tables and the neck start fresh, the final LayerNorm and the pretraining
