@@ -341,7 +341,10 @@ def restore_teacher_conv2d(model: CAEv2ForPreTraining) -> None:
     embeddings = model.teacher.model.vision_model.embeddings
     matmul = embeddings.patch_embedding
     size = matmul.kernel_size
-    conv = torch.nn.Conv2d(matmul.in_channels, matmul.out_channels, size, size, bias=matmul.bias is not None)
+    # Built on the meta device: drawing weights of its own would shift the random stream (drop path) of the row.
+    conv = torch.nn.Conv2d(
+        matmul.in_channels, matmul.out_channels, size, size, bias=matmul.bias is not None, device="meta"
+    )
     conv.weight, conv.bias = matmul.weight, matmul.bias
     embeddings.patch_embedding = conv
 

@@ -13,11 +13,7 @@ the layer-decay AdamW step with the poly schedule. Only the data are synthetic. 
 """
 
 import argparse
-import json
-import os
-import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -25,8 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: no install needed
 
-import transformers  # noqa: E402
 
+from benchmarks.step_timing import describe_environment, time_steps, write_json  # noqa: E402
 from caev2_hf import CAEV2_PRESETS, CAEv2Config  # noqa: E402
 from caev2_hf.evaluation.segmentation.model import load_segmentation_model  # noqa: E402
 from caev2_hf.evaluation.segmentation.trainer import build_poly_schedule  # noqa: E402
@@ -72,11 +68,6 @@ def build_model(args: argparse.Namespace, crop_size: int):
     return model
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
@@ -101,18 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
         optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
-    start = time.perf_counter()
-    for _ in range(args.warmup_steps):
-        loss = step()
-    synchronize(device)
-    warmup_seconds = time.perf_counter() - start
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        loss = step()
-    synchronize(device)
-    elapsed = time.perf_counter() - start
+    timing = time_steps(step, args.warmup_steps, args.steps, device)
     result = {
         "preset": args.preset,
         "batch_size": args.batch_size,
@@ -120,28 +100,16 @@ def main(argv: list[str] | None = None) -> dict:
         "precision": args.precision,
         "attn_implementation": args.attn_implementation,
         "compile": args.compile,
-        "images_per_second": args.batch_size * args.steps / elapsed,
-        "step_ms": 1000 * elapsed / args.steps,
-        "warmup_seconds": warmup_seconds,
-        "peak_memory_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
-        "final_loss": float(loss),
-        "loss_is_finite": bool(torch.isfinite(loss)),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-        },
+        "images_per_second": 1000 * args.batch_size / timing["step_ms"],
+        **timing,
+        **describe_environment(device),
     }
     print(
         f"{args.preset} UperNet, batch {args.batch_size} at {crop_size} px, {args.precision}: "
         f"{result['images_per_second']:.1f} images/s, {result['step_ms']:.1f} ms/step",
         flush=True,
     )
-    if args.output_json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output_json)), exist_ok=True)
-        with open(args.output_json, "w") as file:
-            json.dump(result, file, indent=2)
+    write_json(args.output_json, result)
     return result
 
 

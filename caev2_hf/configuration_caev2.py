@@ -139,15 +139,14 @@ class CAEv2Config(BackboneConfigMixin, PretrainedConfig):
             a scalar applies to every channel. Stored as one value per channel.
         teacher_image_mean / teacher_image_std (`float` or `list[float]`, *optional*): Teacher normalisation (CLIP
             statistics), as `image_mean` / `image_std`.
-        classifier_pooling (`str`, *optional*, defaults to `"mean"`): Head of `CAEv2ForImageClassification`: `"mean"`
-            (fine-tuning: mean of patch tokens -> LayerNorm -> Linear) or `"cls"` (linear probe: [CLS] ->
-            BatchNorm without affine -> Linear).
-        classifier_init_scale (`float`, *optional*, defaults to 0.001): Scale of the fine-tuning classifier's init.
-        use_mean_pooling (`bool`, *optional*, defaults to `False`): How `CAEv2Model` pools, BEiT's field: `False`
-            gives the normalised [CLS] token (pretrained encoders, the linear probe); `True` applies the final
-            LayerNorm to the mean of the patch tokens instead, as fine-tuning does.
-            `CAEv2ForImageClassification` sets it from `classifier_pooling`, so a fine-tuned folder loaded with
-            `AutoModel` gives the features its classifier was trained on.
+        classifier_pooling (`str`, *optional*): The feature the encoder gives and the head a classifier puts on it.
+            `"mean"` (fine-tuning, BEiT's head): `CAEv2Model`'s `pooler_output` is the final LayerNorm of the mean of
+            the patch tokens, and `CAEv2ForImageClassification` adds a Linear. `"cls"` (linear probe): the [CLS] token
+            after the final LayerNorm, then BatchNorm without affine and a Linear. `None` (the default, a pretrained
+            encoder): the encoder gives [CLS] after the final LayerNorm, and a classifier built on it takes the
+            fine-tuning head `"mean"`, which its own config (and so its saved folder) records, so that `AutoModel` on
+            a fine-tuned folder gives the feature its head was trained on. Configs saved with the earlier
+            `use_mean_pooling` field load as they pooled.
         out_features / out_indices (`list`, *optional*): Stages `CAEv2Backbone` returns (`stage_names` are `"stem"`,
             then `"stage{i}"` = output of block i, 1-based); default: blocks L/3, L/2, 2L/3, L (4, 6, 8, 12 for
             ViT-B, the authors' 0-based `out_indices=[3, 5, 7, 11]`). See docs/segmentation.md.
@@ -210,9 +209,8 @@ class CAEv2Config(BackboneConfigMixin, PretrainedConfig):
         image_std: float | Sequence[float] = IMAGENET_DEFAULT_STD,
         teacher_image_mean: float | Sequence[float] = OPENAI_CLIP_MEAN,
         teacher_image_std: float | Sequence[float] = OPENAI_CLIP_STD,
-        classifier_pooling: str = "mean",
+        classifier_pooling: str | None = None,
         classifier_init_scale: float = 0.001,
-        use_mean_pooling: bool = False,
         out_features: list[str] | None = None,
         out_indices: list[int] | None = None,
         backbone_image_size: int | None = None,
@@ -261,9 +259,10 @@ class CAEv2Config(BackboneConfigMixin, PretrainedConfig):
         self.image_std = per_channel(image_std, num_channels, "image_std")
         self.teacher_image_mean = per_channel(teacher_image_mean, num_channels, "teacher_image_mean")
         self.teacher_image_std = per_channel(teacher_image_std, num_channels, "teacher_image_std")
+        if "use_mean_pooling" in kwargs:  # a config saved before classifier_pooling alone decided the pooling
+            classifier_pooling = pooling_of_earlier_config(classifier_pooling, kwargs.pop("use_mean_pooling"))
         self.classifier_pooling = classifier_pooling
         self.classifier_init_scale = classifier_init_scale
-        self.use_mean_pooling = use_mean_pooling
         self.backbone_image_size = backbone_image_size or image_size
         self.backbone_relative_position_bias = backbone_relative_position_bias
         self.backbone_position_table = backbone_position_table
@@ -351,8 +350,11 @@ class CAEv2Config(BackboneConfigMixin, PretrainedConfig):
                 raise ValueError(
                     f"{prefix}hidden_size={width} must be a multiple of 4 for the 2-D sin-cos position table."
                 )
-        if self.classifier_pooling not in CLASSIFIER_POOLINGS:
-            raise ValueError(f"classifier_pooling={self.classifier_pooling!r}: choose one of {CLASSIFIER_POOLINGS}.")
+        if self.classifier_pooling not in (None, *CLASSIFIER_POOLINGS):
+            raise ValueError(
+                f"classifier_pooling={self.classifier_pooling!r}: choose one of {CLASSIFIER_POOLINGS}, or None for a "
+                "pretrained encoder."
+            )
         if self.mask_strategy not in MASK_STRATEGIES:
             raise ValueError(f"mask_strategy={self.mask_strategy!r}: choose one of {MASK_STRATEGIES}.")
         if self.loss_type not in LOSS_TYPES:
@@ -373,8 +375,15 @@ class CAEv2Config(BackboneConfigMixin, PretrainedConfig):
             )
 
     def validate_for_pretraining(self) -> None:
-        """What only pretraining needs: a mask count that leaves patches visible and a teacher on the student's grid.
-        `CAEv2ForPreTraining` checks it; an encoder or classifier may use another resolution without it."""
+        """What only pretraining needs: an encoder that normalises every token (not a fine-tuned classifier's
+        pooling), a mask count that leaves patches visible and a teacher on the student's grid. `CAEv2ForPreTraining`
+        checks it; an encoder or classifier may use another resolution without it."""
+        if self.classifier_pooling == "mean":
+            raise ValueError(
+                "classifier_pooling='mean' is a fine-tuned classifier's feature, without the final LayerNorm on each "
+                "token that pretraining needs: pretrain with classifier_pooling=None (e.g. from_pretrained(folder, "
+                "classifier_pooling=None))."
+            )
         if not 0 <= self.num_masking_patches < self.num_patches:
             raise ValueError(
                 f"num_masking_patches={self.num_masking_patches} is outside [0, {self.num_patches}) for "
@@ -389,6 +398,15 @@ class CAEv2Config(BackboneConfigMixin, PretrainedConfig):
                 "or set teacher_grid_resampling='bilinear' to resample the teacher's patch targets to the student "
                 "grid."
             )
+
+
+def pooling_of_earlier_config(classifier_pooling: str | None, use_mean_pooling: bool) -> str | None:
+    """`classifier_pooling` of a config that also holds the earlier `use_mean_pooling`, which a classifier set from
+    its head: True for a fine-tuned classifier; False for a probe ("cls") and for a pretrained encoder, whose
+    `classifier_pooling` kept the earlier default "mean" without a classifier behind it."""
+    if use_mean_pooling:
+        return "mean"
+    return "cls" if classifier_pooling == "cls" else None
 
 
 def default_backbone_out_indices(num_hidden_layers: int) -> list[int]:

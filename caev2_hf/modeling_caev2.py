@@ -1,8 +1,9 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
 """PyTorch CAE v2: a ViT encoder trained by regressing frozen CLIP features of visible and masked patches."""
 
+import copy
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -301,7 +302,9 @@ class CAEv2Embeddings(nn.Module):
 class CAEv2Attention(nn.Module):
     """Multi-head attention with q and v biases and no k bias (official `Attention` / `CrossAttention`).
 
-    Self-attention passes the same states as query and key/value input; the regressor passes its own.
+    Self-attention passes the same states as query and key/value input; the regressor passes its own. An
+    `attention_bias` `(1 or batch, heads, queries, keys)` is added to the scores (the backbone's relative position
+    bias): eager and SDPA take it as a float mask; flash and flex attention cannot take a per-head bias.
     """
 
     def __init__(self, config: CAEv2Config, hidden_size: int, num_attention_heads: int, fused_qkv_init: bool) -> None:
@@ -320,22 +323,46 @@ class CAEv2Attention(nn.Module):
                 projection.xavier_fan_out = 3 * hidden_size
 
     def forward(
-        self, query_input: torch.Tensor, key_input: torch.Tensor, value_input: torch.Tensor
+        self,
+        query_input: torch.Tensor,
+        key_input: torch.Tensor,
+        value_input: torch.Tensor,
+        attention_bias: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch_size, query_length = query_input.shape[:2]
         query_states = self.q_proj(query_input).view(batch_size, query_length, -1, self.head_dim).transpose(1, 2)
         key_states = self.k_proj(key_input).view(batch_size, key_input.shape[1], -1, self.head_dim).transpose(1, 2)
         value_states = self.v_proj(value_input).view(batch_size, value_input.shape[1], -1, self.head_dim)
         value_states = value_states.transpose(1, 2)
+        if attention_bias is not None:
+            check_attention_bias_support(self.config)
+            attention_bias = attention_bias.to(query_states.dtype)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
         attn_output, attn_weights = attention_interface(
-            self, query_states, key_states, value_states, None, scaling=self.scaling, dropout=0.0, is_causal=False
+            self,
+            query_states,
+            key_states,
+            value_states,
+            attention_bias,
+            scaling=self.scaling,
+            dropout=0.0,
+            is_causal=False,
         )
         attn_output = self.o_proj(attn_output.reshape(batch_size, query_length, -1))
         return attn_output, attn_weights
+
+
+def check_attention_bias_support(config: CAEv2Config) -> None:
+    """An additive bias needs a kernel that adds a per-head float mask: eager or SDPA, not flash or flex attention."""
+    implementation = config._attn_implementation
+    if implementation not in (None, "eager", "sdpa"):
+        raise ValueError(
+            f"attn_implementation={implementation!r} cannot add the relative position bias: load with "
+            "attn_implementation='sdpa' (or 'eager'), or set backbone_relative_position_bias=False."
+        )
 
 
 class CAEv2MLP(nn.Module):
@@ -364,7 +391,8 @@ class CAEv2LayerScale(nn.Module):
 
 
 class CAEv2Layer(GradientCheckpointingLayer):
-    """Pre-norm encoder block with layer scale and drop path (official `Block`)."""
+    """Pre-norm encoder block with layer scale and drop path (official `Block`); `attention_bias`, if any, is added to
+    its attention scores."""
 
     def __init__(self, config: CAEv2Config, drop_path_rate: float) -> None:
         super().__init__()
@@ -377,9 +405,11 @@ class CAEv2Layer(GradientCheckpointingLayer):
         self.layer_scale2 = CAEv2LayerScale(size, config.layer_scale_init_value)
         self.drop_path = build_drop_path(drop_path_rate)
 
-    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, hidden_states: torch.Tensor, attention_bias: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         normed = self.layernorm_before(hidden_states)
-        attn_output, attn_weights = self.attention(normed, normed, normed)
+        attn_output, attn_weights = self.attention(normed, normed, normed, attention_bias)
         hidden_states = hidden_states + self.drop_path(self.layer_scale1(attn_output))
         mlp_output = self.mlp(self.layernorm_after(hidden_states))
         hidden_states = hidden_states + self.drop_path(self.layer_scale2(mlp_output))
@@ -429,7 +459,8 @@ def drop_path_rates(max_rate: float, depth: int) -> list[float]:
 
 
 class CAEv2Encoder(nn.Module):
-    """The stack of encoder blocks. `CAEv2Model.forward` records each block's input/output and attention map
+    """The stack of encoder blocks, each optionally with an attention bias of its own (the backbone's relative
+    position bias). The model that calls it records each block's input/output and attention map
     (`_can_record_outputs`) when `output_hidden_states` / `output_attentions` ask for them."""
 
     def __init__(self, config: CAEv2Config) -> None:
@@ -437,9 +468,12 @@ class CAEv2Encoder(nn.Module):
         rates = drop_path_rates(config.drop_path_rate, config.num_hidden_layers)
         self.layers = nn.ModuleList([CAEv2Layer(config, rate) for rate in rates])
 
-    def forward(self, hidden_states: torch.Tensor) -> BaseModelOutput:
-        for layer in self.layers:
-            hidden_states, _ = layer(hidden_states)
+    def forward(
+        self, hidden_states: torch.Tensor, attention_biases: Sequence[torch.Tensor] | None = None
+    ) -> BaseModelOutput:
+        biases = attention_biases if attention_biases is not None else (None,) * len(self.layers)
+        for layer, bias in zip(self.layers, biases, strict=True):
+            hidden_states, _ = layer(hidden_states, bias)
         return BaseModelOutput(last_hidden_state=hidden_states)
 
 
@@ -596,6 +630,17 @@ class CAEv2Teacher(nn.Module):
         return torch.cat([targets[:, :1], patches.flatten(2).transpose(1, 2)], dim=1)
 
 
+@torch.no_grad()
+def init_teacher_weights(clip: CLIPVisionModelWithProjection) -> None:
+    """CLIP's initialisation of every teacher weight not loaded from a checkpoint, each module after its children so
+    that a parent's scheme wins, as in CLIP's own `post_init`. transformers' pass over the teacher alone leaves two
+    gaps: the patch embedding, replaced by `CAEv2PatchConv2d` after CLIP's `post_init`, gets a plain Conv2d init; and
+    from the meta device (`from_pretrained` with missing teacher weights) it skips the CLIP modules without weights
+    of their own (attention, MLP, the projection's owner), as it does in any model defined outside transformers."""
+    for module in reversed(list(clip.modules())):
+        clip._init_weights(module)
+
+
 def build_image_processor(config: CAEv2Config) -> BitImageProcessor:
     """The stock transformers processor matching the evaluation transform: resize 256 (bicubic), centre crop 224."""
     resize = round(config.image_size * 256 / 224)
@@ -660,6 +705,13 @@ class CAEv2PreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
+        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):  # the probe's pooler, the backbone's neck
+            if module.affine:
+                init.ones_(module.weight)
+                init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
         elif isinstance(module, CAEv2LayerScale):
             init.constant_(module.lambda1, module.init_value)
         elif isinstance(module, CAEv2Embeddings):
@@ -669,17 +721,26 @@ class CAEv2PreTrainedModel(PreTrainedModel):
             init.trunc_normal_(module.mask_token, std=std, a=-std, b=std)
             init.copy_(module.position_embeddings, self._sincos_like(module.position_embeddings))
         elif isinstance(module, CAEv2Teacher):
+            init_teacher_weights(module.model)
             init.zeros_(module.has_weights)  # a teacher built or loaded without weights has none
             input_scale, input_shift = module.renormalisation(self.config)
             init.copy_(module.input_scale, input_scale)
             init.copy_(module.input_shift, input_shift)
 
     def set_attn_implementation(self, attn_implementation: str | dict, *args, **kwargs):
-        """As transformers'. A model without the teacher (encoder, classifier, backbone) also sets it on
-        `config.teacher_config`, which transformers would otherwise do with a warning that it found no teacher module."""
-        if isinstance(attn_implementation, str) and not hasattr(self, "teacher"):
-            self.config.teacher_config._attn_implementation_internal = attn_implementation
-        return super().set_attn_implementation(attn_implementation, *args, **kwargs)
+        """As transformers'. A model without the teacher (encoder, classifier, backbone) sets it on
+        `config.teacher_config` first, as transformers would otherwise do with a warning that it found no teacher
+        module, and puts it back if transformers refuses the value: a refused value changes no config."""
+        if not isinstance(attn_implementation, str) or hasattr(self, "teacher"):
+            return super().set_attn_implementation(attn_implementation, *args, **kwargs)
+        teacher_config = self.config.teacher_config
+        previous = teacher_config._attn_implementation_internal
+        teacher_config._attn_implementation_internal = attn_implementation
+        try:
+            return super().set_attn_implementation(attn_implementation, *args, **kwargs)
+        except Exception:
+            teacher_config._attn_implementation_internal = previous
+            raise
 
     def _sincos_like(self, table: torch.Tensor) -> torch.Tensor:
         grid = self.config.image_size // self.config.patch_size
@@ -701,13 +762,11 @@ class CAEv2Model(CAEv2PreTrainedModel):
     The CAE v2 ViT encoder. Without `bool_masked_pos` it encodes every patch (downstream use); with it, only [CLS] and
     the visible patches enter the blocks, as in pretraining.
 
-    Args:
-        config (`CAEv2Config`): The model configuration.
-        use_mean_pooling (`bool`, *optional*, defaults to `config.use_mean_pooling`): BEiT's fine-tuning pooling,
-            used by `CAEv2ForImageClassification` with `classifier_pooling="mean"`: the final LayerNorm applies to
-            the mean of the patch tokens (`pooler_output`) instead of to every token, so `last_hidden_state` is the
-            last block's output. The norm keeps its key (`layernorm`), so a pretrained final norm loads into it
-            unchanged (the recipe's `fc_norm` starting as the final norm, docs/method.md#initialisation).
+    `pooler_output` is the feature `config.classifier_pooling` names: [CLS] after the final LayerNorm, or with
+    `"mean"` (a fine-tuned classifier's encoder, BEiT's pooling) the final LayerNorm of the mean of the patch tokens;
+    the norm then applies to that mean only, so `last_hidden_state` is the last block's output. The norm keeps its key
+    (`layernorm`) either way, so a pretrained final norm loads into it unchanged (the recipe's `fc_norm` starting as
+    the final norm, docs/method.md#initialisation).
 
     Example:
 
@@ -722,9 +781,8 @@ class CAEv2Model(CAEv2PreTrainedModel):
 
     _keys_to_ignore_on_load_unexpected = PRETRAINING_ONLY_KEYS
 
-    def __init__(self, config: CAEv2Config, use_mean_pooling: bool | None = None) -> None:
+    def __init__(self, config: CAEv2Config) -> None:
         super().__init__(config)
-        self.use_mean_pooling = config.use_mean_pooling if use_mean_pooling is None else use_mean_pooling
         self.embeddings = CAEv2Embeddings(config)
         self.encoder = CAEv2Encoder(config)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -761,7 +819,7 @@ class CAEv2Model(CAEv2PreTrainedModel):
         Returns:
             `BaseModelOutputWithPooling`: `last_hidden_state` `(batch_size, 1 + num_kept_patches, hidden_size)` after
             the final LayerNorm and `pooler_output` the normalised [CLS] token (the linear-probe feature); with
-            `use_mean_pooling`, the last block's output and the normalised mean of its patch tokens.
+            `config.classifier_pooling="mean"`, the last block's output and the normalised mean of its patch tokens.
         """
         warn_if_attentions_unavailable(self.config, kwargs.get("output_attentions"))
         visible_ids = None
@@ -771,7 +829,7 @@ class CAEv2Model(CAEv2PreTrainedModel):
         pixel_values = pixel_values.to(self.embeddings.patch_embeddings.projection.weight.dtype)
         embeddings = self.embeddings(pixel_values, visible_ids, interpolate_pos_encoding)
         hidden_states = self.encoder(embeddings).last_hidden_state
-        if self.use_mean_pooling:
+        if self.config.classifier_pooling == "mean":
             sequence_output = hidden_states
             pooled_output = self.layernorm(hidden_states[:, 1:].mean(dim=1))
         else:
@@ -847,7 +905,6 @@ class CAEv2ForPreTraining(CAEv2PreTrainedModel):
 
     def __init__(self, config: CAEv2Config) -> None:
         config.validate_for_pretraining()
-        config.use_mean_pooling = False  # the pretrained encoder's feature is [CLS]; recorded for its saved folders
         super().__init__(config)
         self.caev2 = CAEv2Model(config)
         if config.regressor_hidden_size != config.hidden_size:
@@ -1011,9 +1068,11 @@ class CAEv2ForImageClassification(CAEv2PreTrainedModel):
     tokens -> LayerNorm -> Linear, BEiT's head) or `"cls"` for linear probing ([CLS] after the final LayerNorm ->
     BatchNorm without affine -> Linear).
 
-    With mean pooling the encoder applies its final LayerNorm to the pooled feature only (`CAEv2Model`'s
-    `use_mean_pooling`): that norm is the recipe's `fc_norm`, starts as the pretrained final norm because it keeps
-    its checkpoint key, and every parameter of the model takes part in the loss.
+    With mean pooling the encoder applies its final LayerNorm to the pooled feature only (see `CAEv2Model`): that norm
+    is the recipe's `fc_norm`, starts as the pretrained final norm because it keeps its checkpoint key, and every
+    parameter of the model takes part in the loss. A config without a head (`classifier_pooling=None`, a pretrained
+    encoder's) gets the fine-tuning head, recorded in this model's own copy of the config: its saved folder, loaded
+    with `AutoModel`, then gives the feature the head was trained on.
 
     Example:
 
@@ -1031,12 +1090,13 @@ class CAEv2ForImageClassification(CAEv2PreTrainedModel):
     _keys_to_ignore_on_load_unexpected = PRETRAINING_ONLY_KEYS
 
     def __init__(self, config: CAEv2Config) -> None:
+        if config.classifier_pooling is None:  # no head chosen (an encoder's config): the fine-tuning head, in a copy
+            config = copy.deepcopy(config)
+            config.classifier_pooling = "mean"
         super().__init__(config)
         self.num_labels = config.num_labels
-        # Recorded in the config, so the saved folder loads into `CAEv2Model` (AutoModel) pooling the same way.
-        config.use_mean_pooling = config.classifier_pooling == "mean"
         self.caev2 = CAEv2Model(config)
-        self.pooler = nn.Identity() if config.use_mean_pooling else CAEv2ClsBatchNormPooler(config)
+        self.pooler = nn.Identity() if config.classifier_pooling == "mean" else CAEv2ClsBatchNormPooler(config)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels else nn.Identity()
         self.post_init()
 

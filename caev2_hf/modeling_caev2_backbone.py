@@ -9,26 +9,25 @@ imports only torch, transformers and the two model files.
 """
 
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 from transformers.backbone_utils import BackboneMixin
-from transformers.modeling_outputs import BackboneOutput
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.modeling_outputs import BackboneOutput, BaseModelOutput
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
+from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_caev2 import CAEv2Config
 from .modeling_caev2 import (
     PRETRAINING_ONLY_KEYS,
-    CAEv2Attention,
     CAEv2Embeddings,
-    CAEv2Layer,
+    CAEv2Encoder,
     CAEv2PreTrainedModel,
     build_2d_sincos_position_embedding,
-    drop_path_rates,
-    eager_attention_forward,
     warn_if_attentions_unavailable,
 )
 
@@ -117,59 +116,6 @@ class CAEv2RelativePositionBias(nn.Module):
         return table[index.view(-1)].view(*index.shape, -1).permute(2, 0, 1).unsqueeze(0)
 
 
-def attend_with_bias(
-    attention: CAEv2Attention, hidden_states: torch.Tensor, bias: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`CAEv2Attention`'s self-attention plus an additive bias on the scores (a float mask for eager and SDPA)."""
-    implementation = attention.config._attn_implementation
-    if bias is not None and implementation not in (None, "eager", "sdpa"):
-        raise ValueError(
-            f"attn_implementation={implementation!r} cannot add the relative position bias: load with "
-            "attn_implementation='sdpa' (or 'eager'), or set backbone_relative_position_bias=False."
-        )
-    batch_size, length = hidden_states.shape[:2]
-    shape = (batch_size, length, -1, attention.head_dim)
-    query = attention.q_proj(hidden_states).view(shape).transpose(1, 2)
-    key = attention.k_proj(hidden_states).view(shape).transpose(1, 2)
-    value = attention.v_proj(hidden_states).view(shape).transpose(1, 2)
-    interface: Callable = eager_attention_forward
-    if implementation not in (None, "eager"):
-        interface = ALL_ATTENTION_FUNCTIONS[implementation]
-    if bias is not None:
-        bias = bias.to(query.dtype)
-    output, weights = interface(
-        attention, query, key, value, bias, scaling=attention.scaling, dropout=0.0, is_causal=False
-    )
-    return attention.o_proj(output.reshape(batch_size, length, -1)), weights
-
-
-class CAEv2BackboneLayer(CAEv2Layer):
-    """The encoder block (same weights and names), with the authors' relative position bias when configured."""
-
-    def __init__(self, config: CAEv2Config, drop_path_rate: float) -> None:
-        super().__init__(config, drop_path_rate)
-        self.relative_position_bias = (
-            CAEv2RelativePositionBias(config) if config.backbone_relative_position_bias else None
-        )
-
-    def forward(self, hidden_states: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        bias = self.relative_position_bias(*grid) if self.relative_position_bias is not None else None
-        attn_output, attn_weights = attend_with_bias(self.attention, self.layernorm_before(hidden_states), bias)
-        hidden_states = hidden_states + self.drop_path(self.layer_scale1(attn_output))
-        mlp_output = self.mlp(self.layernorm_after(hidden_states))
-        hidden_states = hidden_states + self.drop_path(self.layer_scale2(mlp_output))
-        return hidden_states, attn_weights
-
-
-class CAEv2BackboneEncoder(nn.Module):
-    """The block stack, named as `CAEv2Encoder` (`encoder.layers.{i}`) so encoder checkpoints load unchanged."""
-
-    def __init__(self, config: CAEv2Config) -> None:
-        super().__init__()
-        rates = drop_path_rates(config.drop_path_rate, config.num_hidden_layers)
-        self.layers = nn.ModuleList([CAEv2BackboneLayer(config, rate) for rate in rates])
-
-
 def build_neck_branch(hidden_size: int, patch_size: int, stride: int) -> nn.Module:
     """Bring a stride-`patch_size` map to `stride`: 2x transposed convolutions (BatchNorm + GELU between two), the
     identity, or a max-pool; for patch 16: 4x (deconv, BN, GELU, deconv), 2x (deconv), identity, 2x max-pool."""
@@ -193,6 +139,10 @@ class CAEv2Backbone(BackboneMixin, CAEv2PreTrainedModel):
     `config.backbone_add_fpn` the four maps go through the authors' neck to strides 4, 8, 16 and 32. Any input whose
     sides are multiples of the patch size works.
 
+    The blocks are the encoder's own (`CAEv2Encoder`); each keeps its relative position bias table under its key
+    (`encoder.layers.{i}.relative_position_bias`) and gets the bias as its attention bias. The stages are the block
+    outputs that transformers' output recording keeps (`encode`), as for `output_hidden_states`.
+
     `CAEv2Backbone.from_pretrained(folder)` loads a checkpoint of any CAE v2 head (pretraining `final/`, encoder,
     classifier): the relative position bias tables and the neck start fresh, the final LayerNorm and the pretraining
     modules are left out.
@@ -211,14 +161,17 @@ class CAEv2Backbone(BackboneMixin, CAEv2PreTrainedModel):
 
     # The final LayerNorm is unused (the authors' `out_with_norm=False`): an encoder checkpoint's copy is dropped.
     _keys_to_ignore_on_load_unexpected = PRETRAINING_ONLY_KEYS + [r"^(caev2\.)?layernorm\."]
-    _no_split_modules = ["CAEv2BackboneEmbeddings", "CAEv2BackboneLayer"]
+    _no_split_modules = ["CAEv2BackboneEmbeddings", "CAEv2Layer"]
 
     def __init__(self, config: CAEv2Config) -> None:
         check_backbone_config(config)
         super().__init__(config)
         self.num_features = [config.hidden_size] * (config.num_hidden_layers + 1)
         self.embeddings = CAEv2BackboneEmbeddings(config)
-        self.encoder = CAEv2BackboneEncoder(config)
+        self.encoder = CAEv2Encoder(config)
+        if config.backbone_relative_position_bias:
+            for layer in self.encoder.layers:  # under its block, where the authors' checkpoints keep it
+                layer.relative_position_bias = CAEv2RelativePositionBias(config)
         if config.backbone_add_fpn:
             for index, stride in enumerate(NECK_STRIDES, start=1):
                 self.add_module(f"fpn{index}", build_neck_branch(config.hidden_size, config.patch_size, stride))
@@ -234,23 +187,17 @@ class CAEv2Backbone(BackboneMixin, CAEv2PreTrainedModel):
             init.kaiming_uniform_(module.weight, a=math.sqrt(5))
             fan_in = module.weight.shape[1] * module.weight[0, 0].numel()
             init.uniform_(module.bias, -(fan_in**-0.5), fan_in**-0.5)
-        elif isinstance(module, nn.BatchNorm2d):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-            init.zeros_(module.running_mean)
-            init.ones_(module.running_var)
-            init.zeros_(module.num_batches_tracked)
         elif isinstance(module, CAEv2RelativePositionBias):
             init.zeros_(module.relative_position_bias_table)
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> BackboneOutput | tuple:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BackboneOutput:
         r"""
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`): Normalised images
@@ -265,44 +212,58 @@ class CAEv2Backbone(BackboneMixin, CAEv2PreTrainedModel):
             output_hidden_states = self.config.output_hidden_states
         if output_attentions is None:
             output_attentions = self.config.output_attentions
-        warn_if_attentions_unavailable(self.config, output_attentions)
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        check_backbone_input(pixel_values, self.config)
+        stages = [index % len(self.stage_names) for index in self.out_indices]  # -1: the last block
+        # Without output_hidden_states only the stages' states are kept: no more tensors than the maps need.
+        encoded = self.encode(
+            pixel_values,
+            output_hidden_states=True if output_hidden_states else stages,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
         batch_size, _, height, width = pixel_values.shape
-        patch = self.config.patch_size
-        if height % patch or width % patch:
-            raise ValueError(
-                f"Input of {height}x{width} px is not a multiple of the patch size {patch}: pad or resize it to "
-                f"multiples of {patch} (run_semantic_segmentation.py's sliding window pads its windows)."
-            )
-        if self.config.backbone_add_fpn and min(height, width) < max(NECK_STRIDES[-1], patch):
-            raise ValueError(
-                f"Input of {height}x{width} px is smaller than the neck's coarsest stride ({NECK_STRIDES[-1]} px): "
-                f"give inputs of at least {max(NECK_STRIDES[-1], patch)} px a side, or set backbone_add_fpn=False."
-            )
-        grid = (height // patch, width // patch)
-        pixel_values = pixel_values.to(self.embeddings.patch_embeddings.projection.weight.dtype)
-        hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=True)
-        out_indices = [index % len(self.stage_names) for index in self.out_indices]  # -1: the last block
-        wanted = set(out_indices)
-        stages = {0: hidden_states} if 0 in wanted else {}
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
-        all_attentions = () if output_attentions else None
-        for index, layer in enumerate(self.encoder.layers, start=1):
-            hidden_states, attn_weights = layer(hidden_states, grid)
-            if index in wanted:
-                stages[index] = hidden_states
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-            if output_attentions:
-                all_attentions += (attn_weights,)
+        grid = (height // self.config.patch_size, width // self.config.patch_size)
         feature_maps = tuple(
-            stages[index][:, 1:].transpose(1, 2).reshape(batch_size, -1, *grid) for index in out_indices
+            encoded.hidden_states[index][:, 1:].transpose(1, 2).reshape(batch_size, -1, *grid) for index in stages
         )
         if self.config.backbone_add_fpn:
             branches = (self.fpn1, self.fpn2, self.fpn3, self.fpn4)
             feature_maps = tuple(branch(fmap) for branch, fmap in zip(branches, feature_maps, strict=True))
-        outputs = BackboneOutput(feature_maps=feature_maps, hidden_states=all_hidden_states, attentions=all_attentions)
-        return outputs if return_dict else outputs.to_tuple()
+        return BackboneOutput(
+            feature_maps=feature_maps,
+            hidden_states=encoded.hidden_states if output_hidden_states else None,
+            attentions=encoded.attentions,
+        )
+
+    @capture_outputs(tie_last_hidden_states=False)
+    def encode(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> BaseModelOutput:
+        """The encoder on every patch, each block adding its relative position bias; `capture_outputs` records the
+        block inputs and outputs (`hidden_states`) and attention maps that `kwargs` ask for."""
+        warn_if_attentions_unavailable(self.config, kwargs.get("output_attentions"))
+        patch = self.config.patch_size
+        grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
+        pixel_values = pixel_values.to(self.embeddings.patch_embeddings.projection.weight.dtype)
+        embeddings = self.embeddings(pixel_values, interpolate_pos_encoding=True)
+        biases = None
+        if self.config.backbone_relative_position_bias:
+            biases = [layer.relative_position_bias(*grid) for layer in self.encoder.layers]
+        return self.encoder(embeddings, biases)
+
+
+def check_backbone_input(pixel_values: torch.Tensor, config: CAEv2Config) -> None:
+    """Sides that are multiples of the patch, and large enough for the neck's coarsest stride."""
+    height, width = pixel_values.shape[-2:]
+    patch = config.patch_size
+    if height % patch or width % patch:
+        raise ValueError(
+            f"Input of {height}x{width} px is not a multiple of the patch size {patch}: pad or resize it to "
+            f"multiples of {patch} (run_semantic_segmentation.py's sliding window pads its windows)."
+        )
+    if config.backbone_add_fpn and min(height, width) < max(NECK_STRIDES[-1], patch):
+        raise ValueError(
+            f"Input of {height}x{width} px is smaller than the neck's coarsest stride ({NECK_STRIDES[-1]} px): "
+            f"give inputs of at least {max(NECK_STRIDES[-1], patch)} px a side, or set backbone_add_fpn=False."
+        )
 
 
 def check_backbone_config(config: CAEv2Config) -> None:

@@ -5,11 +5,13 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import BLOCK_CAEV2_HF, build_tiny_config
+from safetensors.torch import load_file
 from transformers import AutoBackbone, UperNetConfig, UperNetForSemanticSegmentation
 
 from caev2_hf import CAEv2Backbone, CAEv2Config, CAEv2ForPreTraining, CAEv2Model
@@ -245,3 +247,65 @@ def test_backbone_outputs_follow_the_config_flags():
         outputs = backbone(torch.randn(1, 3, 32, 32))
         assert len(outputs.hidden_states) == config.num_hidden_layers + 1
         assert backbone(torch.randn(1, 3, 32, 32), output_hidden_states=False).hidden_states is None
+
+
+LEGACY = Path(__file__).parent / "fixtures" / "legacy"  # written by tests/fixtures/make_legacy_fixtures.py
+LEGACY_CASES = json.loads((LEGACY / "backbone_cases.json").read_text())
+
+
+def legacy_case_config(overrides: dict) -> CAEv2Config:
+    """The saved backbone's config with a case's settings (its out_indices replace the saved out_features)."""
+    fields = json.loads((LEGACY / "backbone" / "config.json").read_text())
+    if "out_indices" in overrides:
+        del fields["out_features"]
+    return CAEv2Config.from_dict({**fields, **overrides})
+
+
+@pytest.mark.parametrize("case", list(LEGACY_CASES))
+def test_feature_maps_and_recorded_outputs_match_the_code_before_the_backbone_reused_the_encoder(case):
+    """Neck on and off, bias on and off, both position tables, grids inside and beyond the bias window, eager
+    attention's hidden states and maps: the numbers the backbone gave when it had its own blocks."""
+    expected = load_file(LEGACY / "backbone_outputs.safetensors")
+    state = load_file(LEGACY / "backbone" / "model.safetensors")
+    model = CAEv2Backbone(legacy_case_config(LEGACY_CASES[case]["overrides"])).eval()
+    model.load_state_dict({key: tensor for key, tensor in state.items() if key in model.state_dict()})  # strict
+    eager = model.config._attn_implementation == "eager"
+    for name in LEGACY_CASES[case]["inputs"]:
+        with torch.no_grad():
+            outputs = model(expected[f"inputs.{name}"].float(), output_hidden_states=eager, output_attentions=eager)
+        found = {
+            f"{case}.{name}.{key}.{index}": tensor
+            for key in ("feature_maps", "hidden_states", "attentions")
+            for index, tensor in enumerate(getattr(outputs, key) or ())
+        }
+        assert found.keys() == {key for key in expected if key.startswith(f"{case}.{name}.")}
+        assert eager == any(".attentions." in key for key in found)
+        for key, tensor in found.items():
+            torch.testing.assert_close(tensor, expected[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_backbone_and_upernet_folders_saved_before_load_every_weight_and_give_their_outputs():
+    expected = load_file(LEGACY / "backbone_outputs.safetensors")
+    square = expected["inputs.square"].float()
+    backbone, info = CAEv2Backbone.from_pretrained(LEGACY / "backbone", output_loading_info=True)
+    upernet, upernet_info = UperNetForSemanticSegmentation.from_pretrained(
+        LEGACY / "upernet", output_loading_info=True
+    )
+    for loading in (info, upernet_info):
+        assert loading["missing_keys"] == set() == loading["unexpected_keys"] == loading["mismatched_keys"]
+    assert type(upernet.backbone) is CAEv2Backbone
+    with torch.no_grad():
+        maps = backbone.eval()(square).feature_maps
+        logits = upernet.eval()(square).logits
+    for index, fmap in enumerate(maps):
+        torch.testing.assert_close(fmap, expected[f"default.square.feature_maps.{index}"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(logits, expected["upernet.square.logits"], rtol=0, atol=1e-6)
+
+
+def test_an_attention_kernel_that_cannot_add_the_bias_is_refused():
+    backbone = CAEv2Backbone(backbone_config()).eval()
+    backbone.set_attn_implementation("flex_attention")  # takes a mask, not a per-head float bias
+    with pytest.raises(
+        ValueError, match=r"attn_implementation='flex_attention' cannot add the relative position bias"
+    ):
+        backbone(torch.randn(1, 3, 32, 32))

@@ -2,13 +2,14 @@
 loading."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import build_tiny_config
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from transformers import AutoImageProcessor, AutoModel, CLIPVisionModelWithProjection
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, CLIPVisionModelWithProjection
 
 from caev2_hf import CAEv2Config, CAEv2ForImageClassification, CAEv2ForPreTraining, CAEv2Model
 from caev2_hf.modeling_caev2 import build_2d_sincos_position_embedding
@@ -21,6 +22,20 @@ def build_model(config=None, seed=0, cls=CAEv2ForPreTraining):
 
 def count_trainable(module):
     return sum(parameter.numel() for parameter in module.parameters() if parameter.requires_grad)
+
+
+def pooled_as(model: CAEv2Model, pixel_values: torch.Tensor) -> str:
+    """Which feature `pooler_output` is: the normalised [CLS] token or the normalised mean of the patch tokens."""
+    with torch.no_grad():
+        outputs = model.eval()(pixel_values, output_hidden_states=True)
+        last_block = outputs.hidden_states[-1]
+        features = {
+            "cls": model.layernorm(last_block[:, 0]),
+            "mean": model.layernorm(last_block[:, 1:].mean(dim=1)),
+        }
+    matching = [name for name, feature in features.items() if torch.allclose(outputs.pooler_output, feature)]
+    assert len(matching) == 1, matching
+    return matching[0]
 
 
 @pytest.mark.parametrize(
@@ -427,20 +442,27 @@ def test_classifier_loss_is_cross_entropy(pooling, pixel_values):
 def test_finetuned_folder_loads_into_the_encoder_with_the_classifiers_pooling(tmp_path, pixel_values):
     """AutoModel (or the feature-extraction pipeline) on a fine-tuned folder gives the features its head was
     trained on: the normalised mean of the patch tokens, not the [CLS] token."""
-    classifier = build_model(build_tiny_config(num_labels=3), cls=CAEv2ForImageClassification)
+    encoder_config = build_tiny_config(num_labels=3)  # no head chosen: a pretrained encoder's config
+    assert encoder_config.classifier_pooling is None
+    classifier = build_model(encoder_config, cls=CAEv2ForImageClassification)
+    assert encoder_config.classifier_pooling is None  # the caller's config is left as it was
+    assert classifier.config.classifier_pooling == "mean" and pooled_as(classifier.caev2, pixel_values) == "mean"
     classifier.save_pretrained(tmp_path / "finetuned")
     encoder = AutoModel.from_pretrained(tmp_path / "finetuned").eval()
-    assert encoder.config.use_mean_pooling and encoder.use_mean_pooling
+    assert pooled_as(encoder, pixel_values) == "mean"
     expected = classifier.caev2(pixel_values)
     torch.testing.assert_close(encoder(pixel_values).pooler_output, expected.pooler_output)
     torch.testing.assert_close(encoder(pixel_values).last_hidden_state, expected.last_hidden_state)
-    # A pretrained encoder keeps the [CLS] feature of the linear probe, also when its config came from a classifier.
-    assert not CAEv2ForPreTraining(classifier.config).caev2.use_mean_pooling
-    assert not classifier.config.use_mean_pooling  # what a pretraining folder saved from it records
-    pretrained = build_model(cls=CAEv2Model)
-    assert not pretrained.use_mean_pooling
-    outputs = pretrained(pixel_values)
-    torch.testing.assert_close(outputs.pooler_output, outputs.last_hidden_state[:, 0])
+    # A pretrained encoder keeps the [CLS] feature of the linear probe.
+    assert pooled_as(build_model(encoder_config, cls=CAEv2Model), pixel_values) == "cls"
+    assert pooled_as(CAEv2ForPreTraining(encoder_config).caev2, pixel_values) == "cls"
+
+
+def test_pretraining_refuses_a_fine_tuned_classifiers_pooling():
+    """Mean pooling leaves the last block's tokens unnormalised, which pretraining's head does not expect."""
+    with pytest.raises(ValueError, match=r"pretrain with classifier_pooling=None"):
+        CAEv2ForPreTraining(build_tiny_config(classifier_pooling="mean"))
+    CAEv2ForPreTraining(build_tiny_config(classifier_pooling="cls"))  # a probe's config: the same encoder
 
 
 def test_linear_probe_head_needs_two_images_per_training_batch(pixel_values):
@@ -467,3 +489,24 @@ def test_folder_saved_before_the_teacher_was_kept_reports_it_missing_and_refuses
     assert not bool(loaded.teacher.has_weights)
     with pytest.raises(RuntimeError, match="load_teacher"):
         loaded(pixel_values, bool_masked_pos=fixed_mask)
+
+
+SAVED_CONFIGS = Path(__file__).parent / "fixtures" / "legacy" / "pooling"  # tests/fixtures/make_legacy_fixtures.py
+
+
+@pytest.mark.parametrize(
+    ("folder", "encoder_pooling", "classifier_pooling"),
+    [("pretraining", "cls", "mean"), ("final", "cls", "mean"), ("finetuned", "mean", "mean"), ("probe", "cls", "cls")],
+)
+def test_configs_saved_by_earlier_code_pool_as_they_did(folder, encoder_pooling, classifier_pooling, pixel_values):
+    """A pretraining run's folders, a fine-tuned and a probed classifier, saved before pooling had one owner: the
+    encoder (AutoModel) gives the feature it gave then, a classifier built on the folder takes the same head."""
+    config = AutoConfig.from_pretrained(SAVED_CONFIGS / folder)
+    assert "use_mean_pooling" not in config.to_dict()  # saved again, the one field says it
+    assert CAEv2Config.from_dict(config.to_dict()).classifier_pooling == config.classifier_pooling
+    assert pooled_as(AutoModel.from_config(config), pixel_values) == encoder_pooling
+    classifier = CAEv2ForImageClassification(config).eval()
+    assert pooled_as(classifier.caev2, pixel_values) == classifier_pooling
+    assert isinstance(classifier.pooler, torch.nn.Identity) == (classifier_pooling == "mean")
+    if folder == "pretraining":
+        CAEv2ForPreTraining(AutoConfig.from_pretrained(SAVED_CONFIGS / folder))  # still a valid pretraining config

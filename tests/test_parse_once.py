@@ -117,6 +117,18 @@ def test_segmentation_script_parses_once_and_hands_the_result_to_main(
     assert training_args.max_steps == 7 and model_args.config_overrides["hidden_size"] == 96
 
 
+def test_detection_script_parses_once_and_hands_the_result_to_main(
+    monkeypatch, tmp_path: Path, parses: list[str], stopped_mains: list[tuple]
+):
+    CAEv2Model(build_tiny_config(image_size=64)).save_pretrained(tmp_path / "encoder")
+    argv = [str(REPO_ROOT / "configs" / "demo-detection.yaml"), "--model", str(tmp_path / "encoder"), "--output_dir",
+            str(tmp_path / "out"), "--max_steps", "5"]  # fmt: skip
+    run_script(monkeypatch, "run_object_detection.py", argv)
+    assert parses == ["run_object_detection.py"]
+    ((model_args, data_args, training_args),) = stopped_mains
+    assert data_args.demo_data and training_args.max_steps == 5 and model_args.model == str(tmp_path / "encoder")
+
+
 @pytest.fixture
 def tiny_folders(tmp_path: Path) -> dict[str, Path]:
     torch.manual_seed(0)
@@ -190,6 +202,7 @@ def test_the_converter_parses_once(monkeypatch, tmp_path: Path, parses: list[str
     [
         ("run_finetune.py", ["--model", "./nothere", "--train_dir", "a", "--validation_dir", "b"]),
         ("run_semantic_segmentation.py", ["--model", "./nothere", "--demo_data", "true"]),
+        ("run_object_detection.py", ["--model", "./nothere", "--demo_data", "true"]),
     ],
 )
 def test_trainer_scripts_check_their_own_arguments_before_building_training_arguments(

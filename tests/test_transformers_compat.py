@@ -2,16 +2,19 @@
 save_pretrained -> from_pretrained (the loss included, so the teacher too), loading options, config flags, gradients,
 the class attributes transformers reads, and the pipelines."""
 
+import copy
+
 import pytest
 import torch
 from conftest import build_tiny_config
 from PIL import Image
-from transformers import AutoModelForPreTraining, pipeline
+from transformers import AutoModelForPreTraining, PreTrainedModel, pipeline, set_seed
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging
 
 from caev2_hf import (
+    CAEv2Backbone,
     CAEv2Config,
     CAEv2ForImageClassification,
     CAEv2ForPreTraining,
@@ -341,3 +344,43 @@ def test_attention_switch_on_a_model_without_teacher_is_quiet(name):
         model.set_attn_implementation("eager")
     assert captured.out == ""
     assert model.config._attn_implementation == "eager" == model.config.teacher_config._attn_implementation
+
+
+MODEL_CLASSES = {name: model_class for name, (model_class, _) in HEADS.items()} | {"backbone": CAEv2Backbone}
+
+
+def build_config(name: str) -> CAEv2Config:
+    return build_tiny_config(**(HEADS[name][1] if name in HEADS else {"num_hidden_layers": 4}))
+
+
+@pytest.mark.parametrize("name", list(MODEL_CLASSES))
+def test_weights_missing_from_a_checkpoint_start_as_the_constructor_starts_them(name, monkeypatch):
+    """`from_pretrained` builds on the meta device and initialises what the checkpoint lacks with `_init_weights`;
+    with the same seed before each module's init, that must give every tensor the constructor gives, the teacher's
+    patch embedding and CLIP blocks included."""
+    original = PreTrainedModel._initialize_weights
+
+    def seeded(*args, **kwargs):
+        set_seed(0)
+        original(*args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "_initialize_weights", seeded)
+    model_class, config = MODEL_CLASSES[name], build_config(name)
+    built = model_class(copy.deepcopy(config)).state_dict()
+    loaded = model_class.from_pretrained(None, config=copy.deepcopy(config), state_dict={}).state_dict()
+    assert loaded.keys() == built.keys()
+    assert not [key for key, tensor in loaded.items() if tensor.device.type == "meta"]
+    for key, tensor in built.items():
+        torch.testing.assert_close(loaded[key], tensor, rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize("name", list(MODEL_CLASSES))
+def test_a_refused_attention_implementation_changes_no_config(name):
+    model = MODEL_CLASSES[name](build_config(name))
+    model.set_attn_implementation("eager")
+    model.set_attn_implementation("sdpa")
+    configs = (model.config, model.config.teacher_config)
+    assert [config._attn_implementation for config in configs] == ["sdpa", "sdpa"]
+    with pytest.raises(ValueError, match='attn_implementation="foo"` is not supported'):
+        model.set_attn_implementation("foo")
+    assert [config._attn_implementation for config in configs] == ["sdpa", "sdpa"]

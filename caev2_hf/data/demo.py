@@ -1,4 +1,5 @@
-"""Offline demo images: crops of the two photos shipped with scikit-learn, as an image folder or webdataset shards."""
+"""Offline demo images: crops of the two photos shipped with scikit-learn, as an image folder or webdataset shards,
+and the photos themselves for the synthetic demo tasks."""
 
 from __future__ import annotations
 
@@ -11,22 +12,39 @@ import numpy as np
 from PIL import Image
 
 
-def _demo_crops(num_images: int, image_size: int, seed: int) -> Iterator[tuple[Image.Image, int, str]]:
-    """Random crops and flips of the two photos shipped with scikit-learn: (image, label, class name)."""
+def load_sample_photos() -> dict[str, np.ndarray]:
+    """The two photos shipped with scikit-learn (`china`, `flower`: 427 x 640 RGB arrays), the offline demos'
+    only source of real pixels; no download."""
     try:
-        from sklearn.datasets import load_sample_images  # optional dependency, only for the offline demo
+        from sklearn.datasets import load_sample_images  # optional dependency, only for the offline demos
     except ImportError as error:
         raise ImportError(
-            "The offline demo cuts its images from the two photos shipped with scikit-learn: "
+            "The offline demos cut their images from the two photos shipped with scikit-learn: "
             "`pip install scikit-learn` (or `pip install -e '.[dev]'`)."
         ) from error
-
     sample = load_sample_images()
-    class_names = [os.path.splitext(os.path.basename(name))[0] for name in sample.filenames]
+    names = [os.path.splitext(os.path.basename(name))[0] for name in sample.filenames]
+    return dict(zip(names, sample.images, strict=True))
+
+
+def random_square_crop(photos: list[np.ndarray], image_size: int, rng: np.random.Generator) -> Image.Image:
+    """A square crop of a random photo, of random side (at least `image_size`), resized to `image_size`: a textured
+    background for the synthetic demo tasks."""
+    photo = photos[int(rng.integers(len(photos)))]
+    side = int(rng.integers(image_size, min(photo.shape[:2]) + 1))
+    top, left = (int(rng.integers(0, extent - side + 1)) for extent in photo.shape[:2])
+    crop = Image.fromarray(photo[top : top + side, left : left + side])
+    return crop.resize((image_size, image_size), Image.Resampling.BILINEAR)
+
+
+def _demo_crops(num_images: int, image_size: int, seed: int) -> Iterator[tuple[Image.Image, int, str]]:
+    """Random crops and flips of the two photos shipped with scikit-learn: (image, label, class name)."""
+    photos = load_sample_photos()
+    class_names = list(photos)
     rng = np.random.default_rng(seed)
     for index in range(num_images):
-        label = index % len(sample.images)
-        photo = sample.images[label]
+        label = index % len(photos)
+        photo = photos[class_names[label]]
         crop_height, crop_width = (int(rng.integers(side // 4, side + 1)) for side in photo.shape[:2])
         top = int(rng.integers(0, photo.shape[0] - crop_height + 1))
         left = int(rng.integers(0, photo.shape[1] - crop_width + 1))

@@ -74,6 +74,10 @@ ENCODER_POSITION_TABLE = "encoder.pos_embed"
 REGRESSOR_POSITION_TABLE = "rd_pos_embed"
 # The official regressor's final norm, which CAE v2 never applies (docs/method.md#regressor): dropped in, written as identity out.
 UNUSED_REGRESSOR_NORM = ("regresser.norm.weight", "regresser.norm.bias")
+# What an encoder released with LW-DETR (`caev2_{tiny,small,base}_300e_objects365.pth`) need not hold: LW-DETR's loader
+# (`Backbone` in Atten4Vis/LW-DETR `models/backbone/backbone.py`) strips `encoder.` and reads only the patch embedding,
+# `pos_embed` and the blocks into a ViT that has neither [CLS] nor a final norm. Given neutral values when absent.
+TENSORS_DETECTION_RELEASES_MAY_LACK = ("encoder.cls_token", "encoder.norm.weight", "encoder.norm.bias")
 CONTAINER_KEYS = ("model", "state_dict", "module")
 OFFICIAL_CHECKPOINT_NAME = "checkpoint.pth"
 
@@ -212,6 +216,27 @@ def load_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return normalize_official_keys(unwrap_state_dict(checkpoint))
 
 
+def complete_detection_release(state_dict: dict[str, torch.Tensor], config: CAEv2Config) -> dict[str, torch.Tensor]:
+    """An encoder file holding only what LW-DETR loads gets a zero [CLS] token and an identity final norm (logged):
+    detection never reads them, but the [CLS] feature of the converted encoder then means nothing."""
+    missing = [name for name in TENSORS_DETECTION_RELEASES_MAY_LACK if name not in state_dict]
+    if not missing or "encoder.patch_embed.proj.weight" not in state_dict:
+        return state_dict
+    reference = state_dict["encoder.patch_embed.proj.weight"]
+    neutral = {
+        "encoder.cls_token": reference.new_zeros(1, 1, config.hidden_size),
+        "encoder.norm.weight": reference.new_ones(config.hidden_size),
+        "encoder.norm.bias": reference.new_zeros(config.hidden_size),
+    }
+    logger.warning(
+        "The checkpoint lacks %s, as the CAE v2 encoders released with LW-DETR may: set to a zero [CLS] token and an "
+        "identity norm. Detection (LW-DETR) does not use them; the converted encoder's [CLS] / pooled feature is not "
+        "pretrained.",
+        ", ".join(missing),
+    )
+    return {**state_dict, **{name: neutral[name] for name in missing}}
+
+
 def drop_pretraining_tensors(state_dict: dict, config: CAEv2Config) -> dict[str, torch.Tensor]:
     """For an encoder-only conversion, set aside the regressor and head of a full checkpoint (logged)."""
     encoder_keys = {official for official, _ in build_key_table(config, include_pretraining=False)}
@@ -235,7 +260,7 @@ def convert_official_state_dict(
     """
     state_dict = normalize_official_keys(official_state_dict)
     if not pretraining:
-        state_dict = drop_pretraining_tensors(state_dict, config)
+        state_dict = complete_detection_release(drop_pretraining_tensors(state_dict, config), config)
     table, our_shapes = build_key_table(config, pretraining), compute_our_shapes(config)
     position_tables = build_position_tables(config, pretraining)
     expected = {official: _concatenated_shape([our_shapes[name] for name in ours]) for official, ours in table}
@@ -366,7 +391,9 @@ def convert_official_checkpoint(
     """Official `.pth` -> a folder `from_pretrained` loads (weights, config, image processor, code, card)."""
     official = load_official_state_dict(checkpoint)
     config = CAEv2Config.from_preset(size)
-    dtype = official["encoder.cls_token"].dtype
+    if not pretraining:
+        official = complete_detection_release(official, config)
+    dtype = official["encoder.patch_embed.proj.weight"].dtype
     model = build_converted_model(convert_official_state_dict(official, config, pretraining), config, pretraining)
     difference = check_encoder_matches_official(model, official, config)
     logger.info("Converted encoder matches the official computation (relative difference %.2e).", difference)

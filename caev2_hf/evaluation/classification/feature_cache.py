@@ -31,7 +31,7 @@ CACHE_FORMAT = "1"
 # Config fields that name or label a checkpoint without changing the features it computes.
 CONFIG_KEYS_WITHOUT_EFFECT = {
     "architectures", "auto_map", "dtype", "torch_dtype", "transformers_version", "id2label", "label2id",
-    "problem_type", "classifier_pooling", "classifier_init_scale", "return_dict", "output_hidden_states",
+    "problem_type", "classifier_init_scale", "return_dict", "output_hidden_states",
     "output_attentions", "use_random_teacher", "teacher_name_or_path",
 }  # fmt: skip
 

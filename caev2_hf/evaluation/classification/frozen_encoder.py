@@ -82,7 +82,7 @@ def open_frozen_encoder(model_name_or_path: str, device: torch.device | str) -> 
 
 def pool_features(outputs) -> torch.Tensor:
     """`pooler_output` (CAE v2, CLIP, DINOv2): [CLS] after the final norm for a pretrained CAE v2 (a fine-tuned one
-    pools as its classifier did, `config.use_mean_pooling`); else the first token of the last layer."""
+    pools as its classifier did, `config.classifier_pooling`); else the first token of the last layer."""
     pooled = getattr(outputs, "pooler_output", None)
     return pooled if pooled is not None else outputs.last_hidden_state[:, 0]
 
