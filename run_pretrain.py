@@ -56,23 +56,23 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from caev2_hf import CAEv2Config, CAEv2ForPreTraining
+from caev2_hf.configuration_caev2 import MASK_LAYOUT_FIELDS
 from caev2_hf.data.demo import write_demo_image_folder
-from caev2_hf.data.loader import build_pretrain_loader
+from caev2_hf.data.errors import DataStreamError, UnreadableShardError
 from caev2_hf.data.masking import build_mask_generator
-from caev2_hf.data.sources import open_image_dataset, shard_for_process
+from caev2_hf.data.pretraining_stream import ResumableBatchStream, StreamPosition, build_pretrain_loader
+from caev2_hf.data.sources import find_unreadable_tar_shards, open_image_dataset, shard_for_process
 from caev2_hf.data.transforms import PretrainCrop
 from caev2_hf.plots import TrainingCurves
 from caev2_hf.pretraining.checkpointing import (
-    ResumableBatchStream,
     list_checkpoints,
     load_checkpoint,
     resolve_resume_checkpoint,
     save_checkpoint,
 )
 from caev2_hf.pretraining.export import describe_training, export_final_model, preset_of, push_to_hub_in_background
-from caev2_hf.pretraining.schedule import TrainingNumbers, compute_training_numbers
-from caev2_hf.pretraining.step import PretrainingStep, build_accelerator, build_optimizer_and_scheduler
-from caev2_hf.pretraining.step_tracking import StepTracker
+from caev2_hf.pretraining.schedule import SCHEDULE_KEY, TrainingSchedule, compute_training_schedule, saved_schedule
+from caev2_hf.pretraining.step import PretrainingStep, build_accelerator, build_pretraining_step
 
 
 logger = logging.getLogger("run_pretrain")
@@ -93,9 +93,9 @@ def build_logged_accelerator(training_args: PretrainingArguments) -> Accelerator
     return accelerator
 
 
-def compute_numbers(training_args: PretrainingArguments, num_processes: int) -> TrainingNumbers:
+def compute_schedule(training_args: PretrainingArguments, num_processes: int) -> TrainingSchedule:
     """Effective batch, scaled lr and step counts, logged once (they are saved in every checkpoint too)."""
-    numbers = compute_training_numbers(
+    schedule = compute_training_schedule(
         training_args.per_device_train_batch_size,
         training_args.gradient_accumulation_steps,
         num_processes,
@@ -108,12 +108,12 @@ def compute_numbers(training_args: PretrainingArguments, num_processes: int) -> 
         warmup_epochs=training_args.warmup_epochs,
     )
     logger.info(
-        f"Effective batch {numbers.effective_batch_size} = {training_args.per_device_train_batch_size} per device x "
+        f"Effective batch {schedule.effective_batch_size} = {training_args.per_device_train_batch_size} per device x "
         f"{training_args.gradient_accumulation_steps} accumulation x {num_processes} process(es); lr "
-        f"{numbers.learning_rate:.4g} = {training_args.learning_rate:g} x {numbers.effective_batch_size} / "
-        f"{training_args.learning_rate_batch_size}; {numbers.max_steps} updates, {numbers.warmup_steps} of warmup."
+        f"{schedule.learning_rate:.4g} = {training_args.learning_rate:g} x {schedule.effective_batch_size} / "
+        f"{training_args.learning_rate_batch_size}; {schedule.max_steps} updates, {schedule.warmup_steps} of warmup."
     )
-    return numbers
+    return schedule
 
 
 def build_config(model_args: PretrainingModelArguments) -> CAEv2Config | None:
@@ -158,6 +158,21 @@ def build_model(
     return model
 
 
+def warn_about_saved_mask_layout(model_name_or_path: str, data_args: PretrainingDataArguments) -> None:
+    """A folder saved before the mask layout moved to the data arguments holds it in its config.json, where loading
+    ignores it: say so when this run lays its masks out otherwise (pass the data arguments to keep the folder's)."""
+    saved, _ = CAEv2Config.get_config_dict(model_name_or_path)
+    differing = [name for name in MASK_LAYOUT_FIELDS if name in saved and saved[name] != getattr(data_args, name)]
+    if differing:
+        saved_flags = " ".join(f"--{name} {saved[name]}" for name in differing)
+        logger.warning(
+            f"{model_name_or_path} was pretrained with {saved_flags} (its config.json, from before the mask layout "
+            f"moved to the data arguments); this run uses "
+            f"{' '.join(f'--{name} {getattr(data_args, name)}' for name in differing)}. Pass {saved_flags} to keep "
+            "the folder's layout."
+        )
+
+
 def write_demo_images_once(
     data_args: PretrainingDataArguments, image_size: int, accelerator: Accelerator
 ) -> PretrainingDataArguments:
@@ -185,9 +200,9 @@ def open_train_stream(
     position: dict | None = None,
     masks_per_image: int = 1,
 ) -> ResumableBatchStream:
-    """This process's part of the data as uint8 crops with masks (`masks_per_image` per image) and augmentation
-    parameters (flip and colour jitter run on the device, in `PretrainingStep.prepare_inputs`), from `position` (a
-    checkpoint's) on."""
+    """This process's part of the data as uint8 crops with masks (`masks_per_image` per image, laid out as the data
+    arguments say) and augmentation parameters (flip and colour jitter run on the device, in
+    `PretrainingStep.prepare_inputs`), from `position` (a checkpoint's `StreamPosition.to_dict()`) on."""
     dataset = open_image_dataset(
         dataset_name=data_args.dataset_name,
         dataset_config_name=data_args.dataset_config_name,
@@ -198,16 +213,37 @@ def open_train_stream(
     )
     dataset = shard_for_process(dataset, process_index, num_processes)
     crop = PretrainCrop(config.image_size, scale=(data_args.crop_min_scale, 1.0), color_jitter=data_args.color_jitter)
+    grid_side = config.image_size // config.patch_size
+    masks = build_mask_generator((grid_side, grid_side), config.num_masking_patches, data_args)
     dataloader = build_pretrain_loader(
-        dataset, crop, build_mask_generator(config), batch_size, data_args.dataloader_num_workers, seed,
-        process_index=process_index, shuffle_buffer_size=data_args.shuffle_buffer_size,
-        prefetch_factor=data_args.dataloader_prefetch_factor, masks_per_image=masks_per_image,
+        dataset, crop, masks, batch_size, data_args.dataloader_num_workers, seed, process_index=process_index,
+        shuffle_buffer_size=data_args.shuffle_buffer_size, prefetch_factor=data_args.dataloader_prefetch_factor,
+        masks_per_image=masks_per_image,
     )  # fmt: skip
-    return ResumableBatchStream(dataloader, position)
+    return ResumableBatchStream(dataloader, StreamPosition.from_dict(position) if position else None)
+
+
+def describe_data_error(error: DataStreamError, data_args: PretrainingDataArguments) -> str:
+    """A data failure as the command's one line; a shard that cannot be read is named (the local .tar files are
+    checked, headers only, once the stream has failed: `datasets` does not say which shard it was reading)."""
+    if not isinstance(error, UnreadableShardError):
+        return str(error)
+    damaged = find_unreadable_tar_shards(data_args.data_files) if data_args.data_files else {}
+    resume = (
+        "then run the same command with --resume_from_checkpoint latest (the run continues from its last checkpoint)"
+    )
+    if not damaged:
+        return f"{error} Check the data source (a local copy cut short, a failed download), {resume}."
+    listing = "; ".join(f"{path} ({reason})" for path, reason in damaged.items())
+    shards = "A .tar shard" if len(damaged) == 1 else f"{len(damaged)} .tar shards"
+    return (
+        f"{shards} of --data_files cannot be read to the end (cut short, or no tar archive): {listing}. Copy or "
+        f"download {'it' if len(damaged) == 1 else 'them'} again, {resume}."
+    )
 
 
 def resume(
-    accelerator: Accelerator, resume_from_checkpoint: str | None, output_dir: str, numbers: TrainingNumbers
+    accelerator: Accelerator, resume_from_checkpoint: str | None, output_dir: str, schedule: TrainingSchedule
 ) -> dict:
     """Restores a checkpoint's states when asked; returns its step, counters and this process's data position."""
     checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, checkpoints_dir(output_dir))
@@ -215,8 +251,10 @@ def resume(
         return {"step": 0, "skipped_steps": 0, "skipped_images": 0, "data_position": None}
     state = load_checkpoint(accelerator, checkpoint)
     logger.info(f"Resumed from {checkpoint} at update {state['step']}, data position {state['data_position']}.")
-    if state["numbers"] != numbers.to_dict():
-        logger.warning(f"The run's numbers changed since the checkpoint: {state['numbers']} -> {numbers.to_dict()}.")
+    if saved_schedule(state) != schedule.to_dict():
+        logger.warning(
+            f"The run's schedule changed since the checkpoint: {saved_schedule(state)} -> {schedule.to_dict()}."
+        )
     return state
 
 
@@ -224,24 +262,47 @@ def train(
     step: PretrainingStep,
     stream: ResumableBatchStream,
     training_args: PretrainingArguments,
-    numbers: TrainingNumbers,
+    schedule: TrainingSchedule,
     start_step: int,
     checkpoint_state: dict,
     curves: TrainingCurves | None = None,
 ) -> dict[str, float]:
+    """Updates `start_step + 1 .. max_steps` under a progress bar. Returns the last logged metrics."""
+    progress = tqdm(
+        total=schedule.max_steps, initial=start_step, desc="pretraining",
+        disable=not step.accelerator.is_local_main_process,
+    )  # fmt: skip
+    try:
+        metrics = run_updates(step, stream, training_args, schedule, start_step, checkpoint_state, curves, progress)
+    finally:
+        progress.close()  # ends the bar's line, so that an error or interruption message starts a line of its own
+    if metrics.get("skipped_images"):  # the data path logs each one once per worker, and a total per worker and epoch
+        logger.warning(
+            f"{metrics['skipped_images']} unusable images were skipped in all (every process, every epoch)."
+        )
+    return metrics
+
+
+def run_updates(
+    step: PretrainingStep,
+    stream: ResumableBatchStream,
+    training_args: PretrainingArguments,
+    schedule: TrainingSchedule,
+    start_step: int,
+    checkpoint_state: dict,
+    curves: TrainingCurves | None,
+    progress: tqdm,
+) -> dict[str, float]:
     """Updates `start_step + 1 .. max_steps`; every process runs exactly that many, so none waits for another.
     Returns the last logged metrics."""
     accelerator = step.accelerator
-    progress = tqdm(
-        total=numbers.max_steps, initial=start_step, desc="pretraining", disable=not accelerator.is_local_main_process
-    )
     metrics = {}
     step.model.train()
-    for update in range(start_step + 1, numbers.max_steps + 1):
+    for update in range(start_step + 1, schedule.max_steps + 1):
         for _ in range(training_args.gradient_accumulation_steps):
             step(next(stream))
         progress.update(1)
-        is_last = update == numbers.max_steps
+        is_last = update == schedule.max_steps
         saves = update % training_args.save_steps == 0 or is_last
         # A checkpoint also closes the logging window: a run resumed from it then logs the uninterrupted run's windows.
         if update % training_args.logging_steps == 0 or saves:
@@ -256,16 +317,11 @@ def train(
         if saves:
             state = {**checkpoint_state, **step.tracker.totals(accelerator), "last_metrics": metrics}
             save_checkpoint(
-                accelerator, checkpoints_dir(training_args.output_dir), update, stream.position(), state,
+                accelerator, checkpoints_dir(training_args.output_dir), update, stream.position.to_dict(), state,
                 training_args.save_total_limit,
             )  # fmt: skip
             if curves is not None and accelerator.is_main_process:
                 curves.write()  # loss.png in output_dir, at every checkpoint and so at the end
-    progress.close()
-    if metrics.get("skipped_images"):  # the data path logs each one once per worker, and a total per worker and epoch
-        logger.warning(
-            f"{metrics['skipped_images']} unusable images were skipped in all (every process, every epoch)."
-        )
     return metrics
 
 
@@ -279,7 +335,7 @@ def finish(
     accelerator: Accelerator,
     model: torch.nn.Module,
     arguments: dict,
-    numbers: TrainingNumbers,
+    schedule: TrainingSchedule,
     final_loss: float | None,
 ) -> None:
     """Exports final/ (+ pretraining/), starts the Hub upload in the background, says where everything is."""
@@ -290,10 +346,12 @@ def finish(
     )  # fmt: skip
     config = accelerator.unwrap_model(model).config
     size = preset_of(config, preset)  # named in the card only when the architecture is exactly the preset's
-    details = describe_training(size, numbers.to_dict(), final_loss, data_source, config.use_random_teacher)
+    details = describe_training(size, schedule.to_dict(), final_loss, data_source, config.use_random_teacher)
     datasets = [arguments["dataset_name"]] if arguments["dataset_name"] else []
     final_dir = os.path.join(output_dir, "final")
-    export_final_model(accelerator, model, final_dir, size, arguments["hub_model_id"], datasets, details)
+    export_final_model(
+        accelerator, model, final_dir, size, arguments["hub_model_id"], datasets, details, arguments["mask_strategy"]
+    )
     upload = None
     if arguments["push_to_hub"] and accelerator.is_main_process:
         upload = push_to_hub_in_background(final_dir, arguments["hub_model_id"], arguments["hub_private_repo"])
@@ -339,7 +397,7 @@ def main(
     accelerator = build_logged_accelerator(training_args)
     try:
         try:
-            numbers = compute_numbers(training_args, accelerator.num_processes)
+            schedule = compute_schedule(training_args, accelerator.num_processes)
         except ValueError as error:  # the step counts the arguments imply: a user's choice, not a bug
             raise UserError(str(error)) from error
         clear_previous_run(training_args, accelerator)
@@ -348,33 +406,29 @@ def main(
         )
         model = build_model(model_args, config, accelerator, training_args.seed, resuming=checkpoint is not None)
         config = model.config
+        if model_args.model_name_or_path:
+            warn_about_saved_mask_layout(model_args.model_name_or_path, data_args)
         data_args = write_demo_images_once(data_args, config.image_size, accelerator)
-        optimizer, scheduler = build_optimizer_and_scheduler(model, training_args, numbers)
-        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-        state = resume(accelerator, checkpoint, training_args.output_dir, numbers)  # the teacher comes back too
+        step = build_pretraining_step(accelerator, model, training_args, schedule)
+        state = resume(accelerator, checkpoint, training_args.output_dir, schedule)  # the teacher comes back too
+        step.tracker.restore_totals(state["skipped_steps"], state["skipped_images"])
         stream = open_train_stream(
             data_args, config, training_args.seed, training_args.per_device_train_batch_size,
             accelerator.process_index, accelerator.num_processes, state["data_position"],
             masks_per_image=training_args.masks_per_image,
         )  # fmt: skip
-        tracker = StepTracker(
-            accelerator.device, numbers.effective_batch_size, training_args.max_consecutive_skipped_steps,
-            state["skipped_steps"], state["skipped_images"],
-        )  # fmt: skip
-        step = PretrainingStep(
-            accelerator, model, optimizer, scheduler, tracker, training_args.max_grad_norm, config.image_mean,
-            config.image_std, masks_per_image=training_args.masks_per_image,
-        )  # fmt: skip
         run_name = tensorboard_run_name(state, training_args.output_dir)
         # TensorBoard hides what the interrupted run logged after the checkpoint, so no step appears twice.
         purge = {"tensorboard": {"purge_step": state["step"] + 1}} if state["step"] else {}
         accelerator.init_trackers(run_name, config=flat_hyperparameters(arguments), init_kwargs=purge)
-        checkpoint_state = {"numbers": numbers.to_dict(), "arguments": arguments, "run_name": run_name}
+        checkpoint_state = {SCHEDULE_KEY: schedule.to_dict(), "arguments": arguments, "run_name": run_name}
         curves = TrainingCurves(training_args.output_dir, state["step"], logger)
-        metrics = train(step, stream, training_args, numbers, state["step"], checkpoint_state, curves)
+        metrics = train(step, stream, training_args, schedule, state["step"], checkpoint_state, curves)
         # A resumed run that had already finished trains no update: its loss is the last checkpoint's.
         final_loss = metrics.get("loss", state.get("last_metrics", {}).get("loss"))
-        finish(accelerator, model, arguments, numbers, final_loss)
+        finish(accelerator, step.model, arguments, schedule, final_loss)
+    except DataStreamError as error:  # the data layer's message, as the command's one line
+        raise UserError(describe_data_error(error, data_args)) from error
     except KeyboardInterrupt:
         if accelerator.is_main_process:
             saved = list_checkpoints(checkpoints_dir(training_args.output_dir))

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -124,14 +125,31 @@ def measure_stream(args: argparse.Namespace, config: CAEv2Config, source: dict, 
         num_skipped += int(batch["num_skipped_images"])
     seconds, cpu_ended = time.perf_counter() - started, cpu_seconds(pids)
     cpu_used = cpu_ended - cpu_started if cpu_started is not None and cpu_ended is not None else None
-    position = stream.position()
+    epoch_at_end = stream.position.epoch
     del stream  # stops the workers before the next measurement starts its own
     return {
         **throughput(num_workers, lanes, num_images, seconds, first_batches_seconds, cpu_used),
         "num_skipped_images": num_skipped,
-        "epoch_at_end": position["epoch"],
+        "epoch_at_end": epoch_at_end,
         "batch_keys": sorted(batch),
     }
+
+
+class MaskingCollator:
+    """The previous path's collator: stacks the workers' uint8 crops and draws a mask per image in the worker that
+    collates (the package has kept no copy; the pretraining stream now masks in its own lanes)."""
+
+    def __init__(self, mask_generator: Callable, seed: int) -> None:
+        self.mask_generator, self.seed, self.num_calls = mask_generator, seed, 0
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.num_calls])
+        self.num_calls += 1
+        return {
+            "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
+            "bool_masked_pos": torch.from_numpy(np.stack([self.mask_generator(rng) for _ in examples])),
+            "num_skipped_images": torch.tensor(sum(example["num_skipped"] for example in examples)),
+        }
 
 
 def open_previous_stream(args: argparse.Namespace, config: CAEv2Config, source: dict, num_workers: int):
@@ -141,7 +159,7 @@ def open_previous_stream(args: argparse.Namespace, config: CAEv2Config, source: 
     import datasets
 
     from caev2_hf.data.loader import build_labelled_image_loader, iterate_forever
-    from caev2_hf.data.masking import MaskingCollator, build_mask_generator
+    from caev2_hf.data.masking import build_mask_generator
     from caev2_hf.data.sources import open_image_dataset
     from caev2_hf.data.transforms import build_random_crop_transform
 
@@ -151,7 +169,9 @@ def open_previous_stream(args: argparse.Namespace, config: CAEv2Config, source: 
     else:
         dataset = open_image_dataset(**source)
     transform = build_random_crop_transform(config.image_size, (args.crop_min_scale, 1.0), args.color_jitter)
-    collator = MaskingCollator(build_mask_generator(config), seed=args.seed)
+    grid_side = config.image_size // config.patch_size
+    masks = build_mask_generator((grid_side, grid_side), config.num_masking_patches, PretrainingDataArguments())
+    collator = MaskingCollator(masks, seed=args.seed)
     loader = build_labelled_image_loader(dataset, transform, collator, args.batch_size, num_workers, args.seed,
                                        shuffle_buffer_size=args.shuffle_buffer_size)  # fmt: skip
     return iterate_forever(loader), loader

@@ -42,9 +42,10 @@ from bench_data import write_json  # noqa: E402
 from caev2_hf import CAEV2_PRESETS, CAEv2Config  # noqa: E402
 from caev2_hf.data import demo  # noqa: E402
 from caev2_hf.data.masking import build_mask_generator  # noqa: E402
+from caev2_hf.data.pretraining_stream import ResumableBatchStream, StreamPosition  # noqa: E402
 from caev2_hf.data.transforms import PretrainCrop  # noqa: E402
-from caev2_hf.pretraining import checkpointing  # noqa: E402
 from caev2_hf.pretraining.step import PretrainingStep  # noqa: E402
+from caev2_hf_cli.pretraining import PretrainingDataArguments  # noqa: E402
 
 
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
@@ -104,7 +105,11 @@ class SyntheticStream:
 
     def __init__(self, config: CAEv2Config, batch_size: int, seed: int) -> None:
         generator, rng = torch.Generator().manual_seed(seed), np.random.default_rng(seed)
-        crop, mask_generator = PretrainCrop(config.image_size), build_mask_generator(config)
+        grid_side = config.image_size // config.patch_size
+        crop = PretrainCrop(config.image_size)
+        mask_generator = build_mask_generator(
+            (grid_side, grid_side), config.num_masking_patches, PretrainingDataArguments()
+        )
         self.batches = []
         for _ in range(2):
             parameters = [crop.draw_parameters((500, 375)) for _ in range(batch_size)]
@@ -120,17 +125,14 @@ class SyntheticStream:
             if torch.cuda.is_available():
                 batch = {key: value.pin_memory() for key, value in batch.items()}
             self.batches.append(batch)
-        self.count = 0
+        self.position = StreamPosition.start(num_lanes=1)
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict:
-        self.count += 1
-        return dict(self.batches[self.count % 2])
-
-    def position(self) -> dict:
-        return {"batches": self.count}
+        self.position.batches += 1
+        return dict(self.batches[self.position.batches % 2])
 
 
 def pretrain_arguments(args: argparse.Namespace, source: list[str], output_dir: str) -> list[str]:
@@ -172,10 +174,8 @@ def run_once(args: argparse.Namespace, source: list[str], output_dir: str, synth
                 mock.patch.object(SyntheticStream, "__next__", timer.next_batch(SyntheticStream.__next__))
             )
         else:
-            original_next = checkpointing.ResumableBatchStream.__next__
-            stack.enter_context(
-                mock.patch.object(checkpointing.ResumableBatchStream, "__next__", timer.next_batch(original_next))
-            )
+            original_next = ResumableBatchStream.__next__
+            stack.enter_context(mock.patch.object(ResumableBatchStream, "__next__", timer.next_batch(original_next)))
         started = time.perf_counter()
         run_pretrain.main(*run_pretrain.parse_and_check_arguments(pretrain_arguments(args, source, output_dir)))
         total_seconds = time.perf_counter() - started

@@ -35,10 +35,10 @@ from bench_data import write_json  # noqa: E402
 
 from caev2_hf import CAEV2_PRESETS, CAEv2Config, CAEv2ForPreTraining  # noqa: E402
 from caev2_hf.data.masking import build_mask_generator  # noqa: E402
-from caev2_hf.pretraining.schedule import compute_training_numbers  # noqa: E402
-from caev2_hf.pretraining.step import PretrainingStep, build_accelerator, build_optimizer_and_scheduler  # noqa: E402
-from caev2_hf.pretraining.step_tracking import StepTracker, unwrap_optimizer  # noqa: E402
-from caev2_hf_cli.pretraining import COMPILE_MODES, PretrainingArguments  # noqa: E402
+from caev2_hf.pretraining.schedule import compute_training_schedule  # noqa: E402
+from caev2_hf.pretraining.step import PretrainingStep, build_accelerator, build_pretraining_step  # noqa: E402
+from caev2_hf.pretraining.step_tracking import unwrap_optimizer  # noqa: E402
+from caev2_hf_cli.pretraining import COMPILE_MODES, PretrainingArguments, PretrainingDataArguments  # noqa: E402
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -311,6 +311,7 @@ def build_step(args: argparse.Namespace, output_dir: str) -> PretrainingStep:
         max_grad_norm=RECIPE["max_grad_norm"], learning_rate=RECIPE["learning_rate"],
         learning_rate_batch_size=args.batch_size, min_learning_rate=RECIPE["min_learning_rate"],
         weight_decay=RECIPE["weight_decay"], masks_per_image=args.masks_per_image,
+        max_consecutive_skipped_steps=10**9,
     )  # fmt: skip
     accelerator = build_accelerator(training_args)
     config = CAEv2Config.from_preset(
@@ -320,17 +321,11 @@ def build_step(args: argparse.Namespace, output_dir: str) -> PretrainingStep:
     if args.teacher_patch_embedding == "conv":
         restore_teacher_conv2d(model)
     model.teacher.to(DTYPES[args.precision])
-    numbers = compute_training_numbers(
+    schedule = compute_training_schedule(
         args.batch_size, 1, accelerator.num_processes, training_args.learning_rate,
         training_args.learning_rate_batch_size, max_steps=training_args.max_steps, warmup_steps=1,
     )  # fmt: skip
-    optimizer, scheduler = build_optimizer_and_scheduler(model, training_args, numbers)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    tracker = StepTracker(accelerator.device, numbers.effective_batch_size, max_consecutive_skipped_steps=10**9)
-    step = PretrainingStep(
-        accelerator, model, optimizer, scheduler, tracker, training_args.max_grad_norm, config.image_mean,
-        config.image_std, masks_per_image=training_args.masks_per_image,
-    )  # fmt: skip
+    step = build_pretraining_step(accelerator, model, training_args, schedule)
     step.model.train()
     return step
 
@@ -355,7 +350,10 @@ def build_synthetic_batches(
     """Two loader-like batches (random uint8 pixels, `masks_per_image` block masks per image), pinned when the
     device is a GPU; with the teacher off, random unit-norm targets stand in for its output."""
     generator, rng = torch.Generator().manual_seed(seed), np.random.default_rng(seed)
-    mask_generator = build_mask_generator(config)
+    grid_side = config.image_size // config.patch_size
+    mask_generator = build_mask_generator(
+        (grid_side, grid_side), config.num_masking_patches, PretrainingDataArguments()
+    )
     shape = (batch_size, config.num_channels, config.image_size, config.image_size)
     batches = []
     for _ in range(2):

@@ -69,7 +69,9 @@ CAEV2_PRESETS = {
     },
 }
 
-MASK_STRATEGIES = ("block", "random")
+# Fields of configs saved before the mask layout moved to the pretraining data arguments (run_pretrain.py
+# --mask_strategy, ...): they never changed what a model computes, so a config that holds them loads without them.
+MASK_LAYOUT_FIELDS = ("mask_strategy", "mask_min_num_patches", "mask_min_aspect")
 LOSS_TYPES = ("cosine", "mse", "smooth_l1")
 CLASSIFIER_POOLINGS = ("mean", "cls")
 TEACHER_GRID_RESAMPLINGS = (None, "bilinear", "bicubic")
@@ -116,11 +118,10 @@ class CAEv2Config(BackboneConfigMixin, PretrainedConfig):
         regressor_layer_scale_init_value (`float`, *optional*, defaults to 0.1): Initial layer scale of regressor
             blocks.
         num_masking_patches (`int`, *optional*, defaults to 98): Patches masked per image in pretraining. Every image
-            of a batch must have exactly this many masked patches.
+            of a batch must have exactly this many masked patches (the model's shapes depend on it). Where they lie
+            is the data pipeline's choice (`run_pretrain.py --mask_strategy`, docs/method.md#masking); configs saved
+            with the earlier `mask_strategy`, `mask_min_num_patches` and `mask_min_aspect` fields load without them.
         mask_ratio (`float`, *optional*): Alternative to `num_masking_patches`: `round(mask_ratio * num_patches)`.
-        mask_strategy (`str`, *optional*, defaults to `"block"`): `"block"` (BEiT block-wise) or `"random"`.
-        mask_min_num_patches (`int`, *optional*, defaults to 16): Minimum patches per block in block-wise masking.
-        mask_min_aspect (`float`, *optional*, defaults to 0.3): Smallest block aspect ratio (largest is its inverse).
         target_hidden_size (`int`, *optional*, defaults to 512): Head output width; must equal the teacher's
             projection width.
         loss_type (`str`, *optional*, defaults to `"cosine"`): `"cosine"` distance (default), `"mse"` or `"smooth_l1"`.
@@ -193,9 +194,6 @@ class CAEv2Config(BackboneConfigMixin, PretrainedConfig):
         regressor_layer_scale_init_value: float = 0.1,
         num_masking_patches: int = 98,
         mask_ratio: float | None = None,
-        mask_strategy: str = "block",
-        mask_min_num_patches: int = 16,
-        mask_min_aspect: float = 0.3,
         target_hidden_size: int = 512,
         loss_type: str = "cosine",
         supervise_visible: bool = True,
@@ -239,9 +237,8 @@ class CAEv2Config(BackboneConfigMixin, PretrainedConfig):
         if mask_ratio is not None:
             num_masking_patches = round(mask_ratio * (image_size // patch_size) ** 2)
         self.num_masking_patches = num_masking_patches
-        self.mask_strategy = mask_strategy
-        self.mask_min_num_patches = mask_min_num_patches
-        self.mask_min_aspect = mask_min_aspect
+        for name in MASK_LAYOUT_FIELDS:
+            kwargs.pop(name, None)
         self.target_hidden_size = target_hidden_size
         self.loss_type = loss_type
         self.supervise_visible = supervise_visible
@@ -301,6 +298,8 @@ class CAEv2Config(BackboneConfigMixin, PretrainedConfig):
         if unknown:
             close = difflib.get_close_matches(unknown[0], fields, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
+            if unknown[0] in MASK_LAYOUT_FIELDS:
+                hint = f" (where masks lie is the data pipeline's choice: run_pretrain.py --{unknown[0]})"
             raise ValueError(
                 f"{unknown[0]!r} is not a CAEv2Config field{hint}; the fields are listed in its docstring."
             )
@@ -355,8 +354,6 @@ class CAEv2Config(BackboneConfigMixin, PretrainedConfig):
                 f"classifier_pooling={self.classifier_pooling!r}: choose one of {CLASSIFIER_POOLINGS}, or None for a "
                 "pretrained encoder."
             )
-        if self.mask_strategy not in MASK_STRATEGIES:
-            raise ValueError(f"mask_strategy={self.mask_strategy!r}: choose one of {MASK_STRATEGIES}.")
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type={self.loss_type!r}: choose one of {LOSS_TYPES}.")
         if not (self.supervise_visible or self.supervise_masked or self.supervise_cls):
@@ -384,11 +381,7 @@ class CAEv2Config(BackboneConfigMixin, PretrainedConfig):
                 "token that pretraining needs: pretrain with classifier_pooling=None (e.g. from_pretrained(folder, "
                 "classifier_pooling=None))."
             )
-        if not 0 <= self.num_masking_patches < self.num_patches:
-            raise ValueError(
-                f"num_masking_patches={self.num_masking_patches} is outside [0, {self.num_patches}) for "
-                f"{self.num_patches} patches: set a count (or mask_ratio) that leaves at least one patch visible."
-            )
+        check_num_masking_patches(self.num_masking_patches, self.num_patches)
         student_grid = self.image_size // self.patch_size
         teacher_grid = self.teacher_config.image_size // self.teacher_config.patch_size
         if teacher_grid != student_grid and self.teacher_grid_resampling is None:
@@ -398,6 +391,16 @@ class CAEv2Config(BackboneConfigMixin, PretrainedConfig):
                 "or set teacher_grid_resampling='bilinear' to resample the teacher's patch targets to the student "
                 "grid."
             )
+
+
+def check_num_masking_patches(num_masking_patches: int, num_patches: int) -> None:
+    """The rule for a mask count, wherever masks are drawn or a pretraining config is checked: at least one patch
+    stays visible for the encoder."""
+    if not 0 <= num_masking_patches < num_patches:
+        raise ValueError(
+            f"num_masking_patches={num_masking_patches} is outside [0, {num_patches}) for {num_patches} patches: set "
+            "a count (or mask_ratio) that leaves at least one patch visible."
+        )
 
 
 def pooling_of_earlier_config(classifier_pooling: str | None, use_mean_pooling: bool) -> str | None:

@@ -10,7 +10,6 @@ import math
 import os
 import sys
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -19,6 +18,7 @@ from transformers.utils import logging as transformers_logging
 
 from caev2_hf_cli.errors import UserError
 from caev2_hf_cli.parsing import run_command
+from caev2_hf_cli.pretraining import PretrainingDataArguments
 from caev2_hf_cli.visualize import parse_visualize_arguments
 
 from .configuration_caev2 import CAEv2Config
@@ -81,18 +81,18 @@ def check_image_size(image_size: int, config: CAEv2Config) -> None:
         )
 
 
-def draw_pretraining_mask(config: CAEv2Config, image_size: int, rng: np.random.Generator) -> np.ndarray:
-    """A mask as pretraining draws it: the config's generator and count; on another grid, the same strategy and
+def draw_pretraining_mask(
+    config: CAEv2Config,
+    image_size: int,
+    rng: np.random.Generator,
+    layout: PretrainingDataArguments | argparse.Namespace | None = None,
+) -> np.ndarray:
+    """A mask as pretraining draws it: the config's count, laid out as `layout` says (its `mask_strategy`,
+    `mask_min_num_patches`, `mask_min_aspect`; run_pretrain.py's defaults when None); on another grid, the same
     mask ratio. bool `(num_patches,)`, row-major, True = masked."""
-    if image_size == config.image_size:
-        return build_mask_generator(config)(rng)
-    num_patches = (image_size // config.patch_size) ** 2
-    count = min(round(config.num_masking_patches * num_patches / config.num_patches), num_patches - 1)
-    fields = ("patch_size", "mask_strategy", "mask_min_num_patches", "mask_min_aspect")
-    scaled = SimpleNamespace(
-        image_size=image_size, num_masking_patches=count, **{name: getattr(config, name) for name in fields}
-    )
-    return build_mask_generator(scaled)(rng)
+    grid_side = image_size // config.patch_size
+    count = min(round(config.num_masking_patches * grid_side**2 / config.num_patches), grid_side**2 - 1)
+    return build_mask_generator((grid_side, grid_side), count, layout or PretrainingDataArguments())(rng)
 
 
 def show_mask(image: np.ndarray, mask: np.ndarray, patch_size: int) -> np.ndarray:
@@ -196,12 +196,14 @@ def compute_panels(
     image: np.ndarray,
     rng: np.random.Generator,
     pretraining_model: CAEv2ForPreTraining | None = None,
+    mask_layout: PretrainingDataArguments | argparse.Namespace | None = None,
 ) -> Panels:
-    """All panels of one image (uint8 `(H, W, 3)`, a multiple of the patch size)."""
+    """All panels of one image (uint8 `(H, W, 3)`, a multiple of the patch size); the mask laid out as
+    `draw_pretraining_mask` says."""
     config = encoder.config
     check_image_size(image.shape[0], config)
     pixel_values = normalise(image, config).to(encoder.device)
-    mask = draw_pretraining_mask(config, image.shape[0], rng)
+    mask = draw_pretraining_mask(config, image.shape[0], rng, mask_layout)
     pca, attention = encoder_panels(encoder, pixel_values)
     panels = Panels(image=image, patch_size=config.patch_size, mask=mask, pca=pca, cls_attention=attention)
     if pretraining_model is None:
@@ -348,7 +350,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"{image_path}: skipped, not a readable image ({type(error).__name__}: {error})", file=sys.stderr)
             skipped += 1
             continue
-        panels = compute_panels(encoder, image, rng, pretraining_model)
+        panels = compute_panels(encoder, image, rng, pretraining_model, mask_layout=args)
         if pyplot is not None:
             title = f"{os.path.basename(image_path)}, {args.model} ({image_size} px)"
             render(panels, output_path, title)

@@ -18,6 +18,8 @@ from .parsing import ALTERNATIVES, MERGED_MAPPING, PART_OF
 
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
+MASK_STRATEGIES = ("block", "random")
+MASK_LAYOUT_ARGUMENTS = ("mask_strategy", "mask_min_num_patches", "mask_min_aspect")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
 
@@ -50,6 +52,13 @@ class PretrainingModelArguments:
         self.config_overrides = parse_json_mapping(
             self.config_overrides, "config_overrides", '{"drop_path_rate": 0.0}'
         )
+        moved = [name for name in MASK_LAYOUT_ARGUMENTS if name in (self.config_overrides or {})]
+        if moved:
+            raise UserError(
+                f"--config_overrides: {moved[0]} is a data argument, not a model field (the model needs only "
+                f"num_masking_patches): give it as --{moved[0]} {self.config_overrides[moved[0]]} (a top-level key in "
+                "a YAML file)."
+            )
 
 
 @dataclass
@@ -103,6 +112,19 @@ class PretrainingDataArguments:
         },
     )
     crop_min_scale: float = field(default=0.4, metadata={"help": "RandomResizedCrop's smallest area fraction."})
+    mask_strategy: str = field(
+        default="block",
+        metadata={
+            "help": "Where the model's num_masking_patches masked patches lie: block (BEiT's block-wise masking, the "
+            "recipes') or random (uniform, the paper's Table 3)."
+        },
+    )
+    mask_min_num_patches: int = field(
+        default=16, metadata={"help": "Block masking: smallest target area of one block, in patches."}
+    )
+    mask_min_aspect: float = field(
+        default=0.3, metadata={"help": "Block masking: smallest block aspect ratio (the largest is its inverse)."}
+    )
     color_jitter: float = field(default=0.4, metadata={"help": "Brightness, contrast and saturation jitter (0: off)."})
     demo_dir: str | None = field(
         default=None,
@@ -315,6 +337,18 @@ def check_data_source(data_args: PretrainingDataArguments, batch_size: int, num_
         )
 
 
+def check_mask_layout(strategy: str, min_num_patches: int, min_aspect: float) -> None:
+    """The mask layout arguments (`--mask_strategy`, `--mask_min_num_patches`, `--mask_min_aspect`)."""
+    if strategy not in MASK_STRATEGIES:
+        raise UserError(f"--mask_strategy {strategy}: choose one of {', '.join(MASK_STRATEGIES)}.")
+    if min_num_patches < 1:
+        raise UserError(f"--mask_min_num_patches {min_num_patches}: must be at least 1 (16 in CAE v2 and BEiT).")
+    if not 0 < min_aspect <= 1:
+        raise UserError(
+            f"--mask_min_aspect {min_aspect}: must lie in (0, 1] (the largest aspect is its inverse; CAE v2: 0.3)."
+        )
+
+
 def check_pretraining_folder(path: str) -> None:
     """`--model_name_or_path` must be a saved `CAEv2ForPreTraining` (or a Hub id): an encoder folder (`final/`)
     lacks the regressor and head, which would start random, and a checkpoint folder holds no config."""
@@ -356,6 +390,7 @@ def check_pretraining_arguments(
         shuffle_buffer_size=data_args.shuffle_buffer_size,
         crop_min_scale=data_args.crop_min_scale,
     )
+    check_mask_layout(data_args.mask_strategy, data_args.mask_min_num_patches, data_args.mask_min_aspect)
     if data_args.dataloader_num_workers < 0 or data_args.num_demo_images < 0:
         raise UserError("--dataloader_num_workers and --num_demo_images must be 0 or more.")
     if model_args.model_name_or_path:

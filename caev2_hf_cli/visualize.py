@@ -4,7 +4,8 @@
     caev2-visualize --model demo_output/final --image photo.jpg [more.jpg ...] --output_dir pictures
 
 Panels, on the centre crop the model sees:
-- the input, and the block mask pretraining would draw for it (`caev2_hf.data.masking.build_mask_generator`);
+- the input, and a mask as pretraining draws it (`caev2_hf.data.masking.build_mask_generator`: the model's
+  mask count, laid out as `--mask_strategy` and the block geometry say, with run_pretrain.py's defaults);
 - for a pretraining folder whose targets can be computed (a `CAEv2ForPreTraining` checkpoint, or an encoder folder
   with a `pretraining/` subfolder, as `run_pretrain.py` writes): the cosine similarity between each patch's prediction
   and the teacher's target, for visible and for masked patches, with their means (1 - the loss's cosine terms);
@@ -20,6 +21,7 @@ matplotlib is needed for the PNGs (`pip install "caev2_hf[plots]"`); without it 
 import argparse
 
 from .checks import check_model_path, check_positive
+from .pretraining import MASK_STRATEGIES, PretrainingDataArguments, check_mask_layout
 
 
 def parse_visualize_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,6 +37,13 @@ def parse_visualize_arguments(argv: list[str] | None = None) -> argparse.Namespa
     parser.add_argument("--output_dir", required=True, help="Where <image name>.png are written.")
     parser.add_argument("--image_size", type=int, help="Crop size in pixels, a multiple of the patch size.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the masks (one generator for all images).")
+    pretraining = PretrainingDataArguments()  # the mask layout's defaults are run_pretrain.py's
+    parser.add_argument("--mask_strategy", choices=MASK_STRATEGIES, default=pretraining.mask_strategy,
+                        help="Mask layout, as run_pretrain.py's --mask_strategy.")  # fmt: skip
+    parser.add_argument("--mask_min_num_patches", type=int, default=pretraining.mask_min_num_patches,
+                        help="Block masking: smallest block, in patches.")  # fmt: skip
+    parser.add_argument("--mask_min_aspect", type=float, default=pretraining.mask_min_aspect,
+                        help="Block masking: smallest block aspect ratio.")  # fmt: skip
     parser.add_argument(
         "--load_teacher", action="store_true",
         help="Load the CLIP teacher from config.teacher_name_or_path (a download) when the folder holds none with weights.",
@@ -43,4 +52,5 @@ def parse_visualize_arguments(argv: list[str] | None = None) -> argparse.Namespa
     arguments = parser.parse_args(argv)
     check_model_path(arguments.model)
     check_positive(image_size=arguments.image_size)
+    check_mask_layout(arguments.mask_strategy, arguments.mask_min_num_patches, arguments.mask_min_aspect)
     return arguments

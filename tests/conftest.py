@@ -54,7 +54,6 @@ def build_tiny_config(**overrides) -> CAEv2Config:
         "regressor_num_hidden_layers": 2,
         "regressor_num_attention_heads": 2,
         "num_masking_patches": 6,
-        "mask_min_num_patches": 2,
         "target_hidden_size": 16,
         "drop_path_rate": 0.0,
         "teacher_config": dict(TINY_TEACHER),

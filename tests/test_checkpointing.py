@@ -1,4 +1,5 @@
-"""Tests for caev2_hf/checkpointing.py: atomic saves, latest discovery, resume checks, and the data-position replay."""
+"""Tests for caev2_hf/pretraining/checkpointing.py: atomic saves, latest discovery, resume checks (the data position's
+replay is tested with the stream, in tests/test_pretrain_stream.py)."""
 
 import json
 import os
@@ -8,12 +9,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from caev2_hf.data.loader import build_pretrain_loader
-from caev2_hf.data.masking import RandomMaskGenerator
-from caev2_hf.data.sources import open_image_dataset
-from caev2_hf.data.transforms import PretrainCrop
 from caev2_hf.pretraining.checkpointing import (
-    ResumableBatchStream,
     list_checkpoints,
     load_checkpoint,
     read_training_state,
@@ -109,62 +105,6 @@ def test_a_damaged_checkpoint_is_named_with_the_way_out(tmp_path: Path, fresh_ac
     (Path(path) / "training_state.json").write_text('{"step": 7,')
     with pytest.raises(UserError, match=r"training_state.json is damaged .*: move that checkpoint folder away"):
         resolve_resume_checkpoint("latest", str(tmp_path))
-
-
-def build_loader(tar_paths: list[str], num_workers: int = 0) -> torch.utils.data.DataLoader:
-    """8 images per shard, batches of 3: two batches per shard and epoch (the incomplete third is dropped)."""
-    dataset = open_image_dataset(data_files=tar_paths)
-    mask_generator = RandomMaskGenerator((2, 2), 1)
-    return build_pretrain_loader(
-        dataset, PretrainCrop(8), mask_generator, 3, num_workers, seed=0, shuffle_buffer_size=4
-    )
-
-
-def test_resumable_batch_stream_tracks_its_position_across_epochs(demo_tar_shards: list[str]) -> None:
-    stream = ResumableBatchStream(build_loader(demo_tar_shards[:1]))
-    lanes = []
-    for _ in range(5):
-        next(stream)
-        lanes.append(stream.position()["lanes"][0])
-    # the epoch's last batch reaches the end of the pass (it carries the dropped tail's skips)
-    assert [(lane["epoch"], lane["start"], lane["end"], lane["end_of_epoch"]) for lane in lanes] == [
-        (0, 0, 3, False),
-        (0, 3, 8, True),
-        (1, 0, 3, False),
-        (1, 3, 8, True),
-        (2, 0, 3, False),
-    ]
-    assert stream.position()["epoch"] == 2 and stream.position()["batches"] == 5
-
-
-def assert_same_batches(batches: list[dict], expected: list[dict]) -> None:
-    assert len(batches) == len(expected)
-    for batch, reference in zip(batches, expected, strict=True):
-        assert batch.keys() == reference.keys()
-        assert all(torch.equal(batch[key], reference[key]) for key in reference)
-
-
-@pytest.mark.parametrize(("num_workers", "stop_after"), [(0, 3), (2, 3), (2, 4)])
-def test_resumable_batch_stream_replays_to_a_saved_position(demo_tar_shards, num_workers, stop_after) -> None:
-    # Two workers take turns: stopping after 3 batches leaves worker 1 next, which the resumed stream must honour.
-    uninterrupted = ResumableBatchStream(build_loader(demo_tar_shards[:2], num_workers))
-    batches = [next(uninterrupted) for _ in range(10)]
-    interrupted = ResumableBatchStream(build_loader(demo_tar_shards[:2], num_workers))
-    assert_same_batches([next(interrupted) for _ in range(stop_after)], batches[:stop_after])
-    position = json.loads(json.dumps(interrupted.position()))  # as stored in training_state.json
-    resumed = ResumableBatchStream(build_loader(demo_tar_shards[:2], num_workers), position)
-    assert resumed.position() == position
-    assert_same_batches([next(resumed) for _ in range(10 - stop_after)], batches[stop_after:])
-    assert not torch.equal(batches[0]["bool_masked_pos"], batches[1]["bool_masked_pos"])
-    assert not torch.equal(batches[0]["jitter_factors"], batches[4]["jitter_factors"])  # epochs differ
-
-
-def test_resumable_batch_stream_warns_when_the_epoch_got_shorter(demo_tar_shards: list[str], caplog) -> None:
-    position = {"batches": 3, "lanes": [{"epoch": 0, "start": 9, "end": 12, "end_of_epoch": False}]}  # 8 per pass
-    stream = ResumableBatchStream(build_loader(demo_tar_shards[:1]), position)
-    next(stream)
-    assert stream.position()["lanes"][0] == {"epoch": 1, "start": 0, "end": 3, "end_of_epoch": False}
-    assert "the data changed" in caplog.text
 
 
 def test_list_checkpoints_ignores_folders_left_by_a_crash(tmp_path: Path) -> None:

@@ -1,11 +1,18 @@
 """CAEv2Config: the docs/method.md#encoder presets and the errors for combinations the model cannot compute."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import build_tiny_config
-from transformers import AutoModelForImageClassification
+from transformers import AutoModelForImageClassification, UperNetConfig
 
 from caev2_hf import CAEv2Config, CAEv2ForImageClassification, CAEv2ForPreTraining, CAEv2Model
+from caev2_hf.configuration_caev2 import MASK_LAYOUT_FIELDS
+
+
+LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy"
 
 
 @pytest.mark.parametrize(
@@ -47,7 +54,6 @@ def test_unknown_preset_lists_choices():
         ({"regressor_num_attention_heads": 3}, "regressor_hidden_size=16 is not divisible"),
         ({"target_hidden_size": 32}, "target_hidden_size=32 differs from the teacher's projection width"),
         ({"loss_type": "l1"}, "loss_type='l1'"),
-        ({"mask_strategy": "grid"}, "mask_strategy='grid'"),
         ({"supervise_visible": False, "supervise_masked": False, "supervise_cls": False}, "enable at least one"),
         ({"classifier_pooling": "max"}, "classifier_pooling='max'"),
         ({"image_size": (32, 48)}, "image_size=\\(32, 48\\) must be a positive integer \\(images are square"),
@@ -121,3 +127,26 @@ def test_config_roundtrip_keeps_teacher_config(tmp_path):
     assert loaded.loss_type == "smooth_l1" and loaded.supervise_cls is False
     assert loaded.teacher_config.to_dict() == config.teacher_config.to_dict()
     assert loaded.regressor_hidden_size == 16
+
+
+@pytest.mark.parametrize(
+    "folder",
+    ["pooling/pretraining", "pooling/final", "pooling/probe", "backbone", "pretraining_run/final/pretraining"],
+)
+def test_a_config_saved_with_the_mask_layout_loads_without_it(folder: str, tmp_path: Path):
+    """Configs written before the layout moved to run_pretrain.py's data arguments: they load (the layout never
+    changed what a model computes), and are saved again without it."""
+    saved = json.loads((LEGACY / folder / "config.json").read_text())
+    assert set(MASK_LAYOUT_FIELDS) <= set(saved)
+    config = CAEv2Config.from_pretrained(LEGACY / folder)
+    assert config.num_masking_patches == saved["num_masking_patches"]
+    assert not any(hasattr(config, name) for name in MASK_LAYOUT_FIELDS)
+    config.save_pretrained(tmp_path)
+    assert not set(MASK_LAYOUT_FIELDS) & set(json.loads((tmp_path / "config.json").read_text()))
+    backbone = UperNetConfig.from_pretrained(LEGACY / "upernet").backbone_config  # a nested one too
+    assert isinstance(backbone, CAEv2Config) and not hasattr(backbone, "mask_strategy")
+
+
+def test_the_mask_layout_is_no_model_field():
+    with pytest.raises(ValueError, match=r"'mask_strategy' is not a CAEv2Config field \(where masks lie is the data"):
+        CAEv2Config.from_preset("tiny", mask_strategy="random")

@@ -13,13 +13,14 @@ import pytest
 import torch
 from datasets.exceptions import DatasetNotFoundError
 from PIL import Image
+from torch.utils.data import default_collate
 
 from caev2_hf.data import loader, sources
-from caev2_hf.data.decoding import decode_rgb_image, to_rgb_image
+from caev2_hf.data.decoding import decode_rgb_image
 from caev2_hf.data.demo import write_demo_image_folder, write_demo_tar_shards
 from caev2_hf.data.device_augment import normalize_pixel_values
+from caev2_hf.data.errors import EmptyPassError
 from caev2_hf.data.loader import LabelledImageStream, build_labelled_image_loader, iterate_forever
-from caev2_hf.data.masking import MaskingCollator, RandomMaskGenerator
 from caev2_hf.data.sources import open_image_dataset, shard_for_process
 from caev2_hf.data.transforms import build_eval_transform, build_random_crop_transform
 
@@ -86,7 +87,7 @@ def test_open_image_dataset_reads_an_image_folder(demo_image_folder: str) -> Non
     examples = list(dataset)
     assert dataset.column_names == ["image", "label"] and len(examples) == 16
     assert sorted(example["label"] for example in examples) == [0] * 8 + [1] * 8
-    assert to_rgb_image(examples[0]["image"]).size[1] == 32  # undecoded {"bytes", "path"}, decodable
+    assert decode_rgb_image(examples[0]["image"])[0].size[1] == 32  # undecoded {"bytes", "path"}, decodable
 
 
 def test_open_image_dataset_maps_webdataset_jpg_and_cls_columns(demo_tar_shards: list[str]) -> None:
@@ -103,13 +104,13 @@ def test_open_image_dataset_detects_img_and_labels_in_parquet(tmp_path) -> None:
     dataset = open_image_dataset(data_files=write_parquet(str(tmp_path / "a.parquet"), rows))
     (example,) = list(dataset)
     assert dataset.column_names == ["image", "label"] and example["label"] == 7
-    assert to_rgb_image(example["image"]).getpixel((0, 0)) == (10, 20, 30)
+    assert decode_rgb_image(example["image"])[0].getpixel((0, 0)) == (10, 20, 30)
 
 
 def test_open_image_dataset_uses_a_named_image_column(tmp_path) -> None:
     rows = [{"picture": encode(Image.new("RGB", (16, 16))), "caption": "x"}]
     dataset = open_image_dataset(data_files=[write_parquet(str(tmp_path / "a.parquet"), rows)], image_column="picture")
-    assert dataset.column_names == ["image"] and to_rgb_image(next(iter(dataset))["image"]).size == (16, 16)
+    assert dataset.column_names == ["image"] and decode_rgb_image(next(iter(dataset))["image"])[0].size == (16, 16)
 
 
 def test_open_image_dataset_without_image_column_names_the_columns(tmp_path) -> None:
@@ -132,7 +133,7 @@ def test_open_image_dataset_reads_a_hub_stream_without_features(monkeypatch: pyt
     monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: stream)
     (example,) = list(open_image_dataset(dataset_name="timm/imagenet-1k-wds"))
     assert sorted(example) == ["image", "label"] and example["label"] == 3
-    assert to_rgb_image(example["image"]).getpixel((0, 0)) == (4, 5, 6)
+    assert decode_rgb_image(example["image"])[0].getpixel((0, 0)) == (4, 5, 6)
 
 
 @pytest.mark.parametrize("sources", [{}, {"dataset_name": "a/b", "train_dir": "c"}])
@@ -174,23 +175,23 @@ def test_open_image_dataset_without_streaming_gives_shards_per_example(demo_imag
     ],
     ids=["cmyk", "grayscale", "grayscale-alpha", "rgba-opaque", "rgba-transparent", "palette"],
 )
-def test_to_rgb_image_converts_modes_to_rgb(image: Image.Image, expected_pixel: tuple[int, int, int]) -> None:
+def test_decode_rgb_image_converts_modes_to_rgb(image: Image.Image, expected_pixel: tuple[int, int, int]) -> None:
     for source in (image, {"bytes": encode(image, "TIFF" if image.mode == "CMYK" else "PNG"), "path": None}):
-        rgb = to_rgb_image(source)
+        rgb = decode_rgb_image(source)[0]
         assert rgb.mode == "RGB" and rgb.size == (16, 16) and rgb.getpixel((5, 5)) == expected_pixel
 
 
-def test_to_rgb_image_composites_transparent_palette_on_white() -> None:
+def test_decode_rgb_image_composites_transparent_palette_on_white() -> None:
     image = palette_image((10, 20, 30))
     image.info["transparency"] = 1
-    assert to_rgb_image({"bytes": encode(image), "path": None}).getpixel((0, 0)) == (255, 255, 255)
+    assert decode_rgb_image({"bytes": encode(image), "path": None})[0].getpixel((0, 0)) == (255, 255, 255)
 
 
-def test_to_rgb_image_returns_none_for_unusable_images(tmp_path) -> None:
+def test_decode_rgb_image_gives_a_reason_for_unusable_images(tmp_path) -> None:
     jpeg = encode(Image.effect_noise((64, 64), 50).convert("RGB"), "JPEG")
-    assert to_rgb_image({"bytes": jpeg[: len(jpeg) // 2], "path": None}) is None
-    assert to_rgb_image(b"not an image") is None
-    assert to_rgb_image({"bytes": None, "path": str(tmp_path / "missing.jpg")}) is None
+    assert decode_rgb_image({"bytes": jpeg[: len(jpeg) // 2], "path": None})[0] is None
+    assert decode_rgb_image(b"not an image")[0] is None
+    assert decode_rgb_image({"bytes": None, "path": str(tmp_path / "missing.jpg")})[0] is None
     assert decode_rgb_image(Image.new("RGB", (1, 1)))[0].size == (1, 1)  # tiny but valid: used
     assert decode_rgb_image(jpeg[:100])[1].startswith("OSError")
 
@@ -236,8 +237,8 @@ def test_labelled_image_stream_counts_skipped_images(monkeypatch: pytest.MonkeyP
     # the same file is logged once, by name, not as PIL's `<_io.BytesIO object at ...>`
     assert len(warnings) == 1 and "bad.jpg" in warnings[0] and "UnidentifiedImageError" in warnings[0]
     assert "BytesIO" not in warnings[0]
-    batch = MaskingCollator(RandomMaskGenerator((1, 1), 0))(examples)
-    assert batch["num_skipped_images"].item() == 2 and batch["pixel_values"].flatten().unique().tolist() == [9]
+    batch = default_collate(examples)  # the probe's collator
+    assert batch["num_skipped"].sum().item() == 2 and batch["pixel_values"].flatten().unique().tolist() == [9]
 
 
 def test_shard_for_process_gives_disjoint_complete_parts(demo_tar_shards: list[str]) -> None:
@@ -262,7 +263,7 @@ def test_shard_for_process_refuses_fewer_shards_than_processes(demo_tar_shards: 
 
 
 def build_demo_loader(tar_paths: list[str], seed: int, batch_size: int = 4) -> torch.utils.data.DataLoader:
-    collator = MaskingCollator(RandomMaskGenerator((2, 2), 2), seed=seed)
+    collator = default_collate  # the probe's
     transform = build_random_crop_transform(image_size=16)
     dataset = open_image_dataset(data_files=tar_paths)
     return build_labelled_image_loader(dataset, transform, collator, batch_size, num_workers=2, seed=seed)
@@ -273,8 +274,7 @@ def test_build_labelled_image_loader_is_reproducible_with_workers(demo_tar_shard
     assert len(first) == 8  # 2 workers x 2 shards x 8 images / batch 4
     batch = first[0]
     assert batch["pixel_values"].dtype == torch.uint8 and batch["pixel_values"].shape == (4, 3, 16, 16)
-    assert batch["bool_masked_pos"].shape == (4, 4) and batch["bool_masked_pos"].sum().item() == 8
-    assert sorted(torch.cat([batch["labels"] for batch in first]).tolist()) == [0] * 16 + [1] * 16
+    assert sorted(torch.cat([batch["label"] for batch in first]).tolist()) == [0] * 16 + [1] * 16
     for batch_a, batch_b in zip(first, second, strict=True):
         assert all(torch.equal(batch_a[key], batch_b[key]) for key in batch_a)
     assert not torch.equal(first[0]["pixel_values"], other[0]["pixel_values"])
@@ -314,14 +314,13 @@ def test_labelled_image_stream_draws_different_crops_per_process(demo_tar_shards
 
 def test_iterate_forever_advances_the_epoch_each_pass(demo_tar_shards: list[str]) -> None:
     dataset = open_image_dataset(data_files=demo_tar_shards[:1])
-    collator = MaskingCollator(RandomMaskGenerator((2, 2), 1))
-    loader = build_labelled_image_loader(dataset, build_eval_transform(16, 16), collator, 4, num_workers=0, seed=0)
+    loader = build_labelled_image_loader(dataset, build_eval_transform(16, 16), default_collate, 4, 0, seed=0)
     batches = iterate_forever(loader)
     epochs = []
     for _ in range(5):  # 8 images, batch 4: two batches per pass
         next(batches)
         epochs.append(loader.dataset.epoch)
-    assert epochs == [0, 0, 1, 1, 2] and collator.epoch == 2
+    assert epochs == [0, 0, 1, 1, 2]
 
 
 def no_examples():
@@ -330,9 +329,8 @@ def no_examples():
 
 def test_iterate_forever_raises_on_an_empty_dataset() -> None:
     empty = datasets.IterableDataset.from_generator(no_examples)
-    collator = MaskingCollator(RandomMaskGenerator((2, 2), 1))
-    loader = build_labelled_image_loader(empty, build_eval_transform(16, 16), collator, 4, num_workers=0, seed=0)
-    with pytest.raises(RuntimeError, match=r"A whole pass \(epoch 0\) over the data gave no batch"):
+    loader = build_labelled_image_loader(empty, build_eval_transform(16, 16), default_collate, 4, 0, seed=0)
+    with pytest.raises(EmptyPassError, match=r"A whole pass \(epoch 0\) over this process's part of the data gave no"):
         next(iterate_forever(loader))
 
 
@@ -345,9 +343,8 @@ def test_iterate_forever_raises_when_every_image_is_unreadable(tmp_path, monkeyp
             archive.addfile(member, io.BytesIO(payload))
     dataset = open_image_dataset(data_files=path)
     warnings = record_warnings(monkeypatch)
-    collator = MaskingCollator(RandomMaskGenerator((2, 2), 1))
-    loader = build_labelled_image_loader(dataset, build_eval_transform(16, 16), collator, 1, num_workers=0, seed=0)
-    with pytest.raises(RuntimeError, match=r"every image was unreadable"):
+    loader = build_labelled_image_loader(dataset, build_eval_transform(16, 16), default_collate, 1, 0, seed=0)
+    with pytest.raises(EmptyPassError, match=r"every image was unreadable"):
         next(iterate_forever(loader))
     assert len(warnings) == 2
 
@@ -399,3 +396,14 @@ def test_image_folder_follows_links_once(tmp_path) -> None:
     write_images(tmp_path, "cat/a.png", "dog/b.png")
     os.symlink(tmp_path, tmp_path / "cat" / "loop")  # a link back to the top: must not be walked forever
     assert labels_by_file(open_image_dataset(train_dir=str(tmp_path))) == {"a.png": "cat", "b.png": "dog"}
+
+
+def test_find_unreadable_tar_shards_names_the_cut_and_the_foreign_ones(tmp_path, demo_tar_shards: list[str]) -> None:
+    data = open(demo_tar_shards[0], "rb").read()
+    (tmp_path / "cut.tar").write_bytes(data[: len(data) // 2])
+    (tmp_path / "page.tar").write_bytes(b"<html>403 Forbidden</html>")  # a failed download saved under the name
+    (tmp_path / "good.tar").write_bytes(data)
+    problems = sources.find_unreadable_tar_shards([str(tmp_path / "*.tar")])
+    assert sorted(problems) == [str(tmp_path / "cut.tar"), str(tmp_path / "page.tar")]
+    assert "bytes past the end of the file" in problems[str(tmp_path / "cut.tar")]
+    assert problems[str(tmp_path / "page.tar")].startswith("ReadError: ")

@@ -108,7 +108,7 @@ def test_the_check_reports_upward_and_sideways_imports(tmp_path: Path):
     (package / "evaluation").mkdir()
     cli.mkdir()
     upward = package / "data" / "bad.py"
-    upward.write_text("from ..pretraining.step import PretrainingStep\nfrom .masking import MaskingCollator\n")
+    upward.write_text("from ..pretraining.step import PretrainingStep\nfrom .masking import BlockMaskGenerator\n")
     sideways = package / "evaluation" / "bad.py"
     sideways.write_text("import caev2_hf.pretraining.schedule\nfrom caev2_hf.data import masking\n")
     heavy = cli / "bad.py"

@@ -1,18 +1,13 @@
-"""Tests for caev2_hf/masking.py: exact counts, block shape, reproducibility, validation, collation."""
-
-from types import SimpleNamespace
+"""Tests for caev2_hf/data/masking.py: exact counts, block shape, reproducibility, validation; and how a pretraining
+lane draws a batch's masks."""
 
 import numpy as np
 import pytest
 import torch
 
-from caev2_hf.data.masking import (
-    BlockMaskGenerator,
-    MaskingCollator,
-    RandomMaskGenerator,
-    _adjust_to_count,
-    build_mask_generator,
-)
+from caev2_hf.data.masking import BlockMaskGenerator, RandomMaskGenerator, _adjust_to_count, build_mask_generator
+from caev2_hf.data.pretraining_stream import LanePosition, PretrainBatchStream
+from caev2_hf_cli.pretraining import PretrainingDataArguments
 
 
 GRID = (14, 14)
@@ -109,7 +104,7 @@ def test_random_mask_has_exact_count_and_uniform_coverage() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"num_masking_patches": 196}, r"num_masking_patches=196 must be in \[0, 196\)"),
+        ({"num_masking_patches": 196}, r"num_masking_patches=196 is outside \[0, 196\)"),
         ({"num_masking_patches": -1}, r"num_masking_patches=-1"),
         ({"num_masking_patches": 98, "min_num_patches": 0}, r"min_num_patches=0 must be at least 1"),
         ({"num_masking_patches": 98, "min_aspect": 0.0}, r"min_aspect=0.0"),
@@ -122,76 +117,60 @@ def test_block_mask_generator_rejects_invalid_settings(kwargs: dict, message: st
 
 
 def test_random_mask_generator_rejects_a_count_without_visible_patches() -> None:
-    with pytest.raises(ValueError, match=r"at least one patch must stay visible"):
+    with pytest.raises(ValueError, match=r"leaves at least one patch visible"):
         RandomMaskGenerator(GRID, 196)
 
 
 @pytest.mark.parametrize(
     ("strategy", "expected_type"), [("block", BlockMaskGenerator), ("random", RandomMaskGenerator)]
 )
-def test_build_mask_generator_follows_the_config(strategy: str, expected_type: type) -> None:
-    config = SimpleNamespace(
-        image_size=224,
-        patch_size=16,
-        mask_strategy=strategy,
-        num_masking_patches=49,
-        mask_min_num_patches=16,
-        mask_min_aspect=0.3,
-    )
-    generator = build_mask_generator(config)
+def test_build_mask_generator_follows_the_data_arguments(strategy: str, expected_type: type) -> None:
+    layout = PretrainingDataArguments(mask_strategy=strategy, mask_min_num_patches=20, mask_min_aspect=0.5)
+    generator = build_mask_generator((14, 12), 49, layout)
     assert type(generator) is expected_type
-    assert (generator.height, generator.width, generator.num_masking_patches) == (14, 14, 49)
+    assert (generator.height, generator.width, generator.num_masking_patches) == (14, 12, 49)
+    if strategy == "block":
+        assert generator.min_num_patches == 20 and generator.log_aspect_range == pytest.approx(
+            (np.log(0.5), np.log(2))
+        )
     assert int(generator(np.random.default_rng(0)).sum()) == 49
 
 
 def test_build_mask_generator_rejects_an_unknown_strategy() -> None:
-    config = SimpleNamespace(image_size=224, patch_size=16, mask_strategy="grid", num_masking_patches=49)
-    with pytest.raises(ValueError, match=r"mask_strategy='grid' is not supported: use 'block' or 'random'"):
-        build_mask_generator(config)
+    with pytest.raises(ValueError, match=r"mask_strategy='grid' is not supported: use one of \('block', 'random'\)"):
+        build_mask_generator(GRID, 49, PretrainingDataArguments(mask_strategy="grid"))
 
 
-def test_masking_collator_masks_depend_only_on_seed_and_call_index() -> None:
-    examples = make_examples()
-    first, second, other = (MaskingCollator(BlockMaskGenerator(GRID, 98), seed=seed) for seed in (0, 0, 1))
-    first_masks = [first(examples)["bool_masked_pos"] for _ in range(3)]
-    second_masks = [second(examples)["bool_masked_pos"] for _ in range(3)]
-    for mask_a, mask_b in zip(first_masks, second_masks, strict=True):
-        assert torch.equal(mask_a, mask_b)
-    assert not torch.equal(first_masks[0], first_masks[1])  # the call counter moves on
-    assert not torch.equal(first_masks[0], other(examples)["bool_masked_pos"])
+def collate(mask_generator, seed: int = 0, process_index: int = 0, lane: int = 0, start: int = 0) -> dict:
+    """A batch as a pretraining lane collates its images (`PretrainBatchStream`), from `make_examples` with flip and
+    jitter parameters, one skipped image, at raw examples start .. start + 3 of epoch 0."""
+    images = [
+        {**example, "flip": False, "jitter_factors": torch.ones(3), "jitter_order": torch.arange(3)}
+        for example in make_examples()
+    ]
+    stream = PretrainBatchStream(None, None, mask_generator, batch_size=3, seed=seed, process_index=process_index)
+    return stream._collate(images, 1, lane, LanePosition(epoch=0, start=start, end=start + 3))
 
 
-def test_masking_collator_draws_different_masks_per_process() -> None:
-    examples = make_examples()
-    first, second = (MaskingCollator(BlockMaskGenerator(GRID, 98), process_index=index) for index in (0, 1))
-    assert not torch.equal(first(examples)["bool_masked_pos"], second(examples)["bool_masked_pos"])
+def test_a_lane_s_masks_depend_only_on_seed_process_lane_and_position() -> None:
+    masks = {
+        key: collate(BlockMaskGenerator(GRID, 98), **dict(key))["bool_masked_pos"]
+        for key in [(), (("seed", 1),), (("process_index", 1),), (("lane", 1),), (("start", 3),)]
+    }
+    assert torch.equal(masks[()], collate(BlockMaskGenerator(GRID, 98))["bool_masked_pos"])  # redrawn alike
+    for key, mask in masks.items():
+        assert key == () or not torch.equal(mask, masks[()]), key
 
 
-def test_masking_collator_redraws_an_epoch_identically_after_a_restart() -> None:
-    examples = make_examples()
-    long_run, resumed = MaskingCollator(RandomMaskGenerator(GRID, 49)), MaskingCollator(RandomMaskGenerator(GRID, 49))
-    epoch_zero = [long_run(examples)["bool_masked_pos"] for _ in range(2)]
-    long_run.set_epoch(1)
-    resumed.set_epoch(1)
-    assert torch.equal(long_run(examples)["bool_masked_pos"], resumed(examples)["bool_masked_pos"])
-    assert not torch.equal(epoch_zero[0], resumed(examples)["bool_masked_pos"])
-
-
-def test_masking_collator_stacks_uint8_without_changing_values() -> None:
-    examples = make_examples()
-    examples[1]["num_skipped"] = 2
-    batch = MaskingCollator(BlockMaskGenerator(GRID, 30))(examples)
+def test_a_lane_stacks_uint8_without_changing_values() -> None:
+    batch = collate(BlockMaskGenerator(GRID, 30))
     assert batch["pixel_values"].dtype == torch.uint8
-    assert torch.equal(batch["pixel_values"], torch.stack([example["pixel_values"] for example in examples]))
+    assert torch.equal(batch["pixel_values"], torch.stack([example["pixel_values"] for example in make_examples()]))
     assert batch["bool_masked_pos"].dtype == torch.bool and batch["bool_masked_pos"].shape == (3, 196)
     assert batch["bool_masked_pos"].sum(dim=1).tolist() == [30, 30, 30]
     assert batch["labels"].dtype == torch.int64 and batch["labels"].tolist() == [0, 1, 2]
-    assert batch["num_skipped_images"].dtype == torch.int64 and batch["num_skipped_images"].item() == 2
-
-
-def test_masking_collator_omits_labels_when_examples_have_none() -> None:
-    examples = [{"pixel_values": example["pixel_values"]} for example in make_examples()]
-    assert "labels" not in MaskingCollator(RandomMaskGenerator(GRID, 10))(examples)
+    assert batch["num_skipped_images"].dtype == torch.int64 and batch["num_skipped_images"].item() == 1
+    assert batch["lane"] == 0 and batch["position"] == LanePosition(epoch=0, start=0, end=3, end_of_epoch=False)
 
 
 def count_connected_regions(mask: np.ndarray) -> int:

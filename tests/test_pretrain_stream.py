@@ -3,6 +3,7 @@ folders as sharded streams, the endless per-worker batch stream, exact skip coun
 command line."""
 
 import io
+import json
 import logging
 import os
 import tarfile
@@ -14,13 +15,12 @@ from PIL import Image, JpegImagePlugin
 
 from caev2_hf.data import loader as loader_module
 from caev2_hf.data import transforms as transforms_module
-from caev2_hf.data.decoding import open_image, to_rgb_image
-from caev2_hf.data.loader import build_pretrain_loader
+from caev2_hf.data.decoding import decode_rgb_image, open_image
+from caev2_hf.data.errors import DataStreamError, EmptyPassError
 from caev2_hf.data.masking import RandomMaskGenerator
+from caev2_hf.data.pretraining_stream import LanePosition, ResumableBatchStream, StreamPosition, build_pretrain_loader
 from caev2_hf.data.sources import open_image_dataset, shard_for_process
 from caev2_hf.data.transforms import PretrainCrop, _draft_request
-from caev2_hf.pretraining.checkpointing import ResumableBatchStream
-from caev2_hf_cli.errors import UserError
 from caev2_hf_cli.parsing import parse_arguments
 from caev2_hf_cli.pretraining import ARGUMENT_CLASSES
 
@@ -34,9 +34,9 @@ def encode(image: Image.Image, image_format: str = "PNG", **options) -> bytes:
 def test_16_bit_grayscale_png_is_scaled_to_8_bits_not_clipped() -> None:
     png = encode(Image.fromarray(np.full((6, 5), 32768, dtype=np.uint16)))
     assert Image.open(io.BytesIO(png)).mode == "I;16"
-    rgb = np.asarray(to_rgb_image({"bytes": png, "path": None}))
+    rgb = np.asarray(decode_rgb_image({"bytes": png, "path": None})[0])
     assert rgb.shape == (6, 5, 3) and np.abs(rgb.astype(int) - 128).max() <= 1  # plain convert("RGB") gives 255
-    white = np.asarray(to_rgb_image(encode(Image.fromarray(np.full((2, 2), 65535, dtype=np.uint16)))))
+    white = np.asarray(decode_rgb_image(encode(Image.fromarray(np.full((2, 2), 65535, dtype=np.uint16))))[0])
     assert (white == 255).all()
     crop = PretrainCrop(image_size=8)(open_image(png))["pixel_values"]
     assert crop.shape == (3, 8, 8) and (crop.int() - 128).abs().max() <= 1
@@ -52,7 +52,7 @@ def test_16_bit_grayscale_png_is_scaled_to_8_bits_not_clipped() -> None:
     ids=["I-16-bit", "I-8-bit", "F"],
 )
 def test_other_high_bit_depth_modes_are_scaled(array: np.ndarray, expected: int) -> None:
-    rgb = np.asarray(to_rgb_image(Image.fromarray(array)))
+    rgb = np.asarray(decode_rgb_image(Image.fromarray(array))[0])
     assert rgb.shape == (3, 3, 3) and (rgb == expected).all()
 
 
@@ -158,8 +158,7 @@ def test_an_image_folder_with_2_processes_x_2_workers_reads_every_file_once_per_
         batches = iter(loader)
         for _ in range(3 * 6):  # 12 images per process, 6 per worker: 3 batches per worker and epoch
             batch = next(batches)
-            lane, epoch, *_ = batch["position"].tolist()
-            seen[epoch] += batch["pixel_values"][:, 0, 0, 0].tolist()
+            seen[batch["position"].epoch] += batch["pixel_values"][:, 0, 0, 0].tolist()
         del batches
     for epoch in range(3):
         assert sorted(seen[epoch]) == sorted(values)  # every file once, none twice, in every epoch
@@ -190,7 +189,7 @@ def test_skip_counts_equal_the_malformed_members_read_with_drop_last(tmp_path, n
     counts = [int(next(stream)["num_skipped_images"]) for _ in range(3 * 4)]
     per_epoch = [sum(counts[epoch * 4 : epoch * 4 + 4]) for epoch in range(3)]
     assert per_epoch == [6, 6, 6]  # the malformed members in the dropped tails included
-    assert stream.position()["epoch"] == 3
+    assert stream.position.epoch == 3
     if num_workers == 0:  # worker logs do not reach caplog: check the main process's
         skips = [
             record.getMessage() for record in caplog.records if "Skipping an unusable image" in record.getMessage()
@@ -220,14 +219,81 @@ def test_a_lane_without_any_usable_image_raises(tmp_path) -> None:
             member.size = 6
             archive.addfile(member, io.BytesIO(b"broken"))
     loader = build_pretrain_loader(open_image_dataset(data_files=path), PretrainCrop(8), None, 1, 0, seed=0)
-    with pytest.raises(UserError, match=r"A whole pass \(epoch 0\) .* gave no batch"):
-        next(iter(loader))
+    failure = next(iter(loader))  # handed over as data: a worker's raise would come with its traceback in the text
+    assert isinstance(failure, EmptyPassError) and "\n" not in str(failure)
+    with pytest.raises(EmptyPassError, match=r"A whole pass \(epoch 0\) over loader worker 0's .* gave no batch"):
+        next(ResumableBatchStream(loader))
+
+
+def build_loader(tar_paths: list[str], num_workers: int = 0) -> torch.utils.data.DataLoader:
+    """8 images per shard, batches of 3: two batches per shard and epoch (the incomplete third is dropped)."""
+    dataset = open_image_dataset(data_files=tar_paths)
+    mask_generator = RandomMaskGenerator((2, 2), 1)
+    return build_pretrain_loader(
+        dataset, PretrainCrop(8), mask_generator, 3, num_workers, seed=0, shuffle_buffer_size=4
+    )
+
+
+def test_resumable_batch_stream_tracks_its_position_across_epochs(demo_tar_shards: list[str]) -> None:
+    stream = ResumableBatchStream(build_loader(demo_tar_shards[:1]))
+    lanes = []
+    for _ in range(5):
+        next(stream)
+        lanes.append(stream.position.lanes[0])
+    # the epoch's last batch reaches the end of the pass (it carries the dropped tail's skips)
+    assert lanes == [
+        LanePosition(0, 0, 3, False),
+        LanePosition(0, 3, 8, True),
+        LanePosition(1, 0, 3, False),
+        LanePosition(1, 3, 8, True),
+        LanePosition(2, 0, 3, False),
+    ]
+    assert stream.position.epoch == 2 and stream.position.batches == 5
+
+
+def assert_same_batches(batches: list[dict], expected: list[dict]) -> None:
+    assert len(batches) == len(expected)
+    for batch, reference in zip(batches, expected, strict=True):
+        assert batch.keys() == reference.keys()
+        assert all(torch.equal(batch[key], reference[key]) for key in reference)
+
+
+@pytest.mark.parametrize(("num_workers", "stop_after"), [(0, 3), (2, 3), (2, 4)])
+def test_resumable_batch_stream_replays_to_a_saved_position(demo_tar_shards, num_workers, stop_after) -> None:
+    # Two workers take turns: stopping after 3 batches leaves worker 1 next, which the resumed stream must honour.
+    uninterrupted = ResumableBatchStream(build_loader(demo_tar_shards[:2], num_workers))
+    batches = [next(uninterrupted) for _ in range(10)]
+    interrupted = ResumableBatchStream(build_loader(demo_tar_shards[:2], num_workers))
+    assert_same_batches([next(interrupted) for _ in range(stop_after)], batches[:stop_after])
+    stored = json.loads(json.dumps(interrupted.position.to_dict()))  # as training_state.json holds it
+    resumed = ResumableBatchStream(build_loader(demo_tar_shards[:2], num_workers), StreamPosition.from_dict(stored))
+    assert resumed.position.to_dict() == stored
+    assert_same_batches([next(resumed) for _ in range(10 - stop_after)], batches[stop_after:])
+    assert not torch.equal(batches[0]["bool_masked_pos"], batches[1]["bool_masked_pos"])
+    assert not torch.equal(batches[0]["jitter_factors"], batches[4]["jitter_factors"])  # epochs differ
+
+
+def test_resumable_batch_stream_warns_when_the_epoch_got_shorter(demo_tar_shards: list[str], caplog) -> None:
+    position = StreamPosition(batches=3, lanes=[LanePosition(epoch=0, start=9, end=12)])  # 8 examples per pass
+    stream = ResumableBatchStream(build_loader(demo_tar_shards[:1]), position)
+    next(stream)
+    assert stream.position.lanes[0] == LanePosition(epoch=1, start=0, end=3, end_of_epoch=False)
+    assert "the data changed" in caplog.text
+
+
+def test_a_position_reads_and_writes_the_json_checkpoints_hold() -> None:
+    # As training_state.json holds one (and as checkpoints written before StreamPosition existed hold it).
+    stored = {"epoch": 0, "batches": 7, "lanes": [{"epoch": 1, "start": 4, "end": 8, "end_of_epoch": True}, None]}
+    position = StreamPosition.from_dict(stored)
+    assert position == StreamPosition(7, [LanePosition(1, 4, 8, True), None])
+    assert position.epoch == 0 and position.to_dict() == stored  # the lane furthest behind has no batch yet
+    assert position.lanes[0].resume_at(replay=False) == (2, 0) and position.lanes[0].resume_at(replay=True) == (1, 4)
 
 
 def test_resume_with_another_worker_count_is_refused(demo_tar_shards) -> None:
     loader = build_pretrain_loader(open_image_dataset(data_files=demo_tar_shards), PretrainCrop(8), None, 2, 0, 0)
-    with pytest.raises(ValueError, match=r"written with dataloader_num_workers=2 but this run has 0: .* 2 again"):
-        ResumableBatchStream(loader, {"batches": 4, "lanes": [None, None]})
+    with pytest.raises(DataStreamError, match=r"written with dataloader_num_workers=2 but this run has 0: .* 2 again"):
+        ResumableBatchStream(loader, StreamPosition.from_dict({"batches": 4, "lanes": [None, None]}))
 
 
 def test_a_data_source_on_the_command_line_replaces_the_config_files(tmp_path) -> None:
@@ -248,7 +314,7 @@ def test_logging_of_skips_goes_through_the_package_logger(tmp_path, caplog) -> N
     write_tar_with_bad_members(path, 0, num_good=2, num_bad=1)
     loader = build_pretrain_loader(open_image_dataset(data_files=path), PretrainCrop(8), None, 2, 0, seed=0)
     batch = next(iter(loader))
-    assert int(batch["num_skipped_images"]) == 1 and batch["position"].tolist()[2:] == [0, 3, 1]
+    assert int(batch["num_skipped_images"]) == 1 and batch["position"] == LanePosition(0, 0, 3, True)
     assert "1 unusable images skipped in epoch 0" in caplog.text
 
 

@@ -5,9 +5,11 @@ import io
 import itertools
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +31,7 @@ from caev2_hf.pretraining.checkpointing import read_training_state
 from caev2_hf.pretraining.step import PretrainingStep, build_accelerator
 from caev2_hf_cli.errors import UserError
 from caev2_hf_cli.parsing import parse_arguments
-from caev2_hf_cli.pretraining import ARGUMENT_CLASSES
+from caev2_hf_cli.pretraining import ARGUMENT_CLASSES, MASK_LAYOUT_ARGUMENTS
 
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
@@ -64,6 +66,7 @@ def write_config(tmp_path: Path, name: str = "config", **arguments) -> str:
         "output_dir": str(tmp_path / name),
         "dataloader_num_workers": 0,
         "shuffle_buffer_size": 8,
+        "mask_min_num_patches": 2,  # blocks on the tiny model's 4x4 grid
         "per_device_train_batch_size": 4,
         "learning_rate": 1e-3,
         "learning_rate_batch_size": 4,
@@ -134,7 +137,10 @@ def test_demo_config_runs_end_to_end_and_its_final_folder_loads(tmp_path: Path) 
     assert 0 < events.Scalars("train/loss")[-1].value < 2  # cosine distance lies in [0, 2]
 
 
-@pytest.mark.parametrize("source, num_workers", [("folder", 0), ("folder", 2), ("shards", 2)])
+PRESET_DROP_PATH = {"drop_path_rate": CAEv2Config.from_preset("base").drop_path_rate}  # 0.1, as every preset
+
+
+@pytest.mark.parametrize("source, num_workers", [("folder", 0), ("folder", 2), ("shards", 0), ("shards", 2)])
 def test_resume_matches_uninterrupted_run(
     tmp_path: Path,
     demo_image_folder: str,
@@ -147,9 +153,12 @@ def test_resume_matches_uninterrupted_run(
     # 16 (folder) or 32 (shards) images, 2 micro-batches of 4 per update: update 3 ends inside the second epoch
     # (folder) or first epoch (shards), and the crash below hits the middle of update 5's accumulation, after the
     # checkpoint at 3 and the log at 4.
+    # Drop path as the presets have it: its draws come from the RNG the checkpoint restores, so the resumed run must
+    # leave that RNG exactly where the uninterrupted run has it (starting the loader takes no draw from it).
     data = {"train_dir": demo_image_folder} if source == "folder" else {"data_files": demo_tar_shards}
     arguments = dict(gradient_accumulation_steps=2, max_steps=6, save_steps=3, dataloader_num_workers=num_workers,
-                     logging_steps=2, report_to="tensorboard")  # fmt: skip
+                     logging_steps=2, report_to="tensorboard",
+                     config_overrides={**tiny_model_overrides(), **PRESET_DROP_PATH})  # fmt: skip
     uninterrupted = write_config(tmp_path, "uninterrupted", **data, **arguments)
     interrupted = write_config(tmp_path, "interrupted", **data, **arguments)
     pretrain(["--config", uninterrupted])
@@ -180,13 +189,59 @@ def test_resume_matches_uninterrupted_run(
     assert positions == checkpoint_state(tmp_path / "uninterrupted", 6)["data_positions"]
     # 12 batches of 4. Folder, no worker: one lane of 16 images, so the last batch taken ends epoch 2 (the next comes
     # from epoch 3). Folder, 2 workers: two lanes of 8 images taking turns, 6 batches each, also ending epoch 2.
-    # Shards: two lanes of 16 images, each 6 batches in: epoch 1, its second batch.
+    # Shards, no worker: one lane of 32 images, 8 batches an epoch: epoch 1, its fourth batch. Shards, 2 workers: two
+    # lanes of 16 images, each 6 batches in: epoch 1, its second batch.
     expected = {
         ("folder", 0): {"epoch": 3, "lanes": [{"epoch": 2, "start": 12, "end": 16, "end_of_epoch": True}]},
         ("folder", 2): {"epoch": 3, "lanes": [{"epoch": 2, "start": 4, "end": 8, "end_of_epoch": True}] * 2},
+        ("shards", 0): {"epoch": 1, "lanes": [{"epoch": 1, "start": 12, "end": 16, "end_of_epoch": False}]},
         ("shards", 2): {"epoch": 1, "lanes": [{"epoch": 1, "start": 4, "end": 8, "end_of_epoch": False}] * 2},
     }[source, num_workers]
     assert positions == [{**expected, "batches": 12}]
+
+
+LEGACY_RUN = REPO_ROOT / "tests" / "fixtures" / "legacy" / "pretraining_run"  # tests/fixtures/make_legacy_run.py
+
+
+def test_a_checkpoint_written_by_earlier_code_resumes_exactly(tmp_path: Path, demo_image_folder: str, caplog) -> None:
+    # Written before the stream's position was a named type, the schedule was called so, and the mask layout was a
+    # data argument: its training_state.json holds the position as plain JSON and the schedule under "numbers", and
+    # its arguments the layout among the model overrides. The same command, the layout given as data arguments,
+    # resumes it: drop path 0.1 and all, it ends on the weights the earlier code's run ended on.
+    arguments = read_training_state(str(LEGACY_RUN / "checkpoints" / "checkpoint-00000003"))["arguments"]
+    overrides = dict(arguments["config_overrides"])
+    layout = {name: overrides.pop(name) for name in MASK_LAYOUT_ARGUMENTS if name in overrides}
+    assert layout == {"mask_min_num_patches": 2} and overrides["drop_path_rate"] == 0.1
+    output_dir = tmp_path / "run"
+    shutil.copytree(LEGACY_RUN / "checkpoints", output_dir / "checkpoints")
+    values = {**arguments, **layout, "config_overrides": overrides, "train_dir": demo_image_folder,
+              "output_dir": str(output_dir), "resume_from_checkpoint": "latest"}  # fmt: skip
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(values))
+    with caplog.at_level("INFO", logger="run_pretrain"):
+        pretrain(["--config", str(tmp_path / "run.yaml")])
+    assert "Resumed from" in caplog.text and "schedule changed" not in caplog.text  # "numbers" read as the schedule
+    expected = load_file(LEGACY_RUN / "final" / "pretraining" / "model.safetensors")
+    resumed = final_weights(output_dir)
+    assert expected.keys() == resumed.keys()
+    for name in expected:
+        torch.testing.assert_close(resumed[name], expected[name], rtol=0, atol=0, msg=name)
+
+
+def test_a_folder_saved_with_its_mask_layout_says_when_the_run_lays_masks_out_otherwise(
+    tmp_path: Path, demo_image_folder: str, caplog
+) -> None:
+    start = str(LEGACY_RUN / "final" / "pretraining")  # its config.json: mask_min_num_patches 2, block
+    config = write_config(tmp_path, train_dir=demo_image_folder, max_steps=1, model_name_or_path=start)
+    with caplog.at_level("WARNING", logger="run_pretrain"):
+        pretrain(["--config", config, "--mask_min_num_patches", "3"])
+    assert "was pretrained with --mask_min_num_patches 2 (its config.json" in caplog.text
+    assert "this run uses --mask_min_num_patches 3. Pass --mask_min_num_patches 2" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="run_pretrain"):
+        pretrain(["--config", config, "--overwrite_output_dir", "true"])  # write_config's layout: the folder's
+    assert "was pretrained with" not in caplog.text
+    saved = json.loads((tmp_path / "config" / "final" / "pretraining" / "config.json").read_text())
+    assert not set(MASK_LAYOUT_ARGUMENTS) & set(saved) and saved["num_masking_patches"] == 6  # saved again without
 
 
 def find_free_port() -> int:
@@ -210,8 +265,9 @@ class ConcatenatedStreams:
         merged = {key: torch.cat([batch[key] for batch in batches]) for key in keys}
         return {**merged, "num_skipped_images": sum(batch["num_skipped_images"] for batch in batches)}
 
-    def position(self) -> dict[str, int]:
-        return self.streams[0].position()
+    @property
+    def position(self):
+        return self.streams[0].position
 
 
 def raw_images(stream) -> set[bytes | str]:
@@ -227,10 +283,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(
     # run below can be fed the very batches the two ranks drew; no dropout, drop path 0, no BatchNorm.
     data = {"data_files": demo_tar_shards} if source == "shards" else {"train_dir": demo_image_folder}
     two = write_config(tmp_path, "two_processes", **data, per_device_train_batch_size=2, max_steps=3, save_steps=3)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(find_free_port()), str(REPO_ROOT / "run_pretrain.py"), "--config", two]  # fmt: skip
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    result = torchrun(tmp_path, str(REPO_ROOT / "run_pretrain.py"), ["--config", two])
     assert result.returncode == 0, result.stderr[-4000:]
     last_batch = {"epoch": 0, "start": 4, "end": 6, "end_of_epoch": False}  # raw examples 4 and 5 of epoch 0
     assert (
@@ -257,6 +310,61 @@ def test_two_processes_match_one_process_with_the_same_global_batch(
     assert len(compared) == len(one_process) - 1
     for name in compared:  # tolerance: float32 sums in another order (DDP averages two half-batch gradients)
         torch.testing.assert_close(two_processes[name], one_process[name], rtol=0, atol=1e-6, msg=name)
+
+
+PREEMPTED_RUN = """
+import itertools, runpy, sys
+from caev2_hf.pretraining.step import PretrainingStep
+
+calls, original_call = itertools.count(), PretrainingStep.__call__
+
+def preempted(step, batch):
+    if next(calls) == {step_calls}:
+        raise KeyboardInterrupt("simulated preemption")
+    return original_call(step, batch)
+
+PretrainingStep.__call__ = preempted
+sys.argv[0] = {script!r}
+runpy.run_path({script!r}, run_name="__main__")
+"""
+
+
+def torchrun(tmp_path: Path, script: str, arguments: list[str]) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node 2 SCRIPT ARGUMENTS` on this machine's CPU."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(find_free_port()), script, *arguments]  # fmt: skip
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("source, num_workers", [("folder", 0), ("shards", 2)])
+def test_two_processes_resume_as_they_would_have_run_on(
+    tmp_path: Path, demo_image_folder: str, demo_tar_shards: list[str], source: str, num_workers: int
+) -> None:
+    # Both ranks are stopped in the middle of update 5's accumulation (after the checkpoint at 3), as a preemption
+    # stops a job, and resumed with torchrun; drop path 0.1, each rank drawing its own.
+    data = {"train_dir": demo_image_folder} if source == "folder" else {"data_files": demo_tar_shards}
+    arguments = dict(per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=6, save_steps=3,
+                     dataloader_num_workers=num_workers, config_overrides={**tiny_model_overrides(), **PRESET_DROP_PATH},
+                     **data)  # fmt: skip
+    uninterrupted = write_config(tmp_path, "uninterrupted", **arguments)
+    interrupted = write_config(tmp_path, "interrupted", **arguments)
+    script = str(REPO_ROOT / "run_pretrain.py")
+    assert torchrun(tmp_path, script, ["--config", uninterrupted]).returncode == 0
+
+    (tmp_path / "preempted.py").write_text(PREEMPTED_RUN.format(step_calls=9, script=script))
+    stopped = torchrun(tmp_path, str(tmp_path / "preempted.py"), ["--config", interrupted])
+    assert stopped.returncode != 0 and "Interrupted: the last checkpoint is" in stopped.stderr, stopped.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path / "interrupted" / "checkpoints")) == ["checkpoint-00000003"]
+    resumed = torchrun(tmp_path, script, ["--config", interrupted, "--resume_from_checkpoint", "latest"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    expected, ended = final_weights(tmp_path / "uninterrupted"), final_weights(tmp_path / "interrupted")
+    assert expected.keys() == ended.keys()
+    for name in expected:  # tolerance: none, as for one process
+        torch.testing.assert_close(ended[name], expected[name], rtol=0, atol=0, msg=name)
+    positions = checkpoint_state(tmp_path / "interrupted", 6)["data_positions"]
+    assert positions == checkpoint_state(tmp_path / "uninterrupted", 6)["data_positions"] and len(positions) == 2
 
 
 def nan_losses(monkeypatch, bad_calls: set[int] | None) -> None:
@@ -341,6 +449,51 @@ def test_dataset_of_only_unreadable_images_is_reported(tmp_path: Path, num_worke
     message = str(raised.value)  # one line, even from a loader worker, whose traceback PyTorch would prepend
     assert message.startswith("A whole pass (epoch 0) over loader worker") and "every image was unreadable" in message
     assert "\n" not in message
+
+
+def cut_shard(source: str, destination: Path, readable_examples: int) -> int:
+    """Writes a copy of a demo shard cut short in the middle of the image of example `readable_examples` (counted
+    from 0), as an interrupted copy leaves it: the examples before it read, then `tarfile.ReadError: unexpected end
+    of data`. Returns how many bytes of that image are missing."""
+    with tarfile.open(source) as archive:
+        image = [member for member in archive.getmembers() if member.name.endswith(".jpg")][readable_examples]
+    destination.write_bytes(Path(source).read_bytes()[: image.offset_data + image.size // 2])
+    return image.size - image.size // 2
+
+
+@pytest.mark.parametrize(
+    "case, readable_examples, extra, checkpoints",
+    [
+        # the first shard, cut in its first image: `datasets` reads it to learn the columns, before any batch
+        ("start", 0, {}, []),
+        # a second shard cut in its first image, read by loader worker 1 for the first update's second micro-batch
+        ("start, in a loader worker", 0, {"dataloader_num_workers": 2, "gradient_accumulation_steps": 2}, []),
+        # one shard cut in its seventh image, 2 images per batch, a shuffle buffer of one: update 1 is saved, then
+        # the cut stops the pass (the second batch is held back until a third is full, as every batch is)
+        ("mid-run", 6, {"shuffle_buffer_size": 1}, ["checkpoint-00000001"]),
+    ],
+)
+def test_a_truncated_shard_ends_the_run_with_one_line_naming_it(
+    tmp_path: Path, demo_tar_shards: list[str], case: str, readable_examples: int, extra: dict, checkpoints: list[str]
+) -> None:
+    cut = str(tmp_path / "cut.tar")
+    missing = cut_shard(demo_tar_shards[1], tmp_path / "cut.tar", readable_examples)
+    data_files = [demo_tar_shards[0], cut] if "worker" in case else [cut]
+    config = write_config(tmp_path, data_files=data_files, per_device_train_batch_size=2, max_steps=8, save_steps=1,
+                          **extra)  # fmt: skip
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "run_pretrain.py"), "--config", config],
+                            env=environment, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    (line,) = [line for line in result.stderr.splitlines() if "error:" in line]  # on a line of its own
+    reason = f"member 00001_{readable_examples:05d}.jpg ends {missing} bytes past the end"
+    assert line == (
+        f"error: A .tar shard of --data_files cannot be read to the end (cut short, or no tar archive): {cut} "
+        f"({reason} of the file). Copy or download it again, then run the same command with --resume_from_checkpoint "
+        "latest (the run continues from its last checkpoint)."
+    )
+    saved = tmp_path / "config" / "checkpoints"
+    assert (sorted(os.listdir(saved)) if saved.is_dir() else []) == checkpoints
 
 
 def test_column_without_images_is_reported(tmp_path: Path) -> None:
@@ -451,10 +604,10 @@ def test_build_accelerator_applies_compile_and_precision(
         assert accelerator.state.dynamo_plugin.mode == mode
 
 
-def test_training_state_records_numbers_and_arguments(tmp_path: Path, demo_image_folder: str) -> None:
+def test_training_state_records_schedule_and_arguments(tmp_path: Path, demo_image_folder: str) -> None:
     pretrain(["--config", write_config(tmp_path, train_dir=demo_image_folder, max_steps=2)])
     state = checkpoint_state(tmp_path / "config", 2)
-    assert state["numbers"] == {"num_processes": 1, "effective_batch_size": 4, "learning_rate": 1e-3, "max_steps": 2,
+    assert state["schedule"] == {"num_processes": 1, "effective_batch_size": 4, "learning_rate": 1e-3, "max_steps": 2,
                                 "warmup_steps": 1, "steps_per_epoch": None}  # fmt: skip
     assert state["arguments"]["train_dir"] == demo_image_folder and state["step"] == 2
     assert json.dumps(state)  # plain JSON all the way down

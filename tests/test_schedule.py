@@ -1,5 +1,5 @@
-"""Tests for caev2_hf/schedule.py: derived numbers (batch rule, steps) and the warmup + cosine lr schedules, the
-authors' one through the real pretraining step and a checkpoint."""
+"""Tests for caev2_hf/pretraining/schedule.py: the training schedule (batch rule, steps) and the warmup + cosine lr
+schedulers, the authors' one through the real pretraining step and a checkpoint."""
 
 import math
 
@@ -11,25 +11,25 @@ from conftest import build_tiny_config
 
 from caev2_hf import CAEv2ForPreTraining
 from caev2_hf.pretraining.checkpointing import load_checkpoint, save_checkpoint
-from caev2_hf.pretraining.schedule import TrainingNumbers, build_lr_scheduler, compute_training_numbers
-from caev2_hf.pretraining.step import PretrainingStep, build_accelerator, build_optimizer_and_scheduler
-from caev2_hf.pretraining.step_tracking import StepTracker
+from caev2_hf.pretraining.schedule import TrainingSchedule, build_lr_scheduler, compute_training_schedule
+from caev2_hf.pretraining.step import PretrainingStep, build_accelerator, build_pretraining_step
+from caev2_hf.pretraining.step_tracking import unwrap_optimizer
 from caev2_hf_cli.errors import UserError
 from caev2_hf_cli.pretraining import PretrainingArguments
 
 
-def test_numbers_scale_the_learning_rate_linearly_with_the_effective_batch() -> None:
-    numbers = compute_training_numbers(128, 2, 4, learning_rate=1.5e-3, learning_rate_batch_size=2048, max_steps=10)
-    assert numbers.effective_batch_size == 1024 and numbers.learning_rate == pytest.approx(7.5e-4)
-    assert (numbers.max_steps, numbers.warmup_steps, numbers.steps_per_epoch) == (10, 0, None)
+def test_schedule_scales_the_learning_rate_linearly_with_the_effective_batch() -> None:
+    schedule = compute_training_schedule(128, 2, 4, learning_rate=1.5e-3, learning_rate_batch_size=2048, max_steps=10)
+    assert schedule.effective_batch_size == 1024 and schedule.learning_rate == pytest.approx(7.5e-4)
+    assert (schedule.max_steps, schedule.warmup_steps, schedule.steps_per_epoch) == (10, 0, None)
 
 
-def test_numbers_turn_epochs_into_updates_of_complete_batches() -> None:
-    numbers = compute_training_numbers(
+def test_schedule_turns_epochs_into_updates_of_complete_batches() -> None:
+    schedule = compute_training_schedule(
         256, 1, 4, 1.5e-3, 2048, num_train_epochs=300, num_train_examples=1_281_167, warmup_epochs=10
     )
-    assert numbers.steps_per_epoch == 1_281_167 // 1024 == 1251
-    assert (numbers.max_steps, numbers.warmup_steps) == (375_300, 12_510)
+    assert schedule.steps_per_epoch == 1_281_167 // 1024 == 1251
+    assert (schedule.max_steps, schedule.warmup_steps) == (375_300, 12_510)
 
 
 @pytest.mark.parametrize(
@@ -43,9 +43,9 @@ def test_numbers_turn_epochs_into_updates_of_complete_batches() -> None:
         ({"num_train_epochs": 1, "num_train_examples": 3}, "below one effective batch"),
     ],
 )
-def test_numbers_refuse_inconsistent_step_arguments(arguments: dict, message: str) -> None:
+def test_schedule_refuses_inconsistent_step_arguments(arguments: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        compute_training_numbers(4, 1, 1, 1e-3, 4, **arguments)
+        compute_training_schedule(4, 1, 1, 1e-3, 4, **arguments)
 
 
 def lr_after(scheduler: torch.optim.lr_scheduler.LRScheduler, optimizer: torch.optim.Optimizer, steps: int) -> float:
@@ -56,9 +56,9 @@ def lr_after(scheduler: torch.optim.lr_scheduler.LRScheduler, optimizer: torch.o
 
 
 def test_scheduler_warms_up_linearly_then_follows_a_cosine_to_the_floor() -> None:
-    numbers = TrainingNumbers(1, 4, learning_rate=1e-3, max_steps=110, warmup_steps=10, steps_per_epoch=None)
-    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=numbers.learning_rate)
-    scheduler = build_lr_scheduler(optimizer, numbers, min_learning_rate=1e-5)
+    schedule = TrainingSchedule(1, 4, learning_rate=1e-3, max_steps=110, warmup_steps=10, steps_per_epoch=None)
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=schedule.learning_rate)
+    scheduler = build_lr_scheduler(optimizer, schedule, min_learning_rate=1e-5)
     observed = [scheduler.get_last_lr()[0], lr_after(scheduler, optimizer, 5), lr_after(scheduler, optimizer, 5),
                 lr_after(scheduler, optimizer, 50), lr_after(scheduler, optimizer, 50)]  # fmt: skip
     halfway = 1e-5 + (1e-3 - 1e-5) * 0.5 * (1 + math.cos(math.pi * 0.5))  # step 60: half of the 100 cosine steps
@@ -66,10 +66,10 @@ def test_scheduler_warms_up_linearly_then_follows_a_cosine_to_the_floor() -> Non
 
 
 def test_scheduler_refuses_a_floor_above_the_peak() -> None:
-    numbers = TrainingNumbers(1, 4, learning_rate=1e-5, max_steps=10, warmup_steps=0, steps_per_epoch=None)
-    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=numbers.learning_rate)
+    schedule = TrainingSchedule(1, 4, learning_rate=1e-5, max_steps=10, warmup_steps=0, steps_per_epoch=None)
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=schedule.learning_rate)
     with pytest.raises(ValueError, match="min_learning_rate=0.0001 must lie in"):
-        build_lr_scheduler(optimizer, numbers, min_learning_rate=1e-4)
+        build_lr_scheduler(optimizer, schedule, min_learning_rate=1e-4)
 
 
 def authors_schedule(peak: float, floor: float, warmup: int, total: int) -> np.ndarray:
@@ -83,9 +83,9 @@ def authors_schedule(peak: float, floor: float, warmup: int, total: int) -> np.n
 PEAK, FLOOR, WARMUP, TOTAL = 1e-3, 1e-5, 4, 8
 
 
-def build_real_step(output_dir: str, seed: int = 0) -> tuple[PretrainingStep, torch.optim.Optimizer, list[float]]:
-    """The step `run_pretrain.py` builds (Accelerator, AdamW groups, scheduler, tracker) on a tiny model, with the lr
-    of every parameter group recorded as each update uses it."""
+def build_real_step(output_dir: str, seed: int = 0) -> tuple[PretrainingStep, list[list[float]]]:
+    """The step `run_pretrain.py` builds (`build_pretraining_step`: Accelerator, AdamW groups, scheduler, tracker) on
+    a tiny model, with the lr of every parameter group recorded as each update uses it."""
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     training_args = PretrainingArguments(
@@ -93,20 +93,15 @@ def build_real_step(output_dir: str, seed: int = 0) -> tuple[PretrainingStep, to
         min_learning_rate=FLOOR, lr_scheduler_type="authors_cosine", max_steps=TOTAL, warmup_steps=WARMUP,
         report_to="none", mixed_precision="no",
     )  # fmt: skip
-    numbers = compute_training_numbers(2, 1, 1, PEAK, 2, max_steps=TOTAL, warmup_steps=WARMUP)
+    schedule = compute_training_schedule(2, 1, 1, PEAK, 2, max_steps=TOTAL, warmup_steps=WARMUP)
     accelerator = build_accelerator(training_args)
     torch.manual_seed(seed)
-    model = CAEv2ForPreTraining(build_tiny_config())
-    optimizer, scheduler = build_optimizer_and_scheduler(model, training_args, numbers)
+    step = build_pretraining_step(accelerator, CAEv2ForPreTraining(build_tiny_config()), training_args, schedule)
     used = []
-    optimizer.register_step_pre_hook(lambda opt, args, kwargs: used.append([g["lr"] for g in opt.param_groups]))
-    model, prepared_optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    tracker = StepTracker(accelerator.device, numbers.effective_batch_size, 10)
-    config = model.config
-    step = PretrainingStep(
-        accelerator, model, prepared_optimizer, scheduler, tracker, 3.0, config.image_mean, config.image_std
+    unwrap_optimizer(step.optimizer).register_step_pre_hook(
+        lambda opt, args, kwargs: used.append([group["lr"] for group in opt.param_groups])
     )
-    return step, optimizer, used
+    return step, used
 
 
 def tiny_batch(update: int) -> dict[str, torch.Tensor]:
@@ -118,7 +113,7 @@ def tiny_batch(update: int) -> dict[str, torch.Tensor]:
 
 @pytest.mark.usefixtures("fresh_accelerate_state")
 def test_authors_cosine_gives_the_authors_lr_at_every_update_of_the_real_step(tmp_path) -> None:
-    step, _, used = build_real_step(str(tmp_path))
+    step, used = build_real_step(str(tmp_path))
     for update in range(TOTAL):
         step(tiny_batch(update))
     reference = authors_schedule(PEAK, FLOOR, WARMUP, TOTAL)
@@ -130,11 +125,11 @@ def test_authors_cosine_gives_the_authors_lr_at_every_update_of_the_real_step(tm
 
 
 def test_transformers_schedule_peaks_one_update_later_than_the_authors() -> None:
-    numbers = TrainingNumbers(1, 4, learning_rate=PEAK, max_steps=TOTAL, warmup_steps=WARMUP, steps_per_epoch=None)
+    schedule = TrainingSchedule(1, 4, learning_rate=PEAK, max_steps=TOTAL, warmup_steps=WARMUP, steps_per_epoch=None)
     lrs = {}
     for kind in ("cosine_with_min_lr", "authors_cosine"):
         optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=PEAK)
-        scheduler = build_lr_scheduler(optimizer, numbers, FLOOR, kind)
+        scheduler = build_lr_scheduler(optimizer, schedule, FLOOR, kind)
         lrs[kind] = [scheduler.get_last_lr()[0]] + [lr_after(scheduler, optimizer, 1) for _ in range(TOTAL - 1)]
     warmup = np.arange(WARMUP)
     np.testing.assert_allclose(lrs["cosine_with_min_lr"][:WARMUP], PEAK * warmup / WARMUP, rtol=1e-12)
@@ -144,12 +139,12 @@ def test_transformers_schedule_peaks_one_update_later_than_the_authors() -> None
 
 @pytest.mark.usefixtures("fresh_accelerate_state")
 def test_authors_cosine_continues_its_schedule_after_a_checkpoint(tmp_path) -> None:
-    step, _, used = build_real_step(str(tmp_path / "run"))
+    step, used = build_real_step(str(tmp_path / "run"))
     for update in range(5):
         step(tiny_batch(update))
     save_checkpoint(step.accelerator, str(tmp_path / "checkpoints"), 5, {}, {}, save_total_limit=1)
     saved_state = step.scheduler.scheduler.state_dict()
-    resumed, _, resumed_used = build_real_step(str(tmp_path / "run"), seed=1)  # other initial weights, overwritten
+    resumed, resumed_used = build_real_step(str(tmp_path / "run"), seed=1)  # other initial weights, overwritten
     load_checkpoint(resumed.accelerator, str(tmp_path / "checkpoints" / "checkpoint-00000005"))
     assert resumed.scheduler.scheduler.state_dict() == saved_state
     for update in range(5, TOTAL):
@@ -159,9 +154,9 @@ def test_authors_cosine_continues_its_schedule_after_a_checkpoint(tmp_path) -> N
 
 
 def test_authors_cosine_with_one_warmup_update_starts_at_zero_as_linspace_does() -> None:
-    numbers = TrainingNumbers(1, 4, learning_rate=PEAK, max_steps=3, warmup_steps=1, steps_per_epoch=None)
+    schedule = TrainingSchedule(1, 4, learning_rate=PEAK, max_steps=3, warmup_steps=1, steps_per_epoch=None)
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=PEAK)
-    scheduler = build_lr_scheduler(optimizer, numbers, FLOOR, "authors_cosine")
+    scheduler = build_lr_scheduler(optimizer, schedule, FLOOR, "authors_cosine")
     observed = [scheduler.get_last_lr()[0], lr_after(scheduler, optimizer, 1), lr_after(scheduler, optimizer, 1)]
     np.testing.assert_allclose(observed, authors_schedule(PEAK, FLOOR, 1, 3), rtol=1e-12, atol=0)
 

@@ -1,6 +1,7 @@
 """Tests for caev2_hf/study: the paper's studies as data, the steps' commands, states read from folders, the runner
 and the report, and the offline mini-study end to end with the real scripts."""
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -14,13 +15,13 @@ import yaml
 from caev2_hf import CAEv2Config
 from caev2_hf.study import list_study, report_study, run_study
 from caev2_hf.study.actions import find_repository, open_study
-from caev2_hf.study.commands import resume_arguments
+from caev2_hf.study.commands import pretraining_step, resume_arguments
 from caev2_hf.study.definition import load_study
 from caev2_hf.study.runner import Launch, run_step
 from caev2_hf.study.state import FAILED_FILE, STEP_FILE, read_run_status
 from caev2_hf_cli.errors import UserError
 from caev2_hf_cli.parsing import parse_arguments
-from caev2_hf_cli.pretraining import ARGUMENT_CLASSES
+from caev2_hf_cli.pretraining import ARGUMENT_CLASSES, MASK_LAYOUT_ARGUMENTS
 from caev2_hf_cli.study import parse_study_command
 
 
@@ -64,16 +65,22 @@ def test_default_rows_of_every_table_share_the_recipe_runs():
 
 
 @pytest.mark.parametrize("name", sorted(ROW_COUNTS))
-def test_rows_change_their_recipe_into_configs_pretraining_accepts(name: str):
-    """Every change is a real one (a value equal to the recipe's would give the same setting a second run folder)
-    and the resulting config is one the pretraining model computes."""
+def test_rows_change_their_recipe_into_arguments_pretraining_accepts(name: str, tmp_path: Path):
+    """Every change is a real one (a value equal to the recipe's would give the same setting a second run folder),
+    and the row's command gives run_pretrain.py a config the pretraining model computes and the row's mask layout
+    (a data argument) or count (a config field)."""
     for row in load(name).rows:
+        _, recipe_data, _ = parse_arguments(ARGUMENT_CLASSES, ["--config", str(REPO_ROOT / row.pretraining)])
         recipe = CAEv2Config.from_preset(row.size, **row.recipe_overrides)
+        step = pretraining_step(row, {}, str(tmp_path))
+        with contextlib.chdir(REPO_ROOT):  # the command names its recipe as the study does, from the repository
+            model_args, data_args, _ = parse_arguments(ARGUMENT_CLASSES, list(step.arguments))
+        config = CAEv2Config.from_preset(row.size, **(model_args.config_overrides or {}))
+        config.validate_for_pretraining()
         for field, value in {**row.model, **row.masking}.items():
-            assert getattr(recipe, field) != value, f"{row.group} {row.label}: {field}={value} is the recipe's"
-        CAEv2Config.from_preset(
-            row.size, **{**row.recipe_overrides, **row.model, **row.masking}
-        ).validate_for_pretraining()
+            owner, recipe_owner = (data_args, recipe_data) if field in MASK_LAYOUT_ARGUMENTS else (config, recipe)
+            assert getattr(recipe_owner, field) != value, f"{row.group} {row.label}: {field}={value} is the recipe's"
+            assert getattr(owner, field) == value, f"{row.group} {row.label}: {field} does not reach the run"
 
 
 def test_pretraining_command_gives_run_pretrain_the_row_setting(tmp_path):

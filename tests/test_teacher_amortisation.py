@@ -11,6 +11,7 @@ from accelerate import Accelerator
 from caev2_hf import CAEv2ForPreTraining
 from caev2_hf.data.masking import build_mask_generator
 from caev2_hf.pretraining.step import PretrainingStep
+from caev2_hf_cli.pretraining import PretrainingDataArguments
 
 
 def build_step(model: CAEv2ForPreTraining, masks_per_image: int) -> PretrainingStep:
@@ -27,7 +28,8 @@ def test_amortised_step_equals_k_separate_steps_with_the_same_targets(tiny_confi
     model = CAEv2ForPreTraining(tiny_config).train()
     batch_size, num_masks = pixel_values.shape[0], 3
     rng = np.random.default_rng(0)
-    masks = torch.from_numpy(np.stack([build_mask_generator(tiny_config)(rng) for _ in range(num_masks * batch_size)]))
+    generator = build_mask_generator((4, 4), tiny_config.num_masking_patches, PretrainingDataArguments())
+    masks = torch.from_numpy(np.stack([generator(rng) for _ in range(num_masks * batch_size)]))
 
     teacher_calls = []
     model.teacher.register_forward_hook(lambda module, args, output: teacher_calls.append(args[0].shape[0]))

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from caev2_hf.pretraining.schedule import compute_training_numbers
+from caev2_hf.pretraining.schedule import compute_training_schedule
 from caev2_hf_cli.errors import UserError
 from caev2_hf_cli.parsing import parse_arguments
 from caev2_hf_cli.pretraining import ARGUMENT_CLASSES, check_pretraining_arguments
@@ -182,15 +182,15 @@ def test_output_dir_of_another_run_is_refused_unless_resuming_or_overwriting(tmp
 @pytest.mark.parametrize("size", ["tiny", "small", "base", "large"])
 def test_recipe_files_give_the_official_numbers_on_eight_processes(size: str) -> None:
     model_args, _, training_args = parse_pretraining_arguments(["--config", str(CONFIGS / f"vit-{size}.yaml")])
-    numbers = compute_training_numbers(
+    schedule = compute_training_schedule(
         training_args.per_device_train_batch_size, training_args.gradient_accumulation_steps, 8,
         training_args.learning_rate, training_args.learning_rate_batch_size,
         num_train_epochs=training_args.num_train_epochs, num_train_examples=training_args.num_train_examples,
         warmup_epochs=training_args.warmup_epochs,
     )  # fmt: skip
     assert model_args.model_preset == size
-    assert (numbers.effective_batch_size, numbers.learning_rate) == (2048, 1.5e-3)
-    assert (numbers.steps_per_epoch, numbers.max_steps, numbers.warmup_steps) == (625, 187_500, 6_250)
+    assert (schedule.effective_batch_size, schedule.learning_rate) == (2048, 1.5e-3)
+    assert (schedule.steps_per_epoch, schedule.max_steps, schedule.warmup_steps) == (625, 187_500, 6_250)
     assert (training_args.adam_beta1, training_args.adam_beta2, training_args.weight_decay) == (0.9, 0.999, 0.05)
     assert (training_args.min_learning_rate, training_args.max_grad_norm) == (1e-5, 3.0)
     assert training_args.torch_compile and training_args.mixed_precision == "bf16"  # the measured fast path

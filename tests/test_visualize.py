@@ -14,6 +14,7 @@ from PIL import Image
 from caev2_hf import CAEv2ForImageClassification, CAEv2ForPreTraining, CAEv2Model, visualize
 from caev2_hf.data.masking import build_mask_generator
 from caev2_hf_cli.errors import UserError
+from caev2_hf_cli.pretraining import PretrainingDataArguments
 from caev2_hf_cli.visualize import parse_visualize_arguments
 
 
@@ -77,19 +78,20 @@ def test_attention_panel_is_the_last_blocks_cls_row_per_head():
 
 
 @pytest.mark.parametrize(
-    "overrides",
+    "overrides, layout",
     [
-        {},
-        {"mask_strategy": "random"},
-        {"image_size": 64, "num_masking_patches": 40, "teacher_grid_resampling": "bilinear"},
+        ({}, {}),
+        ({}, {"mask_strategy": "random"}),
+        ({"image_size": 64, "num_masking_patches": 40, "teacher_grid_resampling": "bilinear"}, {}),
     ],
 )
-def test_mask_panel_shows_exactly_num_masking_patches(overrides):
-    config = build_tiny_config(**overrides)
+def test_mask_panel_shows_exactly_num_masking_patches(overrides, layout):
+    config, layout = build_tiny_config(**overrides), PretrainingDataArguments(mask_min_num_patches=2, **layout)
     patch, grid = config.patch_size, config.image_size // config.patch_size
-    mask = visualize.draw_pretraining_mask(config, config.image_size, np.random.default_rng(3))
+    mask = visualize.draw_pretraining_mask(config, config.image_size, np.random.default_rng(3), layout)
     # the pretraining generator itself, with the same draws
-    np.testing.assert_array_equal(mask, build_mask_generator(config)(np.random.default_rng(3)))
+    generator = build_mask_generator((grid, grid), config.num_masking_patches, layout)
+    np.testing.assert_array_equal(mask, generator(np.random.default_rng(3)))
     image = random_image(config.image_size)
     shown = visualize.show_mask(image, mask, patch)
     patches_of = lambda array: array.reshape(grid, patch, grid, patch, 3).transpose(0, 2, 1, 3, 4).reshape(grid**2, -1)  # noqa: E731
@@ -99,6 +101,19 @@ def test_mask_panel_shows_exactly_num_masking_patches(overrides):
     masked_pixel = shown[(np.flatnonzero(mask)[0] // grid) * patch, (np.flatnonzero(mask)[0] % grid) * patch]
     original = image[(np.flatnonzero(mask)[0] // grid) * patch, (np.flatnonzero(mask)[0] % grid) * patch]
     np.testing.assert_array_equal(masked_pixel, np.round(0.3 * original.astype(np.float32) + 0.7 * 128))
+
+
+def test_mask_panel_follows_the_command_s_mask_layout(tmp_path: Path):
+    arguments = ["--model", str(tmp_path), "--image", "x.png", "--output_dir", str(tmp_path)]
+    build_tiny_config().save_pretrained(tmp_path)
+    defaults = parse_visualize_arguments(arguments)
+    assert (defaults.mask_strategy, defaults.mask_min_num_patches, defaults.mask_min_aspect) == ("block", 16, 0.3)
+    random = parse_visualize_arguments([*arguments, "--mask_strategy", "random"])
+    mask = visualize.draw_pretraining_mask(build_tiny_config(), 32, np.random.default_rng(0), random)
+    expected = build_mask_generator((4, 4), 6, PretrainingDataArguments(mask_strategy="random"))
+    np.testing.assert_array_equal(mask, expected(np.random.default_rng(0)))
+    with pytest.raises(UserError, match=r"--mask_min_aspect 2.0: must lie in \(0, 1\]"):
+        parse_visualize_arguments([*arguments, "--mask_min_aspect", "2"])
 
 
 def test_mask_at_another_resolution_keeps_the_ratio():

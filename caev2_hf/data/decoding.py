@@ -82,11 +82,6 @@ def decode_rgb_image(image: ImageLike) -> tuple[Image.Image | None, str | None]:
         return None, describe_error(error)
 
 
-def to_rgb_image(image: ImageLike) -> Image.Image | None:
-    """Converts any image `datasets` yields to RGB; None when it cannot be used. Never raises."""
-    return decode_rgb_image(image)[0]
-
-
 def image_name(example: dict) -> str | None:
     """What names an example's image in a log line: its file path, or `shard:member` for webdataset shards."""
     image = example.get("image")

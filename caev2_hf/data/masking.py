@@ -6,14 +6,12 @@ a resumed run that replays the data stream redraws the same masks.
 """
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
+from caev2_hf_cli.pretraining import MASK_STRATEGIES, PretrainingDataArguments
 
-if TYPE_CHECKING:
-    from ..configuration_caev2 import CAEv2Config
+from ..configuration_caev2 import check_num_masking_patches
 
 
 def _validate_grid_and_count(grid_size: tuple[int, int], num_masking_patches: int) -> tuple[int, int]:
@@ -21,12 +19,7 @@ def _validate_grid_and_count(grid_size: tuple[int, int], num_masking_patches: in
     height, width = grid_size
     if height < 1 or width < 1:
         raise ValueError(f"grid_size={grid_size} must be two positive integers (rows, columns of patches).")
-    num_patches = height * width
-    if not 0 <= num_masking_patches < num_patches:
-        raise ValueError(
-            f"num_masking_patches={num_masking_patches} must be in [0, {num_patches}) for a {height}x{width} grid: "
-            "at least one patch must stay visible for the encoder. Lower the count (e.g. round(ratio * num_patches))."
-        )
+    check_num_masking_patches(num_masking_patches, height * width)
     return height, width
 
 
@@ -142,67 +135,14 @@ class RandomMaskGenerator:
 MaskGenerator = BlockMaskGenerator | RandomMaskGenerator
 
 
-def build_mask_generator(config: "CAEv2Config") -> MaskGenerator:
-    """Builds the generator a `CAEv2Config` asks for (`mask_strategy` "block" or "random")."""
-    grid_side = config.image_size // config.patch_size
-    grid_size = (grid_side, grid_side)
-    if config.mask_strategy == "block":
-        return BlockMaskGenerator(
-            grid_size,
-            config.num_masking_patches,
-            min_num_patches=config.mask_min_num_patches,
-            min_aspect=config.mask_min_aspect,
-        )
-    if config.mask_strategy == "random":
-        return RandomMaskGenerator(grid_size, config.num_masking_patches)
-    raise ValueError(f"mask_strategy={config.mask_strategy!r} is not supported: use 'block' or 'random'.")
-
-
-class MaskingCollator:
-    """Stacks uint8 images and draws one mask per image, in the loader workers (docs/design.md#data-path: no float work here).
-
-    The masks of a batch come from a Generator seeded by (seed, process index, worker id, epoch, batch index of
-    this worker in this epoch), so they depend only on the data position: two runs with the same seed and data
-    order, or a resumed run that replays the epoch, draw the same masks, and processes draw different ones. In a
-    worker the epoch is read from the worker's dataset (`datasets` shares it with persistent workers); without
-    workers, `set_epoch` provides it.
-
-    Returns `pixel_values` uint8 (batch, 3, H, W), `bool_masked_pos` bool (batch, num_patches), `labels` int64
-    (batch,) when every example has a label, and `num_skipped_images`, an int64 scalar: how many unreadable images
-    were dropped before the images of this batch (see `data.LabelledImageStream`).
-    """
-
-    def __init__(self, mask_generator: MaskGenerator, seed: int = 0, process_index: int = 0) -> None:
-        if seed < 0 or process_index < 0:
-            raise ValueError(f"seed={seed} and process_index={process_index} must be non-negative (they seed numpy).")
-        self.mask_generator = mask_generator
-        self.seed = seed
-        self.process_index = process_index
-        self.epoch = 0
-        self._counter_epoch = 0
-        self._num_calls = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _next_rng(self) -> np.random.Generator:
-        worker_info = torch.utils.data.get_worker_info()
-        worker_id = worker_info.id if worker_info is not None else 0
-        epoch = int(getattr(worker_info.dataset, "epoch", self.epoch)) if worker_info is not None else self.epoch
-        if epoch != self._counter_epoch:
-            self._counter_epoch, self._num_calls = epoch, 0
-        rng = np.random.default_rng([self.seed, self.process_index, worker_id, epoch, self._num_calls])
-        self._num_calls += 1
-        return rng
-
-    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        rng = self._next_rng()
-        masks = np.stack([self.mask_generator(rng) for _ in examples])
-        batch = {
-            "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
-            "bool_masked_pos": torch.from_numpy(masks),
-            "num_skipped_images": torch.tensor(sum(example.get("num_skipped", 0) for example in examples)),
-        }
-        if all(example.get("label") is not None for example in examples):
-            batch["labels"] = torch.tensor([example["label"] for example in examples], dtype=torch.int64)
-        return batch
+def build_mask_generator(
+    grid_size: tuple[int, int], num_masking_patches: int, layout: PretrainingDataArguments
+) -> MaskGenerator:
+    """The generator pretraining draws its masks with: the model's count (`CAEv2Config.num_masking_patches`) on the
+    patch grid, laid out as `layout` says: its `mask_strategy` and, for block masking, `mask_min_num_patches` and
+    `mask_min_aspect` (the pretraining data arguments, or any object with those three attributes)."""
+    if layout.mask_strategy == "block":
+        return BlockMaskGenerator(grid_size, num_masking_patches, layout.mask_min_num_patches, layout.mask_min_aspect)
+    if layout.mask_strategy == "random":
+        return RandomMaskGenerator(grid_size, num_masking_patches)
+    raise ValueError(f"mask_strategy={layout.mask_strategy!r} is not supported: use one of {MASK_STRATEGIES}.")

@@ -4,12 +4,17 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import tarfile
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from huggingface_hub.errors import GatedRepoError
 from transformers.utils import logging
+
+from .decoding import describe_error
+from .errors import unreadable_shard_error
 
 
 if TYPE_CHECKING:  # `datasets` is imported where a stream is opened: decoding and transforms work without it
@@ -177,7 +182,10 @@ def open_image_dataset(
         dataset = datasets.Dataset.from_list(list(stream), features=stream.features)  # keeps the class names
     else:
         builder = _builder_for_files(data_files)
-        dataset = datasets.load_dataset(builder, data_files=data_files, split=split, streaming=streaming)
+        try:  # `datasets` reads the first shard's first examples here, to learn the columns
+            dataset = datasets.load_dataset(builder, data_files=data_files, split=split, streaming=streaming)
+        except tarfile.TarError as error:
+            raise unreadable_shard_error(error) from error
     if not streaming:
         dataset = _as_stream(dataset)
     columns = dataset.column_names or list(next(iter(dataset), {}))  # some Hub streams only know them after a read
@@ -193,6 +201,28 @@ def open_image_dataset(
         dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
     renames = {old: new for old, new in ((image_column, "image"), (label_column, "label")) if old and old != new}
     return dataset.rename_columns(renames) if renames else dataset
+
+
+def find_unreadable_tar_shards(data_files: list[str] | str) -> dict[str, str]:
+    """The local `.tar` files (paths or globs) that cannot be read to their end, with the reason: not an archive, or
+    cut short (a member's data runs past the end of the file). Reads the headers only, so it is quick even for
+    ImageNet's shards; what it finds is what makes `datasets` stop with `tarfile.ReadError` mid-stream."""
+    patterns = [data_files] if isinstance(data_files, str) else data_files
+    paths = sorted({path for pattern in patterns for path in glob.glob(pattern) if path.endswith(".tar")})
+    problems = {}
+    for path in paths:
+        size = os.path.getsize(path)
+        try:
+            with tarfile.open(path, "r:") as archive:
+                cut = next((member for member in archive if member.offset_data + member.size > size), None)
+        except (tarfile.TarError, OSError) as error:
+            problems[path] = describe_error(error)
+            continue
+        if cut is not None:
+            problems[path] = (
+                f"member {cut.name} ends {cut.offset_data + cut.size - size} bytes past the end of the file"
+            )
+    return problems
 
 
 def shard_for_process(

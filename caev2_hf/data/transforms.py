@@ -25,9 +25,6 @@ from torchvision.transforms.v2 import functional as F
 from .decoding import ImageLike, encoded_bytes, open_image, to_rgb
 
 
-JITTER_OPS = ("brightness", "contrast", "saturation")  # index = op code in `jitter_order`; hue stays 0 in CAE v2
-
-
 def build_random_crop_transform(
     image_size: int = 224, scale: tuple[float, float] = (0.4, 1.0), color_jitter: float = 0.4, hflip: bool = True
 ) -> v2.Compose:

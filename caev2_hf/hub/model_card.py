@@ -140,6 +140,7 @@ def render_model_card(
     eval_results: list[EvalResult] | None = None,
     usage_path: str | None = None,
     picture: str | None = None,
+    mask_strategy: str = "block",
 ) -> ModelCard:
     """The card of one checkpoint, from the single template.
 
@@ -158,6 +159,7 @@ def render_model_card(
         usage_path: What the usage snippets load: a Hub id or the folder's real path; defaults to `model_id`.
         picture: Path (relative to the card) or URL of a PNG from `caev2-visualize`, shown under the
             introduction; none by default.
+        mask_strategy: How pretraining laid out its masks (`run_pretrain.py --mask_strategy`; the paper's: block).
     """
     if size is not None and size not in CAEV2_PRESETS:
         raise ValueError(f"Unknown size {size!r}: choose one of {sorted(CAEV2_PRESETS)}.")
@@ -187,6 +189,7 @@ def render_model_card(
         num_parameters=count_encoder_parameters(config),
         contents=CONTENTS[(config.architectures or ["CAEv2Model"])[0]],
         supervised_tokens=describe_supervised_tokens(config),
+        mask_strategy=mask_strategy,
         mask_percent=round(100 * config.num_masking_patches / config.num_patches),
         datasets=list(datasets),
         evaluations=evaluations_block(eval_results),

@@ -14,6 +14,7 @@ from huggingface_hub import HfApi
 from ..hub.model_card import write_model_card
 from ..hub.publish import check_matches_preset, push_folder
 from ..modeling_caev2 import CAEv2ForPreTraining
+from .checkpointing import replace_folder
 
 
 PRETRAINING_SUBFOLDER = "pretraining"
@@ -25,14 +26,14 @@ RANDOM_TEACHER_WARNING = (
 
 
 def describe_training(
-    size: str | None, numbers: dict, final_loss: float | None, data_source: str, use_random_teacher: bool
+    size: str | None, schedule: dict, final_loss: float | None, data_source: str, use_random_teacher: bool
 ) -> str:
     """The card's "This checkpoint" paragraph: what ran, on what, and how the loss ended."""
     text = (
         f"Pretrained with `run_pretrain.py`{f' (ViT-{size.capitalize()})' if size else ''} on {data_source}: "
-        f"{numbers['max_steps']:,} updates at an effective batch of {numbers['effective_batch_size']:,} "
-        f"({numbers['num_processes']} process(es)), peak lr {numbers['learning_rate']:.3g} after "
-        f"{numbers['warmup_steps']:,} warmup updates, cosine decay."
+        f"{schedule['max_steps']:,} updates at an effective batch of {schedule['effective_batch_size']:,} "
+        f"({schedule['num_processes']} process(es)), peak lr {schedule['learning_rate']:.3g} after "
+        f"{schedule['warmup_steps']:,} warmup updates, cosine decay."
     )
     if final_loss is not None:
         text += f" Training loss at the end: {final_loss:.4f}."
@@ -58,10 +59,12 @@ def export_final_model(
     model_id: str | None,
     datasets: list[str],
     training_details: str,
+    mask_strategy: str = "block",
 ) -> str:
     """Saves the encoder + processor + card in `final_dir` and the pretraining model in its `pretraining/`.
 
-    `size` is an official preset the architecture matches exactly (see `preset_of`), or None. Called on every
+    `size` is an official preset the architecture matches exactly (see `preset_of`), or None; `mask_strategy` is
+    the run's (the card names it). Called on every
     process: the full state dict is gathered first (needed under FSDP), the main process writes. The folder is
     written as `final_dir.incomplete` and renamed when complete, so a crash never leaves a partial `final_dir` (an
     existing one, e.g. a finished run's that is exported again, is replaced only then). Without `model_id` the card
@@ -87,22 +90,11 @@ def export_final_model(
             usage_path=model_id or final_dir,
             datasets=datasets,
             training_details=training_details,
+            mask_strategy=mask_strategy,
         )
         replace_folder(temporary, final_dir)
     accelerator.wait_for_everyone()
     return final_dir
-
-
-def replace_folder(source: str, destination: str) -> None:
-    """Renames `source` to `destination`, replacing an existing one (moved aside first, deleted last)."""
-    if os.path.exists(destination):
-        aside = os.path.normpath(destination) + ".replaced"
-        shutil.rmtree(aside, ignore_errors=True)
-        os.replace(destination, aside)
-        os.replace(source, destination)
-        shutil.rmtree(aside)
-    else:
-        os.replace(source, destination)
 
 
 def push_to_hub_in_background(folder: str, repo_id: str, private: bool) -> Future:

@@ -1,5 +1,6 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
-"""The numbers a pretraining run derives from its arguments (batch, lr, steps) and its lr schedule (docs/method.md#recipes)."""
+"""A pretraining run's schedule, derived from its arguments (effective batch, scaled lr, update and warmup counts),
+and its lr scheduler (docs/method.md#recipes)."""
 
 import dataclasses
 import functools
@@ -10,9 +11,13 @@ import torch
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 
+SCHEDULE_KEY = "schedule"  # a checkpoint's training_state.json key; checkpoints written before call it "numbers"
+
+
 @dataclass(frozen=True)
-class TrainingNumbers:
-    """Derived once, logged once and saved with every checkpoint, so a reader never recomputes them."""
+class TrainingSchedule:
+    """Derived once, logged once and saved with every checkpoint (under `SCHEDULE_KEY`), so a reader never
+    recomputes them."""
 
     num_processes: int
     effective_batch_size: int
@@ -23,6 +28,11 @@ class TrainingNumbers:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def saved_schedule(training_state: dict) -> dict | None:
+    """The schedule a checkpoint's `training_state.json` recorded (`TrainingSchedule.to_dict`), whatever its age."""
+    return training_state.get(SCHEDULE_KEY, training_state.get("numbers"))
 
 
 def _steps(steps: int | None, epochs: float | None, steps_per_epoch: int | None, name: str) -> int | None:
@@ -36,7 +46,7 @@ def _steps(steps: int | None, epochs: float | None, steps_per_epoch: int | None,
     return round(epochs * steps_per_epoch)
 
 
-def compute_training_numbers(
+def compute_training_schedule(
     per_device_batch_size: int,
     gradient_accumulation_steps: int,
     num_processes: int,
@@ -47,7 +57,7 @@ def compute_training_numbers(
     num_train_examples: int | None = None,
     warmup_steps: int | None = None,
     warmup_epochs: float | None = None,
-) -> TrainingNumbers:
+) -> TrainingSchedule:
     """Effective batch, absolute lr by the linear scaling rule, and the step counts.
 
     `lr = learning_rate * effective_batch_size / learning_rate_batch_size` (the official recipe quotes 1.5e-3 at
@@ -69,7 +79,7 @@ def compute_training_numbers(
             f"warmup ({warmup} updates) is longer than the run ({total} updates): lower --warmup_steps (or "
             "--warmup_epochs), or lengthen the run."
         )
-    return TrainingNumbers(
+    return TrainingSchedule(
         num_processes=num_processes,
         effective_batch_size=effective_batch_size,
         learning_rate=learning_rate * effective_batch_size / learning_rate_batch_size,
@@ -94,26 +104,26 @@ def authors_cosine_factor(step: int, warmup_steps: int, max_steps: int, min_rati
 
 def build_lr_scheduler(
     optimizer: torch.optim.Optimizer,
-    numbers: TrainingNumbers,
+    schedule: TrainingSchedule,
     min_learning_rate: float,
     scheduler_type: str = "cosine_with_min_lr",
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warmup from 0, then half a cosine down to `min_learning_rate`, stepped once per update
     (docs/method.md#recipes): transformers' `cosine_with_min_lr`, or `authors_cosine` (`authors_cosine_factor`)."""
-    if not 0 <= min_learning_rate <= numbers.learning_rate:
+    if not 0 <= min_learning_rate <= schedule.learning_rate:
         raise ValueError(
-            f"min_learning_rate={min_learning_rate} must lie in [0, {numbers.learning_rate:.3g}] (the scaled peak lr)."
+            f"min_learning_rate={min_learning_rate} must lie in [0, {schedule.learning_rate:.3g}] (the scaled peak lr)."
         )
     if scheduler_type == "authors_cosine":
         factor = functools.partial(
             authors_cosine_factor,
-            warmup_steps=numbers.warmup_steps,
-            max_steps=numbers.max_steps,
-            min_ratio=min_learning_rate / numbers.learning_rate,
+            warmup_steps=schedule.warmup_steps,
+            max_steps=schedule.max_steps,
+            min_ratio=min_learning_rate / schedule.learning_rate,
         )
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     if scheduler_type != "cosine_with_min_lr":
         raise ValueError(f"scheduler_type={scheduler_type!r}: choose cosine_with_min_lr or authors_cosine.")
     return get_cosine_with_min_lr_schedule_with_warmup(
-        optimizer, numbers.warmup_steps, numbers.max_steps, min_lr=min_learning_rate
+        optimizer, schedule.warmup_steps, schedule.max_steps, min_lr=min_learning_rate
     )

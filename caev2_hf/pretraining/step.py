@@ -1,8 +1,8 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
 """The pretraining step, and the Accelerator, optimizer and scheduler it runs with.
 
-`run_pretrain.py` and `benchmarks/bench_pretrain.py` both build these objects here and call the same
-`PretrainingStep`, so a benchmark figure is the training script's figure (docs/design.md#training-loop).
+`run_pretrain.py` and `benchmarks/bench_pretrain.py` both build their step with `build_pretraining_step` and call
+the same `PretrainingStep`, so a benchmark figure is the training script's figure (docs/design.md#training-loop).
 """
 
 import os
@@ -16,7 +16,7 @@ from caev2_hf_cli.pretraining import PretrainingArguments
 
 from ..data.device_augment import AUGMENTATION_KEYS, augment_and_normalize
 from ..optim import build_parameter_groups
-from .schedule import TrainingNumbers, build_lr_scheduler
+from .schedule import TrainingSchedule, build_lr_scheduler
 from .step_tracking import StepTracker
 
 
@@ -50,19 +50,19 @@ def build_accelerator(training_args: PretrainingArguments) -> Accelerator:
 
 
 def build_optimizer_and_scheduler(
-    model: torch.nn.Module, training_args: PretrainingArguments, numbers: TrainingNumbers
+    model: torch.nn.Module, training_args: PretrainingArguments, schedule: TrainingSchedule
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW without decay on 1-D tensors, fused on every device: besides being the fastest AdamW, the fused kernel
     lets StepTracker skip a non-finite update on the device (no host sync)."""
     optimizer = torch.optim.AdamW(
         build_parameter_groups(model, training_args.weight_decay),
-        lr=numbers.learning_rate,
+        lr=schedule.learning_rate,
         betas=(training_args.adam_beta1, training_args.adam_beta2),
         eps=training_args.adam_epsilon,
         fused=True,
     )
     scheduler = build_lr_scheduler(
-        optimizer, numbers, training_args.min_learning_rate, training_args.lr_scheduler_type
+        optimizer, schedule, training_args.min_learning_rate, training_args.lr_scheduler_type
     )
     return optimizer, scheduler
 
@@ -140,3 +140,21 @@ class PretrainingStep:
             optimizer.zero_grad(set_to_none=True)
         self.tracker.record_batch(outputs, batch["num_skipped_images"])
         return outputs
+
+
+def build_pretraining_step(
+    accelerator: Accelerator, model: torch.nn.Module, training_args: PretrainingArguments, schedule: TrainingSchedule
+) -> PretrainingStep:
+    """The step `run_pretrain.py` trains with and `benchmarks/bench_pretrain.py` times: fused AdamW and the lr
+    scheduler of `schedule` for `model`, all three prepared by `accelerator`, and a `StepTracker` counting from 0 (a
+    resumed run loads its checkpoint into these prepared objects, then calls `tracker.restore_totals`)."""
+    optimizer, scheduler = build_optimizer_and_scheduler(model, training_args, schedule)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    tracker = StepTracker(
+        accelerator.device, schedule.effective_batch_size, training_args.max_consecutive_skipped_steps
+    )
+    config = accelerator.unwrap_model(model).config
+    return PretrainingStep(
+        accelerator, model, optimizer, scheduler, tracker, training_args.max_grad_norm, config.image_mean,
+        config.image_std, masks_per_image=training_args.masks_per_image,
+    )  # fmt: skip

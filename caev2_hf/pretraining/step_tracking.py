@@ -120,6 +120,11 @@ class StepTracker:
         self._zero_window(self.window_losses.device)
         return metrics
 
+    def restore_totals(self, skipped_steps: int, skipped_images: int) -> None:
+        """Continues the counters from a checkpoint's `totals` (the tracker is built before the checkpoint loads)."""
+        self.skipped_steps.fill_(float(skipped_steps))
+        self.total_skipped_images = skipped_images
+
     def totals(self, accelerator: Accelerator) -> dict[str, int]:
         """Skipped updates and images so far, all processes together (for checkpoints; a host sync)."""
         window_images = accelerator.reduce(self.window_skipped_images.to(self.window_losses.device), reduction="sum")

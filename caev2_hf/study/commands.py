@@ -7,6 +7,8 @@ import os
 import re
 from dataclasses import dataclass
 
+from caev2_hf_cli.pretraining import MASK_LAYOUT_ARGUMENTS
+
 
 @dataclass(frozen=True)
 class EvaluationKind:
@@ -44,10 +46,12 @@ class Step:
 
 
 def pretraining_overrides(model: dict, masking: dict) -> dict:
-    """run_pretrain.py arguments for a row's model and masking changes. The mask strategy and count are CAEv2Config
-    fields today, so they join `config_overrides`; should they move to the data arguments, only this changes."""
-    overrides = {**model, **masking}
-    return {"config_overrides": overrides} if overrides else {}
+    """run_pretrain.py arguments for a row's model and masking changes: the mask count (`num_masking_patches`,
+    `mask_ratio`) is a CAEv2Config field and joins `config_overrides`; the layout (`mask_strategy`) is a data
+    argument of its own."""
+    layout = {key: value for key, value in masking.items() if key in MASK_LAYOUT_ARGUMENTS}
+    overrides = {**model, **{key: value for key, value in masking.items() if key not in layout}}
+    return {**layout, **({"config_overrides": overrides} if overrides else {})}
 
 
 def resolve_placeholders(value, output_dir: str, size: str):
