@@ -84,20 +84,30 @@ def check_image_folder(path: str, flag: str, at_least: int = 1, verify: int = 0)
     return min(len(images), at_least)
 
 
-def check_model_path(model: str, flag: str = "--model") -> None:
-    """Refuses a local model folder that does not exist. A Hub id (`org/name`) passes: it is checked when loaded.
+CONFIG_NAME = "config.json"  # what `save_pretrained` writes: a folder holds a saved model when it holds this
+SAVED_MODEL = "the folder a model was saved to (save_pretrained, run_pretrain.py's final/, the converter's output)"
 
-    A name counts as local when it exists, starts with `.`, `/` or `~`, or has more than one `/`.
+
+def check_model_path(model: str, flag: str = "--model", expected: str = SAVED_MODEL, hub_ids: bool = True) -> None:
+    """The check that a model folder holds a saved model (its config.json), for every command and loader: a local
+    folder must hold one, with a pointer when it is a run_pretrain.py output folder (the model is in its final/) or
+    holds weights alone (a training checkpoint). A Hub id (`org/name`) passes when `hub_ids`: it is checked when
+    loaded. A name counts as local when it exists, starts with `.`, `/` or `~`, or has more than one `/`.
+
+    `flag` names the argument in the message (empty: the path alone); `expected` says what to give instead.
     """
-    path = os.path.expanduser(model)
+    path, subject = os.path.expanduser(model), f"{flag} {model}".strip()
     if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise UserError(
-                f"{flag} {model} holds no config.json: give the folder a model was saved to (save_pretrained, "
-                "run_pretrain.py's final/, the converter's output)."
-            )
-        return
+        if os.path.isfile(os.path.join(path, CONFIG_NAME)):
+            return
+        if os.path.isfile(os.path.join(path, "final", CONFIG_NAME)):
+            hint = f" (a run_pretrain.py output folder: its model is in {os.path.join(model, 'final')})"
+        elif any(name.endswith((".safetensors", ".bin")) for name in os.listdir(path)):
+            hint = " (weights without a config: a training checkpoint, which --resume_from_checkpoint continues)"
+        else:
+            hint = ""
+        raise UserError(f"{subject} holds no {CONFIG_NAME}{hint}: give {expected}.")
     if os.path.exists(path):
-        raise UserError(f"{flag} {model} is a file: give the folder that holds config.json (or a Hub id).")
-    if model.startswith((".", "/", "~")) or model.count("/") > 1:
-        raise UserError(f"{flag} {model}: no such folder. Give a saved model folder (with config.json) or a Hub id.")
+        raise UserError(f"{subject} is a file: give the folder that holds {CONFIG_NAME} (or a Hub id).")
+    if not hub_ids or model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise UserError(f"{subject}: no such folder. Give {expected}{' or a Hub id' if hub_ids else ''}.")

@@ -13,7 +13,7 @@ import os
 import zipfile
 from pathlib import Path
 
-from .checks import PRESET_NAMES
+from .checks import PRESET_NAMES, check_model_path
 from .errors import UserError
 
 
@@ -49,17 +49,13 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 
 def check_saved_folder(folder: str | Path, flag: str) -> None:
-    """A folder written by `save_pretrained` (it holds config.json); a run_pretrain.py output folder is pointed to
-    its final/."""
-    folder = Path(folder)
-    if (folder / "config.json").is_file():
-        return
-    problem = "no such folder" if not folder.exists() else "no config.json in it"
-    if (folder / "final" / "config.json").is_file():
-        problem += f" (a run_pretrain.py output folder: its model is in {folder / 'final'})"
-    raise UserError(
-        f"{flag} {folder}: {problem}. Give a folder written by save_pretrained, run_pretrain.py (its final/) or the "
-        "converter."
+    """A local folder written by `save_pretrained` (it holds config.json); a run_pretrain.py output folder is pointed
+    to its final/."""
+    check_model_path(
+        str(folder),
+        flag,
+        "a folder written by save_pretrained, run_pretrain.py (its final/) or the converter",
+        hub_ids=False,
     )
 
 
@@ -101,10 +97,8 @@ def parse_convert_arguments(argv: list[str] | None = None) -> argparse.Namespace
         parser.error("--size is required to convert an official checkpoint.")
     if arguments.push_to_hub and (arguments.to_official or not arguments.hub_model_id):
         parser.error("--push_to_hub needs --hub_model_id and does not apply to --to_official.")
-    if arguments.to_official and not os.path.isfile(os.path.join(arguments.checkpoint, "config.json")):
-        raise UserError(
-            f"--to_official --checkpoint {arguments.checkpoint}: not a folder of this package (no config.json there)."
-        )
+    if arguments.to_official:
+        check_model_path(arguments.checkpoint, "--to_official --checkpoint", "a CAE v2 folder of this package", False)
     if not arguments.to_official:
         check_checkpoint_file(arguments.checkpoint)
     return arguments

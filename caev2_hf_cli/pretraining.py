@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from .checks import check_image_folder, check_positive, check_preset, parse_json_mapping
+from .checks import CONFIG_NAME, check_image_folder, check_model_path, check_positive, check_preset, parse_json_mapping
 from .errors import UserError
 from .parsing import ALTERNATIVES, MERGED_MAPPING, PART_OF
 
@@ -352,25 +352,16 @@ def check_mask_layout(strategy: str, min_num_patches: int, min_aspect: float) ->
 def check_pretraining_folder(path: str) -> None:
     """`--model_name_or_path` must be a saved `CAEv2ForPreTraining` (or a Hub id): an encoder folder (`final/`)
     lacks the regressor and head, which would start random, and a checkpoint folder holds no config."""
-    fix = "give a saved CAEv2ForPreTraining, e.g. a previous run's final/pretraining"
+    fix = "a saved CAEv2ForPreTraining, e.g. a previous run's final/pretraining"
+    check_model_path(path, "--model_name_or_path", expected=fix)
     if not os.path.isdir(path):
-        if os.path.exists(path) or path.startswith((".", "/")):
-            raise UserError(f"--model_name_or_path {path}: no such folder; {fix}.")
         return  # a Hub id
-    config_file = os.path.join(path, "config.json")
-    if not os.path.isfile(config_file):
-        resume = (
-            " (to continue a run from a checkpoint, use --resume_from_checkpoint)"
-            if glob.glob(os.path.join(path, "*.safetensors"))
-            else ""
-        )
-        raise UserError(f"--model_name_or_path {path} holds no config.json{resume}: {fix}.")
-    with open(config_file) as file:
+    with open(os.path.join(path, CONFIG_NAME)) as file:
         architectures = json.load(file).get("architectures") or []
     if architectures and "CAEv2ForPreTraining" not in architectures:
         raise UserError(
             f"--model_name_or_path {path} holds a {architectures[0]}, without the regressor and head pretraining "
-            f"continues: {fix}."
+            f"continues: give {fix}."
         )
 
 

@@ -133,7 +133,7 @@ def pretrain_probe_and_convert_cases() -> list[tuple[str, list[str], list[str]]]
          ["photo.jpg is a JPEG image", "not a PyTorch checkpoint"]),
         ("convert-back-a-folder-without-config",
          [*CONVERT, "--to_official", "--checkpoint", "{root}/empty", "--output_dir", "{root}/o"],
-         ["--to_official --checkpoint", "no config.json there"]),
+         ["--to_official --checkpoint", "holds no config.json: give a CAE v2 folder of this package"]),
         ("visualize-missing-model", [*VISUALIZE, "--model", "./nothere", "--image", "{root}/photo.jpg", "--output_dir",
                                      "{root}/v"], ["--model ./nothere", "no such folder"]),
         ("segmentation-no-data", [*SEGMENTATION, "--model", "{root}/encoder", "--num_labels", "3"],

@@ -216,6 +216,7 @@ def test_trainer_scripts_check_their_own_arguments_before_building_training_argu
     with pytest.raises(SystemExit) as exited:
         run_script(monkeypatch, script, argv)
     assert exited.value.code == 2 and capsys.readouterr().err == "error: --model ./nothere: no such folder. " + (
-        "Give a saved model folder (with config.json) or a Hub id.\n"
+        "Give the folder a model was saved to (save_pretrained, run_pretrain.py's final/, the converter's output) or "
+        "a Hub id.\n"
     )
     assert parses == [script] and built == []

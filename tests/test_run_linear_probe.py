@@ -280,7 +280,7 @@ def test_probe_refuses_a_folder_without_an_encoder(digits: dict, tmp_path: Path)
     with pytest.raises(UserError, match="holds no config.json"):  # the script's check, before torch
         probe(probe_arguments(str(tmp_path / "empty"), digits, tmp_path / "out"))
     unchecked = parse_arguments(ARGUMENT_CLASSES, probe_arguments(str(tmp_path / "empty"), digits, tmp_path / "out"))
-    with pytest.raises(ValueError, match="holds no model"):  # the loader's own
+    with pytest.raises(ValueError, match="holds no config.json"):  # the loader's own, the same check
         run_linear_probe.main(*unchecked)
     build_tiny_config().save_pretrained(tmp_path / "config_only")
     with pytest.raises(ValueError, match="No encoder weights could be loaded"):

@@ -1,12 +1,12 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
 """A frozen vision encoder for evaluation: loading it, how its images are prepared, and its pooled features."""
 
-import os
 from dataclasses import dataclass
 
 import torch
 from transformers import AutoImageProcessor, AutoModel, PreTrainedModel
 
+from caev2_hf_cli.checks import check_model_path
 from caev2_hf_cli.errors import UserError
 
 from ...configuration_caev2 import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, CAEv2Config
@@ -29,11 +29,8 @@ def load_frozen_encoder(model_name_or_path: str) -> PreTrainedModel:
     Refuses a folder without a model and a checkpoint whose weights do not fill the encoder: probing random
     weights would report a number that means nothing.
     """
-    if os.path.isdir(model_name_or_path) and not os.path.isfile(os.path.join(model_name_or_path, "config.json")):
-        raise UserError(
-            f"{model_name_or_path} holds no model (no config.json): give a folder written by save_pretrained (a CAE "
-            "v2 checkpoint of any head, or another transformers vision encoder) or a Hub id."
-        )
+    expected = "a folder written by save_pretrained (a CAE v2 checkpoint of any head, or another vision encoder)"
+    check_model_path(model_name_or_path, flag="", expected=expected)
     try:
         encoder, loading_info = AutoModel.from_pretrained(model_name_or_path, output_loading_info=True)
     except OSError as error:

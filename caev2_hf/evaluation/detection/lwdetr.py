@@ -15,6 +15,8 @@ import torch
 from transformers import DeformableDetrImageProcessor, LwDetrConfig, LwDetrForObjectDetection
 from transformers.utils import logging
 
+from caev2_hf_cli.checks import check_model_path
+
 from ...configuration_caev2 import CAEV2_PRESETS, CAEv2Config, per_channel
 from ...modeling_caev2 import CAEv2Model, build_2d_sincos_position_embedding
 
@@ -260,11 +262,7 @@ def load_caev2_encoder(path: str | os.PathLike) -> tuple[CAEv2Config, dict[str, 
     """Config and fp32 tensors of the encoder in any CAE v2 folder (or Hub id): `CAEv2Model`, `CAEv2ForPreTraining`
     (run_pretrain's `final/` or `final/pretraining/`), a fine-tuned classifier, a converted official checkpoint."""
     path = str(path)
-    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
-        raise ValueError(
-            f"{path} is not a model folder (no config.json): give a CAE v2 encoder folder, e.g. run_pretrain's "
-            "output_dir/final, or convert an official .pth with caev2-convert-checkpoint."
-        )
+    check_model_path(path, flag="", expected="a CAE v2 encoder folder, e.g. run_pretrain.py's output_dir/final")
     try:
         config_dict, _ = CAEv2Config.get_config_dict(path)
     except OSError as error:
