@@ -267,61 +267,44 @@ def train(
     checkpoint_state: dict,
     curves: TrainingCurves | None = None,
 ) -> dict[str, float]:
-    """Updates `start_step + 1 .. max_steps` under a progress bar. Returns the last logged metrics."""
-    progress = tqdm(
-        total=schedule.max_steps, initial=start_step, desc="pretraining",
-        disable=not step.accelerator.is_local_main_process,
-    )  # fmt: skip
-    try:
-        metrics = run_updates(step, stream, training_args, schedule, start_step, checkpoint_state, curves, progress)
-    finally:
-        progress.close()  # ends the bar's line, so that an error or interruption message starts a line of its own
-    if metrics.get("skipped_images"):  # the data path logs each one once per worker, and a total per worker and epoch
-        logger.warning(
-            f"{metrics['skipped_images']} unusable images were skipped in all (every process, every epoch)."
-        )
-    return metrics
-
-
-def run_updates(
-    step: PretrainingStep,
-    stream: ResumableBatchStream,
-    training_args: PretrainingArguments,
-    schedule: TrainingSchedule,
-    start_step: int,
-    checkpoint_state: dict,
-    curves: TrainingCurves | None,
-    progress: tqdm,
-) -> dict[str, float]:
     """Updates `start_step + 1 .. max_steps`; every process runs exactly that many, so none waits for another.
     Returns the last logged metrics."""
     accelerator = step.accelerator
     metrics = {}
     step.model.train()
-    for update in range(start_step + 1, schedule.max_steps + 1):
-        for _ in range(training_args.gradient_accumulation_steps):
-            step(next(stream))
-        progress.update(1)
-        is_last = update == schedule.max_steps
-        saves = update % training_args.save_steps == 0 or is_last
-        # A checkpoint also closes the logging window: a run resumed from it then logs the uninterrupted run's windows.
-        if update % training_args.logging_steps == 0 or saves:
-            metrics = {**step.tracker.summarize(accelerator), "learning_rate": step.scheduler.get_last_lr()[0]}
-            if curves is not None:
-                curves.record(update, metrics)
-            accelerator.log({f"train/{name}": value for name, value in metrics.items()}, step=update)
-            progress.set_postfix(
-                loss=f"{metrics['loss']:.4f}", lr=f"{metrics['learning_rate']:.3g}",
-                images_per_s=f"{metrics['images_per_second']:.1f}",
-            )  # fmt: skip
-        if saves:
-            state = {**checkpoint_state, **step.tracker.totals(accelerator), "last_metrics": metrics}
-            save_checkpoint(
-                accelerator, checkpoints_dir(training_args.output_dir), update, stream.position.to_dict(), state,
-                training_args.save_total_limit,
-            )  # fmt: skip
-            if curves is not None and accelerator.is_main_process:
-                curves.write()  # loss.png in output_dir, at every checkpoint and so at the end
+    # the bar is closed on any exit, so that an error or interruption message starts a line of its own
+    with tqdm(
+        total=schedule.max_steps, initial=start_step, desc="pretraining", disable=not accelerator.is_local_main_process
+    ) as progress:
+        for update in range(start_step + 1, schedule.max_steps + 1):
+            for _ in range(training_args.gradient_accumulation_steps):
+                step(next(stream))
+            progress.update(1)
+            is_last = update == schedule.max_steps
+            saves = update % training_args.save_steps == 0 or is_last
+            # A checkpoint also closes the logging window: a run resumed from it then logs the uninterrupted
+            # run's windows.
+            if update % training_args.logging_steps == 0 or saves:
+                metrics = {**step.tracker.summarize(accelerator), "learning_rate": step.scheduler.get_last_lr()[0]}
+                if curves is not None:
+                    curves.record(update, metrics)
+                accelerator.log({f"train/{name}": value for name, value in metrics.items()}, step=update)
+                progress.set_postfix(
+                    loss=f"{metrics['loss']:.4f}", lr=f"{metrics['learning_rate']:.3g}",
+                    images_per_s=f"{metrics['images_per_second']:.1f}",
+                )  # fmt: skip
+            if saves:
+                state = {**checkpoint_state, **step.tracker.totals(accelerator), "last_metrics": metrics}
+                save_checkpoint(
+                    accelerator, checkpoints_dir(training_args.output_dir), update, stream.position.to_dict(), state,
+                    training_args.save_total_limit,
+                )  # fmt: skip
+                if curves is not None and accelerator.is_main_process:
+                    curves.write()  # loss.png in output_dir, at every checkpoint and so at the end
+    if metrics.get("skipped_images"):  # the data path logs each one once per worker, and a total per worker and epoch
+        logger.warning(
+            f"{metrics['skipped_images']} unusable images were skipped in all (every process, every epoch)."
+        )
     return metrics
 
 

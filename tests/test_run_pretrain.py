@@ -344,9 +344,9 @@ def test_two_processes_resume_as_they_would_have_run_on(
     # Both ranks are stopped in the middle of update 5's accumulation (after the checkpoint at 3), as a preemption
     # stops a job, and resumed with torchrun; drop path 0.1, each rank drawing its own.
     data = {"train_dir": demo_image_folder} if source == "folder" else {"data_files": demo_tar_shards}
+    overrides = {**tiny_model_overrides(), **PRESET_DROP_PATH}
     arguments = dict(per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=6, save_steps=3,
-                     dataloader_num_workers=num_workers, config_overrides={**tiny_model_overrides(), **PRESET_DROP_PATH},
-                     **data)  # fmt: skip
+                     dataloader_num_workers=num_workers, config_overrides=overrides, **data)  # fmt: skip
     uninterrupted = write_config(tmp_path, "uninterrupted", **arguments)
     interrupted = write_config(tmp_path, "interrupted", **arguments)
     script = str(REPO_ROOT / "run_pretrain.py")
