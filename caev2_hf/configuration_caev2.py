@@ -128,7 +128,8 @@ class CAEv2Config(BackboneConfigMixin, PretrainedConfig):
         supervise_masked (`bool`, *optional*, defaults to `True`): Supervise masked tokens (paper Eq. 1, `dm`).
         supervise_cls (`bool`, *optional*, defaults to `True`): Supervise the [CLS] token (official code).
         teacher_config (`dict` or `CLIPVisionConfig`, *optional*): Architecture of the frozen CLIP teacher; defaults to
-            OpenAI CLIP ViT-B/16.
+            OpenAI CLIP ViT-B/16. A dict may hold only `CLIPVisionConfig` fields: a misspelt key would otherwise be
+            kept unused while the teacher takes CLIP's default for the field meant.
         teacher_name_or_path (`str`, *optional*, defaults to `"openai/clip-vit-base-patch16"`): Where
             `CAEv2ForPreTraining.load_teacher()` takes the teacher's weights from.
         use_random_teacher (`bool`, *optional*, defaults to `False`): Allow training against a teacher that never
@@ -250,6 +251,7 @@ class CAEv2Config(BackboneConfigMixin, PretrainedConfig):
         if teacher_config is None:
             teacher_config = CLIPVisionConfig(**CLIP_VIT_B16_TEACHER)
         elif isinstance(teacher_config, dict):
+            check_teacher_config_keys(teacher_config)
             teacher_config = CLIPVisionConfig(**teacher_config)
         self.teacher_config = teacher_config
         self.teacher_name_or_path = teacher_name_or_path
@@ -310,12 +312,22 @@ class CAEv2Config(BackboneConfigMixin, PretrainedConfig):
     def from_dict(cls, config_dict: dict, **kwargs):
         """As transformers', except that overrides of this class's arguments (`from_pretrained(folder,
         image_size=384)`) go through `__init__`, so they are checked and what derives from them follows
-        (`mask_ratio` sets `num_masking_patches`) instead of being set on the finished config unchecked."""
+        (`mask_ratio` sets `num_masking_patches`) instead of being set on the finished config unchecked. A
+        `teacher_config` dict override changes only the fields it names, and only `CLIPVisionConfig` fields."""
         own = cls.argument_names()
         overrides = {key: kwargs.pop(key) for key in list(kwargs) if key in own}
         config_dict = dict(config_dict)
-        if isinstance(overrides.get("teacher_config"), dict) and isinstance(config_dict.get("teacher_config"), dict):
-            overrides["teacher_config"] = {**config_dict["teacher_config"], **overrides["teacher_config"]}
+        saved_teacher = config_dict.get("teacher_config")
+        if isinstance(saved_teacher, dict):  # as transformers wrote it, with whatever keys its version adds
+            teacher_overrides = overrides.pop("teacher_config", None)
+            if isinstance(teacher_overrides, dict):
+                check_teacher_config_keys(teacher_overrides)
+                saved_teacher = {**saved_teacher, **teacher_overrides}
+            elif teacher_overrides is not None:
+                saved_teacher = teacher_overrides
+            config_dict["teacher_config"] = (
+                CLIPVisionConfig(**saved_teacher) if isinstance(saved_teacher, dict) else saved_teacher
+            )
         if "mask_ratio" in overrides:
             config_dict.pop("num_masking_patches", None)
         return super().from_dict({**config_dict, **overrides}, **kwargs)
@@ -398,6 +410,27 @@ class CAEv2Config(BackboneConfigMixin, PretrainedConfig):
                 "or set teacher_grid_resampling='bilinear' to resample the teacher's patch targets to the student "
                 "grid."
             )
+
+
+def teacher_config_keys() -> tuple[set[str], set[str]]:
+    """(the teacher's own `CLIPVisionConfig` fields, every key a `CLIPVisionConfig` accepts or writes)."""
+    common = {field.name for field in dataclasses.fields(PretrainedConfig)}
+    fields = {field.name for field in dataclasses.fields(CLIPVisionConfig)}
+    written = set(CLIPVisionConfig().to_dict()) | {"num_labels", "attn_implementation", "torch_dtype"}
+    return fields - common, fields | common | written
+
+
+def check_teacher_config_keys(teacher_config: dict) -> None:
+    """Refuse a `teacher_config` key that is no `CLIPVisionConfig` field, naming the field it likely meant."""
+    own, accepted = teacher_config_keys()
+    unknown = sorted(set(teacher_config) - accepted)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], own, n=1) or difflib.get_close_matches(unknown[0], accepted, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(
+            f"teacher_config: {unknown[0]!r} is not a CLIPVisionConfig field{hint}; the teacher's fields are "
+            f"{', '.join(sorted(own))}."
+        )
 
 
 def pooling_of_earlier_config(classifier_pooling: str | None, use_mean_pooling: bool) -> str | None:
