@@ -156,13 +156,13 @@ def similarity_map(
 ) -> SimilarityMap:
     """Per-patch cosine similarity of the model's predictions and the teacher's targets for one image and mask.
 
-    The forward returns both in the order [CLS, visible..., masked...] (each group in ascending patch order), both
-    L2-normalised: their dot product is the cosine, scattered back to image order here. With the cosine loss, the
+    The forward returns both (`logits`, `targets`) in the order [CLS, visible..., masked...] (each group in ascending
+    patch order), both L2-normalised: their dot product is the cosine, scattered back to image order here. With the cosine loss, the
     group means are 1 - `visible_loss` and 1 - `masked_loss`. `target_features` (image order) skip the teacher.
     """
     bool_masked_pos = torch.from_numpy(mask)[None].to(pixel_values.device)
     outputs = model(pixel_values, bool_masked_pos=bool_masked_pos, target_features=target_features, return_dict=True)
-    cosine = (outputs.logits.float() * outputs.target_features.float()).sum(dim=-1)[0].cpu().numpy()
+    cosine = (outputs.logits.float() * outputs.targets.float()).sum(dim=-1)[0].cpu().numpy()
     visible_ids, masked_ids = np.flatnonzero(~mask), np.flatnonzero(mask)
     per_patch = np.empty(mask.shape[0], dtype=np.float64)
     per_patch[visible_ids] = cosine[1 : 1 + len(visible_ids)]

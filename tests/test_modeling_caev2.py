@@ -123,20 +123,22 @@ def test_loss_equals_hand_computation(loss_type, supervision, pixel_values, fixe
 def test_default_loss_is_mean_cosine_distance_over_all_tokens(pixel_values, fixed_mask):
     model = build_model()
     outputs = model(pixel_values, bool_masked_pos=fixed_mask)
-    cosine = torch.nn.functional.cosine_similarity(outputs.logits, outputs.target_features, dim=-1)
+    cosine = torch.nn.functional.cosine_similarity(outputs.logits, outputs.targets, dim=-1)
     torch.testing.assert_close(outputs.loss, (1 - cosine).mean(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(outputs.logits.norm(dim=-1), torch.ones(3, 17))
 
 
 def test_targets_are_reordered_cls_visible_masked(pixel_values, fixed_mask):
+    """The input `target_features` is in image order; the output `targets` in the predictions' order: two names."""
     model = build_model()
     image_order = torch.arange(3 * 17 * 16, dtype=torch.float32).view(3, 17, 16)
     outputs = model(pixel_values, bool_masked_pos=fixed_mask, target_features=image_order)
+    assert "target_features" not in outputs and outputs.targets.shape == image_order.shape
     for image in range(3):
         visible = [1 + i for i in range(16) if not fixed_mask[image, i]]
         masked = [1 + i for i in range(16) if fixed_mask[image, i]]
         expected = torch.nn.functional.normalize(image_order[image, [0] + visible + masked], dim=-1)
-        torch.testing.assert_close(outputs.target_features[image], expected)
+        torch.testing.assert_close(outputs.targets[image], expected)
 
 
 @pytest.mark.parametrize("loss_type", ["cosine", "mse", "smooth_l1"])
@@ -147,7 +149,7 @@ def test_given_targets_are_normalised_as_the_authors_do(loss_type, pixel_values,
     scales = torch.rand(3, 17, 1, generator=torch.Generator().manual_seed(2)) * 20 + 0.05
     raw = model(pixel_values, bool_masked_pos=fixed_mask, target_features=unit * scales)
     normalised = model(pixel_values, bool_masked_pos=fixed_mask, target_features=unit)
-    for name in ("loss", "visible_loss", "masked_loss", "cls_loss", "target_features"):
+    for name in ("loss", "visible_loss", "masked_loss", "cls_loss", "targets"):
         torch.testing.assert_close(getattr(raw, name), getattr(normalised, name), rtol=1e-6, atol=1e-6, msg=name)
     assert not torch.allclose((unit * scales).norm(dim=-1), torch.ones(3, 17))  # the raw ones really were not unit
 
@@ -245,7 +247,7 @@ def test_loaded_teacher_comes_back_without_a_download(tmp_path, pixel_values, fi
     assert bool(loaded.teacher.has_weights) and not loaded.config.use_random_teacher
     expected = model(pixel_values, bool_masked_pos=fixed_mask)
     actual = loaded(pixel_values, bool_masked_pos=fixed_mask)
-    torch.testing.assert_close(actual.target_features, expected.target_features, rtol=0, atol=0)
+    torch.testing.assert_close(actual.targets, expected.targets, rtol=0, atol=0)
     torch.testing.assert_close(actual.loss, expected.loss, rtol=0, atol=0)
 
 
