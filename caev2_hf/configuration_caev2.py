@@ -147,7 +147,8 @@ class CAEv2Config(BackboneConfigMixin, PretrainedConfig):
             encoder): the encoder gives [CLS] after the final LayerNorm, and a classifier built on it takes the
             fine-tuning head `"mean"`, which its own config (and so its saved folder) records, so that `AutoModel` on
             a fine-tuned folder gives the feature its head was trained on. Configs saved with the earlier
-            `use_mean_pooling` field load as they pooled.
+            `use_mean_pooling` field load as they pooled, and so do encoder folders saved before it, whose "mean"
+            was only the default (`is_encoder_with_the_earliest_default_pooling`).
         out_features / out_indices (`list`, *optional*): Stages `CAEv2Backbone` returns (`stage_names` are `"stem"`,
             then `"stage{i}"` = output of block i, 1-based); default: blocks L/3, L/2, 2L/3, L (4, 6, 8, 12 for
             ViT-B, the authors' 0-based `out_indices=[3, 5, 7, 11]`). See docs/segmentation.md.
@@ -317,6 +318,8 @@ class CAEv2Config(BackboneConfigMixin, PretrainedConfig):
         own = cls.argument_names()
         overrides = {key: kwargs.pop(key) for key in list(kwargs) if key in own}
         config_dict = dict(config_dict)
+        if is_encoder_with_the_earliest_default_pooling(config_dict):
+            config_dict["classifier_pooling"] = None
         saved_teacher = config_dict.get("teacher_config")
         if isinstance(saved_teacher, dict):  # as transformers wrote it, with whatever keys its version adds
             teacher_overrides = overrides.pop("teacher_config", None)
@@ -431,6 +434,26 @@ def check_teacher_config_keys(teacher_config: dict) -> None:
             f"teacher_config: {unknown[0]!r} is not a CLIPVisionConfig field{hint}; the teacher's fields are "
             f"{', '.join(sorted(own))}."
         )
+
+
+ENCODER_ARCHITECTURES = {"CAEv2Model", "CAEv2ForPreTraining", "CAEv2Backbone"}
+
+
+def is_encoder_with_the_earliest_default_pooling(config_dict: dict) -> bool:
+    """Whether a saved config is a pretrained encoder's whose `classifier_pooling: "mean"` is only the default of
+    the code that wrote it. Before `use_mean_pooling` existed, every config said "mean" and `CAEv2Model` gave [CLS]
+    whatever it said; read as today's field, such a folder (a pretraining run's `final/`, a converted checkpoint)
+    would pool the patch mean. What the folder is decides: an encoder, pretraining or backbone folder that no
+    classifier was trained on (no `problem_type`) is a pretrained encoder; a classifier's folder, or its encoder
+    saved alone, keeps the head's pooling."""
+    architectures = config_dict.get("architectures") or []
+    return (
+        "use_mean_pooling" not in config_dict
+        and config_dict.get("classifier_pooling") == "mean"
+        and bool(architectures)
+        and set(architectures) <= ENCODER_ARCHITECTURES
+        and config_dict.get("problem_type") is None
+    )
 
 
 def pooling_of_earlier_config(classifier_pooling: str | None, use_mean_pooling: bool) -> str | None:

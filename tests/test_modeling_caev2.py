@@ -1,6 +1,7 @@
 """CAE v2 models: architecture sizes, the numerics of docs/method.md (encoder to loss), the frozen teacher, saving and
 loading."""
 
+import json
 import math
 from pathlib import Path
 
@@ -512,3 +513,33 @@ def test_configs_saved_by_earlier_code_pool_as_they_did(folder, encoder_pooling,
     assert isinstance(classifier.pooler, torch.nn.Identity) == (classifier_pooling == "mean")
     if folder == "pretraining":
         CAEv2ForPreTraining(AutoConfig.from_pretrained(SAVED_CONFIGS / folder))  # still a valid pretraining config
+
+
+EARLIEST_CONFIGS = SAVED_CONFIGS.parent / "pooling_default_mean"  # tests/fixtures/make_earliest_pooling_fixtures.py
+
+
+@pytest.mark.parametrize(
+    ("folder", "encoder_pooling"),
+    [("pretraining", "cls"), ("final", "cls"), ("finetuned", "mean"), ("finetuned-encoder", "mean"), ("probe", "cls")],
+)
+def test_configs_saved_before_use_mean_pooling_existed_pool_by_what_the_folder_is(folder, encoder_pooling, tmp_path):
+    """Earlier code wrote `classifier_pooling: "mean"` (its default) into every config and no `use_mean_pooling`; its
+    encoder gave [CLS] whatever the field said. A pretraining run's folders still give [CLS] through AutoModel; a
+    classifier's folder, or its encoder saved alone, gives the feature its head was trained on."""
+    config = AutoConfig.from_pretrained(EARLIEST_CONFIGS / folder)
+    saved = json.loads((EARLIEST_CONFIGS / folder / "config.json").read_text())
+    assert "use_mean_pooling" not in saved and saved["classifier_pooling"] == ("cls" if folder == "probe" else "mean")
+    torch.manual_seed(0)
+    model = AutoModel.from_config(config).eval()
+    pixel_values = torch.randn(2, 3, 32, 32)
+    assert pooled_as(model, pixel_values) == encoder_pooling
+    with torch.no_grad():
+        outputs = model(pixel_values, output_hidden_states=True)
+        last_block = outputs.hidden_states[-1]
+        expected = last_block[:, 0] if encoder_pooling == "cls" else last_block[:, 1:].mean(dim=1)
+        torch.testing.assert_close(outputs.pooler_output, model.layernorm(expected), rtol=0, atol=0)
+    model.save_pretrained(tmp_path)  # saved again: the same pooling, in today's terms
+    assert pooled_as(AutoModel.from_pretrained(tmp_path), pixel_values) == encoder_pooling
+    assert (
+        CAEv2Config.from_pretrained(EARLIEST_CONFIGS / folder, classifier_pooling="mean").classifier_pooling == "mean"
+    )
