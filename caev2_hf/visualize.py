@@ -22,6 +22,7 @@ from caev2_hf_cli.parsing import run_command
 from caev2_hf_cli.visualize import parse_visualize_arguments
 
 from .configuration_caev2 import CAEv2Config
+from .data.decoding import decode_image
 from .data.masking import build_mask_generator
 from .modeling_caev2 import CAEv2ForPreTraining, CAEv2Model
 from .plots import import_pyplot, missing_matplotlib_message
@@ -61,9 +62,9 @@ class Panels:
 
 
 def load_image(path: str, size: int) -> np.ndarray:
-    """The centre square of an image, resized (bicubic) to `size` x `size`: uint8 `(size, size, 3)`."""
-    with Image.open(path) as image:
-        return np.asarray(ImageOps.fit(image.convert("RGB"), (size, size), Image.Resampling.BICUBIC))
+    """The centre square of an image as training decodes it (upright, 8-bit RGB: `decode_image`), resized (bicubic)
+    to `size` x `size`: uint8 `(size, size, 3)`."""
+    return np.asarray(ImageOps.fit(decode_image(path), (size, size), Image.Resampling.BICUBIC))
 
 
 def normalise(image: np.ndarray, config: CAEv2Config) -> torch.Tensor:
