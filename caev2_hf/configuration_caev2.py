@@ -6,7 +6,7 @@ import difflib
 import inspect
 from collections.abc import Sequence
 
-from transformers import CLIPVisionConfig, PretrainedConfig
+from transformers import CLIPVisionConfig, PretrainedConfig, UperNetConfig
 from transformers.backbone_utils import BackboneConfigMixin
 
 
@@ -415,6 +415,18 @@ class CAEv2Config(BackboneConfigMixin, PretrainedConfig):
             )
 
 
+class CAEv2UperNetConfig(UperNetConfig):
+    """transformers' `UperNetConfig` on a CAE v2 backbone, which it builds itself from a saved `backbone_config`:
+    transformers resolves a backbone config's `model_type` through its own mapping, which knows `"caev2"` only after
+    `import caev2_hf`. A segmentation folder names this class in its `auto_map`, so it loads with
+    `trust_remote_code=True` where the package is not installed (docs/segmentation.md)."""
+
+    def __post_init__(self, **kwargs):
+        if isinstance(self.backbone_config, dict) and self.backbone_config.get("model_type") == CAEv2Config.model_type:
+            self.backbone_config = CAEv2Config.from_dict(self.backbone_config)
+        super().__post_init__(**kwargs)
+
+
 def teacher_config_keys() -> tuple[set[str], set[str]]:
     """(the teacher's own `CLIPVisionConfig` fields, every key a `CLIPVisionConfig` accepts or writes)."""
     common = {field.name for field in dataclasses.fields(PretrainedConfig)}
@@ -476,4 +488,4 @@ def default_backbone_out_indices(num_hidden_layers: int) -> list[int]:
     return indices
 
 
-__all__ = ["CAEv2Config", "CAEV2_PRESETS"]
+__all__ = ["CAEv2Config", "CAEv2UperNetConfig", "CAEV2_PRESETS"]
