@@ -3,6 +3,7 @@
 
 import dataclasses
 import difflib
+import functools
 import inspect
 from collections.abc import Sequence
 
@@ -427,12 +428,13 @@ class CAEv2UperNetConfig(UperNetConfig):
         super().__post_init__(**kwargs)
 
 
-def teacher_config_keys() -> tuple[set[str], set[str]]:
+@functools.cache
+def teacher_config_keys() -> tuple[frozenset[str], frozenset[str]]:
     """(the teacher's own `CLIPVisionConfig` fields, every key a `CLIPVisionConfig` accepts or writes)."""
     common = {field.name for field in dataclasses.fields(PretrainedConfig)}
     fields = {field.name for field in dataclasses.fields(CLIPVisionConfig)}
     written = set(CLIPVisionConfig().to_dict()) | {"num_labels", "attn_implementation", "torch_dtype"}
-    return fields - common, fields | common | written
+    return frozenset(fields - common), frozenset(fields | common | written)
 
 
 def check_teacher_config_keys(teacher_config: dict) -> None:

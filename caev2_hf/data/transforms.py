@@ -71,9 +71,9 @@ class PretrainCrop:
     """One pretraining image in a loader worker: random-resized crop to uint8 and the device augmentation's parameters.
 
     Call it on an image as `datasets` yields it (bytes, path, {"bytes", "path"}, PIL image), under a seeded torch RNG:
-    only the header is read before the parameters are drawn, on the upright picture (EXIF orientation applied). The parameters are drawn
-    from torch's global generator, in the order crop box, flip, jitter (factors and order, as `ColorJitter` draws
-    them). Returns {"pixel_values": uint8 (3, S, S), "flip": bool, "jitter_factors": float32 (3,) for brightness,
+    only the header is read before the parameters are drawn, for the upright picture (EXIF orientation applied). The
+    parameters are drawn from torch's global generator, in the order crop box, flip, jitter (factors and order, as
+    `ColorJitter` draws them). Returns {"pixel_values": uint8 (3, S, S), "flip": bool, "jitter_factors": float32 (3,) for brightness,
     contrast and saturation, "jitter_order": int64 (3,) the order to apply them in}. Raises when the image is unusable.
     """
 
