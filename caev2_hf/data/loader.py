@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from transformers.utils import logging
 
-from .decoding import describe_error, image_name, open_image, to_rgb
+from .decoding import decode_image, describe_error, image_name
 from .errors import empty_pass_error
 
 
@@ -118,7 +118,7 @@ class LabelledImageStream(torch.utils.data.IterableDataset):
             self._skip_log = SkipLog(f"loader worker {worker_id} of process {self.process_index}")
         for index, example in enumerate(self.dataset):
             try:
-                image = to_rgb(open_image(example["image"]))
+                image = decode_image(example["image"])
             except Exception as error:  # any decoding error is a skip, never a crash
                 name = image_name(example)
                 self._skip_log.record(name, describe_error(error, name))
