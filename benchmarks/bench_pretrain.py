@@ -2,11 +2,11 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
 """Throughput, peak memory and MFU of the CAE v2 pretraining step on synthetic batches.
 
-The timed step is `caev2_hf.pretraining.step.PretrainingStep`, built with the same Accelerator, fused AdamW, lr
-schedule and step tracker as `run_pretrain.py`: a pinned uint8 batch and its block masks copied to the device
-without blocking, normalised there, the student forward (encoder on [CLS] + visible patches, regressor, head) and
-the frozen teacher forward under Accelerate's autocast, backward, grad-norm clipping and the AdamW step. Only the
-data are synthetic. Run from the repository root (the package need not be installed):
+The timed step is `caev2_hf.pretraining.step.PretrainingStep`, built by the factory `run_pretrain.py` builds its own
+with (`build_pretraining_step`: fused AdamW, lr schedule and step tracker, prepared by the same Accelerator): a
+pinned uint8 batch and its block masks copied to the device without blocking, normalised there, the student
+forward (encoder on [CLS] + visible patches, regressor, head) and the frozen teacher forward under Accelerate's
+autocast, backward, grad-norm clipping and the AdamW step. Only the data are synthetic. Run from the repository root (the package need not be installed):
 
     PYTHONPATH=. python benchmarks/bench_pretrain.py --preset base --batch_size 256 --precision bf16 \
         --attn_implementation sdpa --compile --output_json base_bf16_sdpa_compiled.json
@@ -302,8 +302,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_step(args: argparse.Namespace, output_dir: str) -> PretrainingStep:
-    """The training script's step for the preset: its Accelerator, fused AdamW, schedule and tracker; a random
-    teacher kept in the step's precision, as `load_teacher(dtype=...)` leaves it."""
+    """The training script's step for the preset, from its factory (`build_pretraining_step`); a random teacher
+    kept in the step's precision, as `load_teacher(dtype=...)` leaves it."""
     training_args = PretrainingArguments(
         output_dir=output_dir, per_device_train_batch_size=args.batch_size, mixed_precision=MIXED_PRECISION[args.precision],
         torch_compile=args.compile, torch_compile_mode=args.compile_mode, report_to="none",

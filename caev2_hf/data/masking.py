@@ -6,12 +6,15 @@ a resumed run that replays the data stream redraws the same masks.
 """
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from caev2_hf_cli.pretraining import MASK_STRATEGIES, PretrainingDataArguments
-
 from ..configuration_caev2 import check_num_masking_patches
+
+
+if TYPE_CHECKING:
+    from caev2_hf_cli.pretraining import PretrainingDataArguments
 
 
 def _validate_grid_and_count(grid_size: tuple[int, int], num_masking_patches: int) -> tuple[int, int]:
@@ -136,7 +139,7 @@ MaskGenerator = BlockMaskGenerator | RandomMaskGenerator
 
 
 def build_mask_generator(
-    grid_size: tuple[int, int], num_masking_patches: int, layout: PretrainingDataArguments
+    grid_size: tuple[int, int], num_masking_patches: int, layout: "PretrainingDataArguments"
 ) -> MaskGenerator:
     """The generator pretraining draws its masks with: the model's count (`CAEv2Config.num_masking_patches`) on the
     patch grid, laid out as `layout` says: its `mask_strategy` and, for block masking, `mask_min_num_patches` and
@@ -145,4 +148,4 @@ def build_mask_generator(
         return BlockMaskGenerator(grid_size, num_masking_patches, layout.mask_min_num_patches, layout.mask_min_aspect)
     if layout.mask_strategy == "random":
         return RandomMaskGenerator(grid_size, num_masking_patches)
-    raise ValueError(f"mask_strategy={layout.mask_strategy!r} is not supported: use one of {MASK_STRATEGIES}.")
+    raise ValueError(f"mask_strategy={layout.mask_strategy!r} is not supported: use 'block' or 'random'.")
