@@ -23,7 +23,6 @@ import caev2_hf.evaluation.classification.frozen_encoder
 from caev2_hf import CAEv2ForPreTraining
 from caev2_hf.data.device_augment import normalize_pixel_values
 from caev2_hf.data.transforms import build_eval_transform
-from caev2_hf_cli.classification import ImageDataArguments, ProbeArguments, ProbeModelArguments
 from caev2_hf_cli.errors import UserError
 from caev2_hf_cli.parsing import parse_arguments
 
@@ -32,7 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 MODULE_SPEC = importlib.util.spec_from_file_location("run_linear_probe", REPO_ROOT / "run_linear_probe.py")
 run_linear_probe = importlib.util.module_from_spec(MODULE_SPEC)
 MODULE_SPEC.loader.exec_module(run_linear_probe)
-ARGUMENT_CLASSES = (ProbeModelArguments, ImageDataArguments, ProbeArguments)
+ARGUMENT_CLASSES = run_linear_probe.ARGUMENT_CLASSES
 
 
 def probe(argv: list[str]) -> dict:
