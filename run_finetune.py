@@ -3,11 +3,20 @@ r"""Fine-tune a pretrained CAE v2 encoder on image classification with the trans
 
     python run_finetune.py configs/finetune-vit-base.yaml --model outputs/caev2-vit-base/final
     accelerate launch --num_processes 8 run_finetune.py configs/finetune-vit-base.yaml --learning_rate 1e-4
-    python run_finetune.py --model my-encoder --train_dir data/train --validation_dir data/val --output_dir ft \
-        --num_train_epochs 10 --mixup 0 --cutmix 0
+    python run_finetune.py configs/finetune-small-images.yaml --model my-encoder --train_dir data/train \
+        --validation_dir data/val --output_dir ft   # small images / small data: the ImageNet recipe, lightened
 
 Writes the fine-tuned model (a `CAEv2ForImageClassification` that `pipeline("image-classification")` runs) and
 `results.json` with top-1 / top-5.
+
+The defaults are the ImageNet recipe's (crops down to 8 % of an image, RandAugment, erasing, mixup / cutmix). On images
+much smaller than the model's input they leave fine-tuning near chance, so the run warns; the small-images config
+lightens them (benchmarks/bench_finetune_small_images.py measures both).
+
+An output_dir that holds another run (results.json, a model, checkpoint-N folders) is refused unless the run is
+resumed (--resume_from_checkpoint latest: the folder's newest complete checkpoint-N) or started afresh with
+--overwrite_output_dir true, which deletes that run first. Ctrl-C names the checkpoint the same command with
+--resume_from_checkpoint latest continues from.
 
 The arguments, this script's and every option of transformers' `TrainingArguments`, are parsed once and handed to
 `main`; `--help` lists this script's own options without importing torch. A data source on the command line

@@ -10,6 +10,9 @@ r"""Linear probing of a frozen encoder: the authors' protocol (`official`) or on
 Writes `results.json` (top-1 / top-5) and, for a CAE v2 encoder, a `CAEv2ForImageClassification` folder that
 `pipeline("image-classification", model=output_dir)` runs.
 
+An output_dir that holds another run's results is refused unless --overwrite_output_dir true, which deletes them
+when the new ones are written.
+
 The arguments are parsed once, before torch is imported (`--help` and a bad argument answer at once), and handed to
 `main`; a data source on the command line replaces the YAML file's for its split (`caev2_hf_cli/classification.py`).
 """

@@ -13,6 +13,11 @@ on COCO-format data and scored with pycocotools (docs/detection.md#lw-detr).
 Writes the detector with its image processor (a folder `pipeline("object-detection")` runs), `results.json`
 (mAP@[.5:.95], AP50, AP75, AP small / medium / large) and a model card whose model-index holds the mAP.
 
+An output_dir that holds another run (results.json, a model, checkpoint-N folders) is refused unless the run is
+resumed (--resume_from_checkpoint latest: the folder's newest complete checkpoint-N) or started afresh with
+--overwrite_output_dir true, which deletes that run first. Ctrl-C names the checkpoint the same command with
+--resume_from_checkpoint latest continues from.
+
 The arguments, this script's and every option of transformers' `TrainingArguments`, are parsed once and handed to
 `main`; `--help` lists this script's own options without importing torch (`caev2_hf_cli/detection.py`).
 """

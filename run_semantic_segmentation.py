@@ -12,6 +12,11 @@ Writes the UperNet model with its image processor (a folder that `pipeline("imag
 `caev2_hf` is imported) and `results.json` (mIoU, accuracies, per-class IoU); with --eval_result_name the mIoU also
 goes into the folder's model card.
 
+An output_dir that holds another run (results.json, a model, checkpoint-N folders) is refused unless the run is
+resumed (--resume_from_checkpoint latest: the folder's newest complete checkpoint-N) or started afresh with
+--overwrite_output_dir true, which deletes that run first. Ctrl-C names the checkpoint the same command with
+--resume_from_checkpoint latest continues from.
+
 The arguments, this script's and every option of transformers' `TrainingArguments`, are parsed once and handed to
 `main`; `--help` lists this script's own options without importing torch. A data source on the command line
 replaces the YAML file's (`caev2_hf_cli/segmentation.py`).

@@ -83,13 +83,15 @@ def find_previous_run(output_dir: str) -> list[str]:
 
 def check_output_dir(output_dir: str, overwrite: bool, resume: str | None = None, resumable: bool = True) -> None:
     """Refuses an `output_dir` that is a file, or that holds another run when neither resuming nor overwriting.
-    `resumable`: the command has `--resume_from_checkpoint` (the probe has not). Raises `UserError`."""
+    `resumable`: the command has `--resume_from_checkpoint` (the probe has not); resuming is suggested only where
+    there is a checkpoint to resume. Raises `UserError`."""
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise UserError(f"--output_dir {output_dir} is a file: give a folder (it is created if missing).")
     previous = find_previous_run(output_dir)
     if not previous or overwrite or resume:
         return
     shown = ", ".join(previous[:4]) + (", ..." if len(previous) > 4 else "")
+    resumable = resumable and any(name.endswith("/") for name in previous)
     resume_hint = "Continue it with --resume_from_checkpoint latest, start" if resumable else "Start"
     raise UserError(
         f"--output_dir {output_dir} holds another run ({shown}). {resume_hint} afresh with --overwrite_output_dir "

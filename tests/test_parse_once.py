@@ -127,7 +127,12 @@ def test_detection_script_parses_once_and_hands_the_result_to_main(
     run_script(monkeypatch, "run_object_detection.py", argv)
     assert parses == ["run_object_detection.py"]
     ((model_args, data_args, output_folder, training_args),) = stopped_mains
-    assert data_args.demo_data and training_args.max_steps == 5 and not output_folder.overwrite_output_dir and model_args.model == str(tmp_path / "encoder")
+    assert (
+        data_args.demo_data
+        and training_args.max_steps == 5
+        and not output_folder.overwrite_output_dir
+        and model_args.model == str(tmp_path / "encoder")
+    )
 
 
 @pytest.fixture

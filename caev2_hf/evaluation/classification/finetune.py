@@ -89,8 +89,8 @@ def warn_if_images_are_small(dataset, image_size: int, augmentation: Augmentatio
     message = (
         f"The training images are small ({image.size[0]}x{image.size[1]}, the first one) for the model's "
         f"{image_size}x{image_size} input, and the recipe's augmentation is ImageNet's (a crop may keep "
-        f"{smallest}x{smallest} pixels of an image): for small images give "
-        f"{' '.join(f'--{name} {value:g}' for name, value in changes.items())}."
+        f"{smallest}x{smallest} pixels of an image): for small images start from configs/finetune-small-images.yaml, "
+        f"or give at least {' '.join(f'--{name} {value:g}' for name, value in changes.items())}."
     )
     logger.warning(message)
     return message
