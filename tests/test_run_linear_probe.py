@@ -224,7 +224,7 @@ def test_fast_probe_refuses_a_cache_written_by_another_model(fast_run: dict, dig
     shutil.copy(fast_run["results"]["feature_cache"]["train"]["path"], own_path)  # another model's features
     AcceleratorState._reset_state(reset_partial_state=True)
     with pytest.raises(ValueError, match="was written by another model"):
-        probe(arguments)
+        probe([*arguments, "--overwrite_output_dir", "true"])  # the first run's results are in out
 
 
 def test_probe_output_runs_in_the_image_classification_pipeline(fast_run: dict, digits: dict):
@@ -326,9 +326,10 @@ def test_probe_refuses_validation_classes_the_head_does_not_have(encoder_dir: st
 @pytest.mark.parametrize("size, batch_size", [("tiny", 16384), ("small", 8192), ("base", 8192)])
 def test_linear_probe_config_is_read_and_overridden_by_flags(size: str, batch_size: int):
     config = str(REPO_ROOT / "configs" / f"linear-probe-vit-{size}.yaml")
-    model_args, data_args, probe_args = parse_arguments(
+    model_args, data_args, probe_args, output_folder = parse_arguments(
         ARGUMENT_CLASSES, [config, "--epochs", "30", "--protocol", "fast"]
     )
+    assert not output_folder.overwrite_output_dir
     assert (probe_args.batch_size, probe_args.base_learning_rate, probe_args.warmup_epochs) == (batch_size, 0.1, 10)
     assert (probe_args.epochs, probe_args.protocol) == (30, "fast")
     assert (model_args.model, data_args.dataset_name) == (f"outputs/caev2-vit-{size}/final", "ILSVRC/imagenet-1k")

@@ -176,7 +176,7 @@ def test_the_size_configs_parse_and_build_the_authors_sizes(encoder_folder):
     assert tuple(LWDETR_SIZES) == LWDETR_SIZE_NAMES
     for size in LWDETR_SIZE_NAMES:
         config = REPO_ROOT / "configs" / f"detection-lwdetr-{size}.yaml"
-        model_args, _, training_args = run_object_detection.parse_and_check_arguments(
+        model_args, _, _, training_args = run_object_detection.parse_and_check_arguments(
             [str(config), "--model", encoder_folder, "--demo_data", "true", "--output_dir", "unused"]
         )
         assert model_args.lwdetr_size == size and model_args.ema_decay == 0.9997
