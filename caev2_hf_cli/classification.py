@@ -100,8 +100,8 @@ class AugmentationArguments:
     crop_min_scale: float = field(
         default=0.08,
         metadata={
-            "help": "RandomResizedCrop's smallest area fraction (the recipe's 0.08, for ImageNet-sized photos). Images "
-            "much smaller than the model's input need more, e.g. 0.5: a crop of 8% of an 8x8 image is 2x2 pixels."
+            "help": "RandomResizedCrop's smallest area fraction (the recipe's 0.08, for ImageNet-sized photos). "
+            "Images much smaller than the model's input need more, e.g. 0.5: 0.08 of an 8x8 image is 2x2 pixels."
         },
     )
     rand_augment_magnitude: int = field(default=9, metadata={"help": "RandAugment magnitude out of 10; 0 = off."})

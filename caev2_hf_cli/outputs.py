@@ -159,6 +159,6 @@ def resume_hint_on_interrupt(output_dir: str, is_main_process: bool = True) -> I
                     "latest continues from it."
                 )
             else:
-                hint = "no checkpoint was written yet (--save_strategy / --save_steps set how often); rerun to start again."
+                hint = "no checkpoint was written yet (--save_strategy / --save_steps say when); rerun to start again."
             print(f"Interrupted: {hint}", file=sys.stderr, flush=True)
         raise

@@ -291,3 +291,21 @@ def test_a_bug_keeps_its_traceback(tmp_path: Path):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 1 and "Traceback" in result.stderr and "KeyError: 'a bug'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("script", "flags"),
+    [
+        (FINETUNE, ["--crop_min_scale", "--overwrite_output_dir", "--layer_decay"]),
+        (PROBE, ["--overwrite_output_dir", "--fast_base_learning_rates"]),
+        (SEGMENTATION, ["--overwrite_output_dir", "--crop_size"]),
+        (DETECTION, ["--overwrite_output_dir", "--lwdetr_size"]),
+        (PRETRAIN, ["--overwrite_output_dir", "--crop_min_scale"]),
+    ],
+)
+def test_help_lists_the_scripts_options(tmp_path: Path, script: list[str], flags: list[str]):
+    """argparse expands % in help texts: a stray one (8% of an image) turned --help into a traceback."""
+    result = run_command([*script, "--help"], cwd=tmp_path)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    for flag in flags:
+        assert flag in result.stdout

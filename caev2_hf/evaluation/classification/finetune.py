@@ -47,8 +47,9 @@ def build_finetune_transforms(
 ) -> tuple[v2.Compose, v2.Compose]:
     """(train, eval) transforms to normalised float tensors, torchvision's versions of the official timm ones.
 
-    Train: RandomResizedCrop (bicubic, area from `crop_min_scale` to 1) + flip + RandAugment (2 ops; magnitude out of 10 as timm's `rand-m9`) +
-    random erasing (per-pixel noise) after normalisation. Eval: resize 256/224 of the crop, centre crop.
+    Train: RandomResizedCrop (bicubic, area from `crop_min_scale` to 1) + flip + RandAugment (2 ops; magnitude out of
+    10 as timm's `rand-m9`) + random erasing (per-pixel noise) after normalisation. Eval: resize 256/224 of the crop,
+    centre crop.
     """
     image_size = preprocessing.image_size
     normalize = [
