@@ -12,7 +12,10 @@ Every key of the YAML file can be overridden on the command line (`--max_steps 1
 checkpoints/ (atomic, last save_total_limit kept), logs/RUN/ (TensorBoard, one subfolder per run), loss.png (the
 curves, redrawn at each checkpoint; needs matplotlib) and final/ (encoder + image processor + model card, with
 final/pretraining/ holding the regressor and head too). An output_dir that holds another run is refused unless
-resuming (--resume_from_checkpoint latest) or --overwrite_output_dir.
+resuming (--resume_from_checkpoint latest) or --overwrite_output_dir, and one that a live run holds (its lock,
+output_dir/.run.lock) is refused always. SIGTERM or SIGUSR1 (a scheduler's notice) saves a checkpoint at the next
+update and exits with 128 + the signal (143 for SIGTERM); the same command plus --resume_from_checkpoint latest
+continues (docs/design.md#checkpoints-and-resume).
 
 The arguments are parsed once, before torch is imported (`--help` and a bad argument answer at once), and handed
 to `main`; a data source on the command line replaces the YAML file's, and `--config_overrides` changes only the

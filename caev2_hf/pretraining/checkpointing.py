@@ -9,6 +9,10 @@ Data position: a stream has no random access, so a resumed run rebuilds each pro
 each loader worker skips the raw examples it had consumed in its current epoch, without decoding them. Crops, their
 augmentation parameters and masks depend only on (seed, process, worker, epoch, position), so the resumed batches
 are the uninterrupted run's; the cost is reading (not decoding) at most one epoch of this process's share.
+
+Damage: `latest` and rotation skip a checkpoint whose training_state.json cannot be read (with a warning), a resume
+refuses missing or unreadable RNG states, and a failed write ends every process with one line that names the folder
+(docs/design.md#checkpoints-and-resume).
 """
 
 import json
