@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 import yaml
 
-from .errors import INTERRUPTED_EXIT_CODE, USER_ERROR_EXIT_CODE, UserError
+from .errors import INTERRUPTED_EXIT_CODE, USER_ERROR_EXIT_CODE, StoppedBySignal, UserError
 
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
@@ -44,12 +44,16 @@ USAGE = "%(prog)s [CONFIG.yaml] [--config CONFIG.yaml] [--NAME VALUE ...]   (eve
 
 def run_command(function: Callable, *args, **kwargs):
     """Calls a command's function: a `UserError` ends it with `error: <message>` on stderr and exit status 2, Ctrl-C
-    with `interrupted` and the shell's status 130 (what to do next was logged where it is known)."""
+    with `interrupted` and the shell's status 130 (what to do next was logged where it is known), a run stopped by a
+    scheduler's signal with `stopped: <message>` and 128 + the signal's number."""
     try:
         return function(*args, **kwargs)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT_CODE)
+    except StoppedBySignal as stop:
+        print(f"stopped: {stop}", file=sys.stderr)
+        sys.exit(stop.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(INTERRUPTED_EXIT_CODE)
