@@ -51,8 +51,7 @@ class SkipLog:
             self.logged_in_window += 1
             where = f" ({self.where})" if self.where else ""
             logger.warning(
-                f"Skipping an unusable image {name or '(unnamed)'}{where}: {reason}. "
-                "Skips are counted in batch['num_skipped_images']."
+                f"Skipping an unusable image {name or '(unnamed)'}{where}: {reason}. The run goes on without it."
             )
         else:
             self.suppressed += 1

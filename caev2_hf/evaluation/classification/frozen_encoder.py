@@ -4,9 +4,9 @@
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoImageProcessor, AutoModel, PreTrainedModel
+from transformers import MODEL_MAPPING, AutoConfig, AutoImageProcessor, AutoModel, PreTrainedModel
 
-from caev2_hf_cli.checks import check_model_path
+from caev2_hf_cli.checks import check_model_path, describe_non_encoder, not_an_encoder_message
 from caev2_hf_cli.errors import UserError
 
 from ...configuration_caev2 import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, CAEv2Config
@@ -31,6 +31,11 @@ def load_frozen_encoder(model_name_or_path: str) -> PreTrainedModel:
     """
     expected = "a folder written by save_pretrained (a CAE v2 checkpoint of any head, or another vision encoder)"
     check_model_path(model_name_or_path, flag="", expected=expected)
+    config = AutoConfig.from_pretrained(model_name_or_path)
+    found = describe_non_encoder(config.model_type, config.architectures, caev2_only=False)
+    if found is not None or type(config) not in MODEL_MAPPING:
+        found = found or f"a {config.model_type} model, which AutoModel cannot load"
+        raise UserError(not_an_encoder_message(model_name_or_path, found, caev2_only=False))
     try:
         encoder, loading_info = AutoModel.from_pretrained(model_name_or_path, output_loading_info=True)
     except OSError as error:
