@@ -58,12 +58,11 @@ from caev2_hf.evaluation.classification.finetune import (
     build_training_streams,
     format_finetune_summary,
     load_finetune_model,
-    resolve_trainer_checkpoint,
     train_and_evaluate,
 )
 from caev2_hf.evaluation.classification.frozen_encoder import read_preprocessing
 from caev2_hf.evaluation.classification.labelled_data import open_labelled_datasets
-from caev2_hf.evaluation.trainer_steps import resolve_max_steps
+from caev2_hf.evaluation.trainer_steps import resolve_max_steps, resolve_trainer_checkpoint
 
 
 def main(

@@ -63,15 +63,8 @@ if __name__ == "__main__":  # parsed and checked before the heavy imports below
 
 import torch
 from transformers import AutoImageProcessor, LwDetrForObjectDetection, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
-from caev2_hf.evaluation.detection.coco import (
-    CocoFormatError,
-    CocoSplit,
-    load_hub_detection,
-    open_coco_folder,
-)
-from caev2_hf.evaluation.detection.demo import write_demo_coco
+from caev2_hf.evaluation.detection.coco import CocoSplit, open_detection_splits
 from caev2_hf.evaluation.detection.lwdetr import (
     build_lwdetr_from_caev2,
     build_lwdetr_image_processor,
@@ -86,36 +79,7 @@ from caev2_hf.evaluation.detection.training import (
     build_lwdetr_parameter_groups,
     build_train_transform,
 )
-from caev2_hf.evaluation.trainer_steps import resolve_max_steps
-
-
-def open_splits(data_args: DetectionDataArguments, seed: int) -> tuple[CocoSplit, CocoSplit]:
-    """(training, held-out) splits from COCO folders, a Hub dataset or the offline demo; bad data as `UserError`."""
-    try:
-        if data_args.demo_data:
-            written = write_demo_coco(
-                data_args.demo_dir, data_args.demo_num_train_images, data_args.demo_num_validation_images,
-                data_args.demo_image_size, seed,
-            )  # fmt: skip
-            return open_coco_folder(*written["train"]), open_coco_folder(*written["validation"])
-        if data_args.dataset_name is not None:
-            return tuple(
-                load_hub_detection(
-                    data_args.dataset_name,
-                    data_args.dataset_config_name,
-                    split,
-                    data_args.dataset_revision,
-                    data_args.image_column,
-                    data_args.objects_column,
-                )  # fmt: skip
-                for split in (data_args.train_split, data_args.validation_split)
-            )
-        return (
-            open_coco_folder(data_args.train_image_dir, data_args.train_annotation_file),
-            open_coco_folder(data_args.validation_image_dir, data_args.validation_annotation_file),
-        )
-    except CocoFormatError as error:
-        raise UserError(str(error)) from None
+from caev2_hf.evaluation.trainer_steps import resolve_max_steps, resolve_trainer_checkpoint
 
 
 def build_model(model_args: DetectionModelArguments, train: CocoSplit, validation: CocoSplit):
@@ -153,32 +117,15 @@ def is_lwdetr_folder(model: str) -> bool:
         return json.load(file).get("model_type") == "lw_detr"
 
 
-def resolve_resume(training_args: TrainingArguments) -> str | None:
-    """`latest` (or `true`) is the newest checkpoint-N of output_dir; a path must be a Trainer checkpoint."""
-    wanted = training_args.resume_from_checkpoint
-    if wanted is None:
-        return None
-    if wanted.lower() in ("latest", "true"):
-        latest = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
-        if latest is None:
-            raise UserError(
-                f"--resume_from_checkpoint {wanted}: {training_args.output_dir} holds no checkpoint-N yet."
-            )
-        return latest
-    if not os.path.isfile(os.path.join(wanted, "trainer_state.json")):
-        raise UserError(f"--resume_from_checkpoint {wanted} is no Trainer checkpoint (no trainer_state.json there).")
-    return wanted
-
-
 def main(
     model_args: DetectionModelArguments, data_args: DetectionDataArguments, training_args: TrainingArguments
 ) -> dict:
     """Trains and evaluates on arguments from `parse_and_check_arguments`; returns what results.json holds."""
     if model_args.torch_num_threads is not None:
         torch.set_num_threads(model_args.torch_num_threads)
-    resume = resolve_resume(training_args)
+    resume = resolve_trainer_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     set_seed(training_args.seed)
-    train, validation = open_splits(data_args, training_args.seed)
+    train, validation = open_detection_splits(data_args, training_args.seed)
     model, processor, encoder = build_model(model_args, train, validation)
     vit = model.config.backbone_config
     train_dataset = DetectionDataset(

@@ -86,7 +86,7 @@ def test_a_run_writes_results_a_card_with_its_map_and_a_folder_the_pipeline_runs
 
 def test_resume_from_latest_continues_the_checkpoint(encoder_folder, tmp_path):
     arguments = tiny_run_arguments(encoder_folder, tmp_path)
-    with pytest.raises(UserError, match="holds no checkpoint-N yet"):
+    with pytest.raises(UserError, match="holds no checkpoint-N folder yet"):
         detect([*arguments, "--resume_from_checkpoint", "latest"])
     detect([*arguments, "--max_steps", "2"])
     results = detect([*arguments, "--resume_from_checkpoint", "latest"])

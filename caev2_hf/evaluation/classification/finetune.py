@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from torch.utils.data import default_collate
 from torchvision.transforms import v2
 from transformers import AutoConfig, AutoModelForImageClassification, EvalPrediction, Trainer, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
 from caev2_hf_cli.classification import AugmentationArguments, FineTuningModelArguments
 from caev2_hf_cli.errors import UserError
@@ -246,27 +245,6 @@ class FineTuningResult:
     def to_json(self) -> dict:
         """The fields for `results.json`, with a note beside a top-k left out."""
         return asdict(self) | topk_notes(self)
-
-
-def resolve_trainer_checkpoint(resume_from_checkpoint: str | None, output_dir: str) -> str | None:
-    """`latest` (or `true`, Trainer's word) is the newest `checkpoint-N` in `output_dir`, as in `run_pretrain.py`;
-    a path must be a Trainer checkpoint."""
-    if resume_from_checkpoint is None:
-        return None
-    if resume_from_checkpoint.lower() in ("latest", "true"):
-        latest = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-        if latest is None:
-            raise UserError(
-                f"--resume_from_checkpoint {resume_from_checkpoint}: {output_dir} holds no checkpoint-N folder yet; "
-                "start without it."
-            )
-        return latest
-    if not os.path.isfile(os.path.join(resume_from_checkpoint, "trainer_state.json")):
-        raise UserError(
-            f"--resume_from_checkpoint {resume_from_checkpoint} is no Trainer checkpoint (no trainer_state.json "
-            "there): give a checkpoint-N folder of the output_dir, or latest."
-        )
-    return resume_from_checkpoint
 
 
 def train_and_evaluate(trainer: Trainer, num_classes: int, num_train_examples: int) -> FineTuningResult:
