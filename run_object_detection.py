@@ -21,7 +21,7 @@ import json
 import os
 import sys
 
-from caev2_hf_cli.detection import DetectionDataArguments, DetectionModelArguments
+from caev2_hf_cli.detection import DetectionDataArguments, DetectionModelArguments, check_demo_encoder
 from caev2_hf_cli.errors import UserError
 from caev2_hf_cli.parsing import answer_help, build_arguments, read_arguments, run_command
 
@@ -50,11 +50,7 @@ def parse_and_check_arguments(argv: list[str] | None = None) -> tuple:
     model_args, data_args = (build_arguments(cls, values) for cls in SCRIPT_ARGUMENT_CLASSES)
     model_args.check()
     data_args.check()
-    if data_args.demo_data and not os.path.isdir(model_args.model) and model_args.model.startswith("demo_output"):
-        raise UserError(
-            f"--model {model_args.model}: no such folder. The demo starts from the demo encoder: run "
-            "python run_pretrain.py --config configs/demo.yaml first (16 s), or give another CAE v2 encoder."
-        )
+    check_demo_encoder(model_args.model, data_args.demo_data)
     return model_args, data_args, build_arguments(TrainingArguments, values)
 
 

@@ -20,6 +20,15 @@ def check_lwdetr_size(size: str) -> None:
         raise UserError(f"--lwdetr_size {size!r}: choose one of {', '.join(LWDETR_SIZE_NAMES)}.")
 
 
+def check_demo_encoder(model: str, demo_data: bool) -> None:
+    """The demos start from the demo pretraining's encoder: when it is missing, say which command makes it."""
+    if demo_data and not os.path.isdir(model) and model.startswith("demo_output"):
+        raise UserError(
+            f"--model {model}: no such folder. The demo starts from the demo encoder: run python run_pretrain.py "
+            "--config configs/demo.yaml first (16 s), or give another CAE v2 encoder."
+        )
+
+
 @dataclass
 class DetectionModelArguments:
     model: str = field(

@@ -4,16 +4,13 @@ the step schedule counted in epochs, the recipe files, and bad input ending in o
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import build_tiny_config
+from conftest import build_tiny_config, edited_demo_coco, run_script_process, without_demo_data
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
@@ -270,22 +267,6 @@ def test_the_demo_config_fits_the_demo_encoder():
     assert values["min_size"][-1] == values["demo_image_size"]  # evaluated at the images' own size
 
 
-def coco_files(tmp_path: Path, edit) -> list[str]:
-    """The demo's data as COCO folders, the training annotations passed through `edit`."""
-    written = write_demo_coco(str(tmp_path / "coco"), 8, 4, image_size=64, seed=0)
-    content = json.loads(Path(written["train"][1]).read_text())
-    edit(content)
-    Path(written["train"][1]).write_text(json.dumps(content))
-    (image_dir, annotations), (validation_dir, validation_annotations) = written["train"], written["validation"]
-    return ["--train_image_dir", image_dir, "--train_annotation_file", annotations, "--validation_image_dir",
-            validation_dir, "--validation_annotation_file", validation_annotations]  # fmt: skip
-
-
-def without_demo_data(arguments: list[str]) -> list[str]:
-    index = arguments.index("--demo_data")
-    return arguments[:index] + arguments[index + 2 :]
-
-
 def no_segmentation(content):
     del content["annotations"][2]["segmentation"]
 
@@ -317,33 +298,31 @@ def other_categories(content):
 def test_bad_annotations_are_refused_naming_the_entry(encoder_folder, tmp_path, edit, message):
     arguments = without_demo_data(tiny_run_arguments(encoder_folder, tmp_path))
     with pytest.raises(UserError, match=message):
-        segment([*arguments, *coco_files(tmp_path, edit)])
-
-
-def run_script(*arguments: str) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *arguments], capture_output=True, text=True, env=environment, timeout=120,
-        cwd=REPO_ROOT,
-    )  # fmt: skip
+        segment([*arguments, *edited_demo_coco(tmp_path, edit)])
 
 
 def test_the_command_ends_bad_coco_files_in_one_line_and_status_2(encoder_folder, tmp_path):
     (tmp_path / "broken.json").write_text('{"images": [')
-    data = coco_files(tmp_path, lambda content: None)
+    data = edited_demo_coco(tmp_path, lambda content: None)
     data[data.index("--validation_annotation_file") + 1] = str(tmp_path / "broken.json")
-    box_outside = coco_files(tmp_path / "box", lambda content: content["annotations"][0].update(bbox=[50, 50, 30, 30]))
+    box_outside = edited_demo_coco(
+        tmp_path / "box", lambda content: content["annotations"][0].update(bbox=[50, 50, 30, 30])
+    )
     cases = [
         (data, ["broken.json is not valid JSON", "line 1", "repair or re-export it"]),
         (box_outside, ["annotation 1 (image '00000.jpg', 64x64 px) has bbox [50, 50, 30, 30]", "outside the image"]),
     ]
     for files, words in cases:
-        completed = run_script("--model", encoder_folder, *files, "--output_dir", str(tmp_path / "out"))
+        completed = run_script_process(
+            "run_instance_segmentation.py", "--model", encoder_folder, *files, "--output_dir", str(tmp_path / "out")
+        )
         lines = completed.stderr.strip().splitlines()
         assert completed.returncode == 2, completed.stderr
         assert len(lines) == 1 and lines[0].startswith("error: ") and all(word in lines[0] for word in words), lines
-    completed = run_script("configs/demo-instance-segmentation.yaml", "--model", "demo_output/missing")
+    completed = run_script_process(
+        "run_instance_segmentation.py", "configs/demo-instance-segmentation.yaml", "--model", "demo_output/missing"
+    )
     assert completed.returncode == 2 and completed.stderr.strip().splitlines() == [
         "error: --model demo_output/missing: no such folder. The demo starts from the demo encoder: run python "
-        "run_pretrain.py --config configs/demo.yaml first (30 s), or give another CAE v2 encoder."
+        "run_pretrain.py --config configs/demo.yaml first (16 s), or give another CAE v2 encoder."
     ]
