@@ -150,7 +150,7 @@ def main(
         write_results(training_args.output_dir, results)
         name = data_args.eval_result_name or data_args.source_name
         write_mask_rcnn_card(training_args.output_dir, encoder, name, results)
-    print(mask_rcnn_summary_line(results, training_args.output_dir), flush=True)
+        print(mask_rcnn_summary_line(results, training_args.output_dir), flush=True)
     return results
 
 

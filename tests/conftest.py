@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -156,3 +157,10 @@ def run_script_process(script: str, *arguments: str) -> subprocess.CompletedProc
         [sys.executable, str(REPO_ROOT / script), *arguments], capture_output=True, text=True, env=environment,
         timeout=120, cwd=REPO_ROOT,
     )  # fmt: skip
+
+
+def find_free_port() -> int:
+    """A local TCP port no one listens on, for a test's torch.distributed rendezvous."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

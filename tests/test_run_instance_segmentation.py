@@ -4,13 +4,16 @@ the step schedule counted in epochs, the recipe files, and bad input ending in o
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import build_tiny_config, edited_demo_coco, run_script_process, without_demo_data
+from conftest import build_tiny_config, edited_demo_coco, find_free_port, run_script_process, without_demo_data
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
@@ -24,7 +27,7 @@ from caev2_hf.evaluation.detection.maskrcnn_training import (
     collate_instances,
     model_images,
 )
-from caev2_hf.evaluation.detection.metrics import CocoEvaluator, evaluate_coco, instances_to_coco
+from caev2_hf.evaluation.detection.metrics import CocoEvaluator, instances_to_coco
 from caev2_hf_cli.errors import UserError
 from caev2_hf_cli.instance_segmentation import AUTHORS_MIN_SIZES, BOX_LOSS_NAMES
 
@@ -112,21 +115,12 @@ def test_the_saved_folder_reloads_and_scores_what_the_run_reported(tiny_run):
     output_dir, results = tiny_run
     model, class_names = load_mask_rcnn(output_dir)
     assert class_names == ["ellipse", "rectangle", "triangle"] and not model.training
-    validation = open_coco_folder(str(output_dir.parent / "data" / "validation"),
-                                  str(output_dir.parent / "data" / "annotations" / "instances_validation.json"))  # fmt: skip
-    dataset = InstanceSegmentationDataset(validation)
-    batch = collate_instances([dataset[index] for index in range(len(dataset))])
     with torch.no_grad():
-        outputs = model(model_images(batch["images"]))
-    assert all(tuple(output["masks"].shape[-2:]) == (64, 64) for output in outputs)
-    predictions = [
-        result
-        for image_id, output in zip(batch["image_ids"], outputs, strict=True)
-        for result in instances_to_coco(image_id, output, validation.label_to_category_id)
-    ]
-    for iou_type, prefix in (("bbox", ""), ("segm", "segm_")):
-        scores = evaluate_coco(validation.ground_truth, predictions, iou_type)
-        assert scores["map"] == pytest.approx(results[f"{prefix}map"], abs=1e-9)
+        (detections,) = model([torch.rand(3, 64, 80)])
+    assert tuple(detections["masks"].shape[1:]) == (1, 64, 80) and len(detections["boxes"]) <= 100
+    scores = evaluate_folder(output_dir, output_dir.parent / "data")
+    for name in ("map", "map_50", "segm_map", "segm_map_50"):
+        assert scores[name] == pytest.approx(results[name], abs=1e-12), name
 
 
 def test_resume_from_latest_continues_exactly_with_drop_path_on(encoder_folder, tmp_path):
@@ -145,6 +139,40 @@ def test_resume_from_latest_continues_exactly_with_drop_path_on(encoder_folder, 
     assert expected.keys() == resumed.keys()
     for name, tensor in expected.items():
         torch.testing.assert_close(resumed[name], tensor, atol=0, rtol=0, msg=name)
+
+
+def evaluate_folder(folder: Path, data: Path) -> dict[str, float]:
+    """Box and mask AP of a saved detector on the demo's held-out split in `data`, in this process."""
+    model, _ = load_mask_rcnn(folder)
+    validation = open_coco_folder(str(data / "validation"), str(data / "annotations" / "instances_validation.json"))
+    dataset = InstanceSegmentationDataset(validation)
+    batch = collate_instances([dataset[index] for index in range(len(dataset))])
+    with torch.no_grad():
+        outputs = model(model_images(batch["images"]))
+    evaluator = CocoEvaluator(validation.ground_truth, ("bbox", "segm"))
+    for image_id, output in zip(batch["image_ids"], outputs, strict=True):
+        evaluator.add(instances_to_coco(image_id, output, validation.label_to_category_id))
+    return evaluator.compute()
+
+
+def test_two_processes_train_and_score_each_image_once(encoder_folder, tmp_path):
+    """Two CPU processes (DDP over gloo): 5 held-out images split 3 + 2 (the sampler repeats one to even the
+    shares), gathered and scored once each with process 0's weights, so results.json holds what the saved folder
+    scores in one process."""
+    arguments = tiny_run_arguments(encoder_folder, tmp_path, "--demo_num_validation_images", "5", "--max_steps",
+                                   "2", "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "2",
+                                   "--save_strategy", "no", "--eval_strategy", "no", "--use_cpu", "true")  # fmt: skip
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(find_free_port()), str(SCRIPT), *arguments]  # fmt: skip
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.count("box AP") == 1  # the summary line, from process 0 only
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["num_eval_images"] == 5 and results["max_steps"] == 2 and results["epochs"] == 1
+    scores = evaluate_folder(tmp_path / "out", tmp_path / "data")
+    for name in ("map", "map_50", "segm_map", "segm_map_50"):
+        assert results[name] == pytest.approx(scores[name], abs=1e-12), name
 
 
 # ---- Data

@@ -152,10 +152,14 @@ class MaskRCNNTrainer(Trainer):
     def evaluation_loop(
         self, dataloader, description: str, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
     ) -> EvalLoopOutput:
-        """Box and mask AP of the model's detections on `dataloader` (each process predicts its share, process 0's
-        and the others' are gathered, an image counted once), as `eval_map`, `eval_segm_map`, ..."""
+        """Box and mask AP of the model's detections on `dataloader`, as `eval_map`, `eval_segm_map`, ...: each
+        process predicts its share with process 0's BatchNorm statistics (without SyncBatchNorm, as on CPU processes,
+        each process's drift apart), and the results are gathered, an image counted once."""
         self.callback_handler.eval_dataloader = dataloader
         model = self.model.eval()
+        if self.args.world_size > 1:  # BatchNorm statistics as the saved model has them (rank 0's), on every process
+            for buffer in model.buffers():
+                torch.distributed.broadcast(buffer, src=0)
         predictions = {}
         for batch in dataloader:
             batch = self._prepare_inputs(batch)
