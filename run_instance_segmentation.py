@@ -58,7 +58,7 @@ import torch
 from transformers import TrainingArguments, set_seed
 
 from caev2_hf.evaluation.detection.coco import CocoSplit, check_instance_masks, open_detection_splits
-from caev2_hf.evaluation.detection.maskrcnn import CAEv2MaskRCNN, build_mask_rcnn, is_mask_rcnn_folder, load_mask_rcnn
+from caev2_hf.evaluation.detection.maskrcnn import CAEv2MaskRCNN, is_mask_rcnn_folder, load_encoder, load_mask_rcnn
 from caev2_hf.evaluation.detection.maskrcnn_training import (
     InstanceSegmentationDataset,
     MaskRCNNTrainer,
@@ -97,13 +97,17 @@ def build_model(model_args: MaskRCNNModelArguments, class_names: list[str]) -> t
             )
         return model.train(), f"the Mask R-CNN folder {model_args.model}"
     try:
-        model = build_mask_rcnn(
-            model_args.model, len(class_names) + 1, model_args.min_size, model_args.max_size,
-            model_args.drop_path_rate, model_args.relative_position_bias, model_args.out_indices,
-            model_args.box_loss, model_args.fpn_channels, model_args.box_batch_size_per_image,
+        encoder, report = load_encoder(
+            model_args.model, model_args.drop_path_rate, model_args.relative_position_bias, model_args.out_indices,
+            max(model_args.min_size),
+        )  # fmt: skip
+        model = CAEv2MaskRCNN(
+            encoder, len(class_names) + 1, model_args.min_size, model_args.max_size, model_args.box_loss,
+            model_args.fpn_channels, model_args.box_batch_size_per_image,
         )  # fmt: skip
     except (ValueError, TypeError) as error:
         raise UserError(str(error).splitlines()[0]) from None
+    print(report, flush=True)  # where each part's weights come from
     return model, model_args.model
 
 

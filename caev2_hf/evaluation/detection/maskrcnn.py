@@ -312,7 +312,12 @@ def load_encoder(
     config.backbone_image_size = image_size // config.patch_size * config.patch_size
     if isinstance(encoder, CAEv2Config):
         return CAEv2Backbone(config), "Encoder: RANDOMLY INITIALISED (a config, no checkpoint, was given)."
-    backbone, info = CAEv2Backbone.from_pretrained(encoder, config=config, output_loading_info=True)
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # transformers' table of the new neck tensors: the line below says it, and checks
+    try:
+        backbone, info = CAEv2Backbone.from_pretrained(encoder, config=config, output_loading_info=True)
+    finally:
+        logging.set_verbosity(verbosity)
     return backbone, describe_encoder_loading(str(encoder), backbone, info)
 
 
