@@ -12,17 +12,22 @@ Trainer on the authors' COCO 1x recipe and scored with pycocotools, box AP and m
 Writes the detector (`model.safetensors` and a `config.json` that `load_mask_rcnn` reads), `results.json` (box AP and
 mask AP: @[.5:.95], AP50, AP75, small / medium / large) and a model card whose model-index holds both.
 
+An output_dir that holds another run (results.json, a model, checkpoint-N folders) is refused unless the run is
+resumed (--resume_from_checkpoint latest: the folder's newest complete checkpoint-N) or started afresh with
+--overwrite_output_dir true, which deletes that run first. Ctrl-C names the checkpoint the same command with
+--resume_from_checkpoint latest continues from.
+
 The arguments, this script's and every option of transformers' `TrainingArguments`, are parsed once and handed to
 `main`; `--help` lists this script's own options without importing torch (`caev2_hf_cli/instance_segmentation.py`
 and the data options of `caev2_hf_cli/detection.py`).
 """
 
-import sys
-
 from caev2_hf_cli.detection import DetectionDataArguments, check_demo_encoder
 from caev2_hf_cli.errors import UserError
 from caev2_hf_cli.instance_segmentation import MaskRCNNAugmentationArguments, MaskRCNNModelArguments
-from caev2_hf_cli.parsing import answer_help, build_arguments, read_arguments, run_command
+from caev2_hf_cli.outputs import OutputFolderArguments
+from caev2_hf_cli.parsing import run_command
+from caev2_hf_cli.trainer_arguments import build_training_arguments, read_trainer_arguments
 
 
 SCRIPT_ARGUMENT_CLASSES = (MaskRCNNModelArguments, MaskRCNNAugmentationArguments, DetectionDataArguments)
@@ -37,18 +42,17 @@ TrainingArguments; help(TrainingArguments)"`). --lr_scheduler_type is not read: 
 
 
 def parse_and_check_arguments(argv: list[str] | None = None) -> tuple:
-    """(model, augmentation, data, training arguments) from one parse, every path and value checked before the model
-    code is imported. `--help` is answered first, from this script's own classes, without importing torch."""
-    argv = sys.argv[1:] if argv is None else argv
-    answer_help(argv, SCRIPT_ARGUMENT_CLASSES, __doc__, TRAINING_ARGUMENTS_HELP)
-    from transformers import TrainingArguments  # after the help, which must not wait for torch
-
-    values = read_arguments((*SCRIPT_ARGUMENT_CLASSES, TrainingArguments), argv, __doc__)
-    model_args, augmentation_args, data_args = (build_arguments(cls, values) for cls in SCRIPT_ARGUMENT_CLASSES)
+    """(model, augmentation, data, output folder, training arguments) from one parse, every path and value checked
+    before the model code is imported: this script's own first, then TrainingArguments' values and the output
+    folder."""
+    (model_args, augmentation_args, data_args), output_folder, values = read_trainer_arguments(
+        argv, SCRIPT_ARGUMENT_CLASSES, __doc__, TRAINING_ARGUMENTS_HELP
+    )
     model_args.check()
     data_args.check()
     check_demo_encoder(model_args.model, data_args.demo_data)
-    return model_args, augmentation_args, data_args, build_arguments(TrainingArguments, values)
+    training_args = build_training_arguments(values, output_folder)
+    return model_args, augmentation_args, data_args, output_folder, training_args
 
 
 if __name__ == "__main__":  # parsed and checked before the heavy imports below
@@ -67,8 +71,9 @@ from caev2_hf.evaluation.detection.maskrcnn_training import (
 )
 from caev2_hf.evaluation.detection.metrics import evaluate_coco, random_detections
 from caev2_hf.evaluation.detection.outputs import mask_rcnn_summary_line, write_mask_rcnn_card, write_results
-from caev2_hf.evaluation.trainer_steps import resolve_trainer_checkpoint
+from caev2_hf.evaluation.trainer_steps import start_in_output_dir
 from caev2_hf.optim import build_layer_decay_optimizer
+from caev2_hf_cli.outputs import resume_hint_on_interrupt
 
 
 def open_splits(data_args: DetectionDataArguments, seed: int) -> tuple[CocoSplit, CocoSplit]:
@@ -115,12 +120,13 @@ def main(
     model_args: MaskRCNNModelArguments,
     augmentation_args: MaskRCNNAugmentationArguments,
     data_args: DetectionDataArguments,
+    output_folder: OutputFolderArguments,
     training_args: TrainingArguments,
 ) -> dict:
     """Trains and evaluates on arguments from `parse_and_check_arguments`; returns what results.json holds."""
     if model_args.torch_num_threads is not None:
         torch.set_num_threads(model_args.torch_num_threads)
-    resume = resolve_trainer_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    start_in_output_dir(training_args, output_folder.overwrite_output_dir)
     set_seed(training_args.seed)
     train, validation = open_splits(data_args, training_args.seed)
     class_names = list(train.id2label.values())
@@ -145,7 +151,8 @@ def main(
         lr_drop_epochs=model_args.lr_drop_epochs, lr_drop_factor=model_args.lr_drop_factor,
         warmup_start_factor=model_args.warmup_start_factor,
     )  # fmt: skip
-    trainer.train(resume_from_checkpoint=resume)
+    with resume_hint_on_interrupt(training_args.output_dir, trainer.is_world_process_zero()):
+        trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = trainer.evaluate()
     trainer.save_model()
     trainer.save_state()

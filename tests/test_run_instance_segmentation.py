@@ -129,7 +129,7 @@ def test_resume_from_latest_continues_exactly_with_drop_path_on(encoder_folder, 
     straight = tiny_run_arguments(encoder_folder, tmp_path / "straight", "--eval_strategy", "no")
     segment(straight)
     stopped = tiny_run_arguments(encoder_folder, tmp_path / "stopped", "--eval_strategy", "no")
-    with pytest.raises(UserError, match="holds no checkpoint-N folder yet"):
+    with pytest.raises(UserError, match="does not exist, so there is nothing to continue"):
         segment([*stopped, "--resume_from_checkpoint", "latest"])
     segment([*stopped, "--max_steps", "2"])
     segment([*stopped, "--resume_from_checkpoint", "latest"])
@@ -266,7 +266,7 @@ def test_the_command_lines_defaults_are_the_models():
 def test_the_coco_recipes_parse_to_the_authors_settings(encoder_folder, size, drop_path_rate, paper):
     config = REPO_ROOT / "configs" / f"maskrcnn-vit-{size}-1x.yaml"
     assert paper in config.read_text()
-    model_args, augmentation_args, data_args, training_args = run_instance_segmentation.parse_and_check_arguments(
+    model_args, augmentation_args, data_args, _, training_args = run_instance_segmentation.parse_and_check_arguments(
         [str(config), "--model", encoder_folder, "--demo_data", "true", "--output_dir", "unused", "--bf16", "false"]
     )  # bf16 on the command line: this machine's CPU may not take it
     assert (model_args.drop_path_rate, model_args.layer_decay, model_args.lr_drop_epochs) == (

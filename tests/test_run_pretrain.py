@@ -277,7 +277,7 @@ def test_nonfinite_loss_skips_the_update_and_counts_it(tmp_path: Path, demo_imag
 def test_nonfinite_losses_in_a_row_stop_the_run(tmp_path: Path, demo_image_folder: str, monkeypatch) -> None:
     nan_losses(monkeypatch, bad_calls=None)
     config = write_config(tmp_path, train_dir=demo_image_folder, max_steps=4, max_consecutive_skipped_steps=2)
-    with pytest.raises(RuntimeError, match="2 updates in a row had a non-finite loss"):
+    with pytest.raises(UserError, match="2 updates in a row, from update 1 on, had a non-finite loss"):
         pretrain(["--config", config])
 
 

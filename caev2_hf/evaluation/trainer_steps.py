@@ -1,14 +1,12 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
-"""What the Trainer-based jobs (fine-tuning, segmentation, detection) share: the length of a run in optimizer steps
-and the checkpoint a run resumes from."""
+"""What the Trainer-based jobs (fine-tuning, segmentation, detection) share: the length of a run in optimizer steps,
+and a fresh start in an output folder that held another run."""
 
 import math
-import os
 
 from transformers import TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
-from caev2_hf_cli.errors import UserError
+from caev2_hf_cli.outputs import clear_previous_run
 
 
 def resolve_max_steps(training_args: TrainingArguments, num_examples: int) -> int:
@@ -26,22 +24,11 @@ def resolve_max_steps(training_args: TrainingArguments, num_examples: int) -> in
     return max(1, math.floor(training_args.num_train_epochs * num_examples / batch_size_per_step))
 
 
-def resolve_trainer_checkpoint(resume_from_checkpoint: str | None, output_dir: str) -> str | None:
-    """`latest` (or `true`, Trainer's word) is the newest `checkpoint-N` in `output_dir`, as in `run_pretrain.py`;
-    a path must be a Trainer checkpoint."""
-    if resume_from_checkpoint is None:
-        return None
-    if resume_from_checkpoint.lower() in ("latest", "true"):
-        latest = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-        if latest is None:
-            raise UserError(
-                f"--resume_from_checkpoint {resume_from_checkpoint}: {output_dir} holds no checkpoint-N folder yet; "
-                "start without it."
-            )
-        return latest
-    if not os.path.isfile(os.path.join(resume_from_checkpoint, "trainer_state.json")):
-        raise UserError(
-            f"--resume_from_checkpoint {resume_from_checkpoint} is no Trainer checkpoint (no trainer_state.json "
-            "there): give a checkpoint-N folder of the output_dir, or latest."
-        )
-    return resume_from_checkpoint
+def start_in_output_dir(training_args: TrainingArguments, overwrite_output_dir: bool) -> None:
+    """With `--overwrite_output_dir` and no resume, the previous run's results, model and checkpoints are deleted
+    (by the main process, before the others go on), so nothing of it is taken for this run's, nor resumed."""
+    if not overwrite_output_dir or training_args.resume_from_checkpoint:
+        return
+    with training_args.main_process_first(local=False, desc="clearing the output folder"):
+        if training_args.process_index == 0:
+            clear_previous_run(training_args.output_dir)
