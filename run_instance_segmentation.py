@@ -14,8 +14,8 @@ mask AP: @[.5:.95], AP50, AP75, small / medium / large) and a model card whose m
 
 An output_dir that holds another run (results.json, a model, checkpoint-N folders) is refused unless the run is
 resumed (--resume_from_checkpoint latest: the folder's newest complete checkpoint-N) or started afresh with
---overwrite_output_dir true, which deletes that run first. Ctrl-C names the checkpoint the same command with
---resume_from_checkpoint latest continues from.
+--overwrite_output_dir true, which deletes that run first; one a live run holds (its lock, output_dir/.run.lock) is
+refused always. Ctrl-C names the checkpoint the same command with --resume_from_checkpoint latest continues from.
 
 The arguments, this script's and every option of transformers' `TrainingArguments`, are parsed once and handed to
 `main`; `--help` lists this script's own options without importing torch (`caev2_hf_cli/instance_segmentation.py`
@@ -71,9 +71,8 @@ from caev2_hf.evaluation.detection.maskrcnn_training import (
 )
 from caev2_hf.evaluation.detection.metrics import evaluate_coco, random_detections
 from caev2_hf.evaluation.detection.outputs import mask_rcnn_summary_line, write_mask_rcnn_card, write_results
-from caev2_hf.evaluation.trainer_steps import start_in_output_dir
+from caev2_hf.evaluation.trainer_steps import hold_output_dir
 from caev2_hf.optim import build_layer_decay_optimizer
-from caev2_hf_cli.outputs import resume_hint_on_interrupt
 
 
 def open_splits(data_args: DetectionDataArguments, seed: int) -> tuple[CocoSplit, CocoSplit]:
@@ -123,46 +122,46 @@ def main(
     output_folder: OutputFolderArguments,
     training_args: TrainingArguments,
 ) -> dict:
-    """Trains and evaluates on arguments from `parse_and_check_arguments`; returns what results.json holds."""
+    """Trains and evaluates on arguments from `parse_and_check_arguments`, holding the output folder throughout;
+    returns what results.json holds."""
     if model_args.torch_num_threads is not None:
         torch.set_num_threads(model_args.torch_num_threads)
-    start_in_output_dir(training_args, output_folder.overwrite_output_dir)
-    set_seed(training_args.seed)
-    train, validation = open_splits(data_args, training_args.seed)
-    class_names = list(train.id2label.values())
-    model, encoder = build_model(model_args, class_names)
-    if training_args.world_size > 1 and training_args.device.type != "cpu":  # the authors' SyncBN (neck, box head)
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # torch has none for CPU processes
-    transform = build_maskrcnn_train_transform(
-        augmentation_args.horizontal_flip_probability, augmentation_args.detr_crop_probability,
-        augmentation_args.detr_crop_resize, augmentation_args.detr_crop_size, model.transform.max_size,
-    )  # fmt: skip
-    # As mmdetection's `filter_empty_gt`: training reads only images with annotations; evaluation reads them all.
-    train_dataset = InstanceSegmentationDataset(train, transform, training_args.seed, only_annotated_images=True)
-    optimizer = build_layer_decay_optimizer(
-        model, training_args.learning_rate, training_args.weight_decay, model_args.layer_decay,
-        model.encoder.config.num_hidden_layers, betas=(training_args.adam_beta1, training_args.adam_beta2),
-        eps=training_args.adam_epsilon,
-    )  # fmt: skip
-    trainer = MaskRCNNTrainer(
-        model=model, args=training_args, train_dataset=train_dataset,
-        eval_dataset=InstanceSegmentationDataset(validation), data_collator=collate_instances,
-        optimizers=(optimizer, None), eval_split=validation, class_names=class_names,
-        lr_drop_epochs=model_args.lr_drop_epochs, lr_drop_factor=model_args.lr_drop_factor,
-        warmup_start_factor=model_args.warmup_start_factor,
-    )  # fmt: skip
-    with resume_hint_on_interrupt(training_args.output_dir, trainer.is_world_process_zero()):
+    with hold_output_dir(training_args, output_folder.overwrite_output_dir):
+        set_seed(training_args.seed)
+        train, validation = open_splits(data_args, training_args.seed)
+        class_names = list(train.id2label.values())
+        model, encoder = build_model(model_args, class_names)
+        if training_args.world_size > 1 and training_args.device.type != "cpu":  # the authors' SyncBN (neck, box head)
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # torch has none for CPU processes
+        transform = build_maskrcnn_train_transform(
+            augmentation_args.horizontal_flip_probability, augmentation_args.detr_crop_probability,
+            augmentation_args.detr_crop_resize, augmentation_args.detr_crop_size, model.transform.max_size,
+        )  # fmt: skip
+        # As mmdetection's `filter_empty_gt`: training reads only images with annotations; evaluation reads them all.
+        train_dataset = InstanceSegmentationDataset(train, transform, training_args.seed, only_annotated_images=True)
+        optimizer = build_layer_decay_optimizer(
+            model, training_args.learning_rate, training_args.weight_decay, model_args.layer_decay,
+            model.encoder.config.num_hidden_layers, betas=(training_args.adam_beta1, training_args.adam_beta2),
+            eps=training_args.adam_epsilon,
+        )  # fmt: skip
+        trainer = MaskRCNNTrainer(
+            model=model, args=training_args, train_dataset=train_dataset,
+            eval_dataset=InstanceSegmentationDataset(validation), data_collator=collate_instances,
+            optimizers=(optimizer, None), eval_split=validation, class_names=class_names,
+            lr_drop_epochs=model_args.lr_drop_epochs, lr_drop_factor=model_args.lr_drop_factor,
+            warmup_start_factor=model_args.warmup_start_factor,
+        )  # fmt: skip
         trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    metrics = trainer.evaluate()
-    trainer.save_model()
-    trainer.save_state()
-    results = summarize(metrics, trainer, encoder, data_args, train, validation)
-    if trainer.is_world_process_zero():
-        write_results(training_args.output_dir, results)
-        name = data_args.eval_result_name or data_args.source_name
-        write_mask_rcnn_card(training_args.output_dir, encoder, name, results)
-        print(mask_rcnn_summary_line(results, training_args.output_dir), flush=True)
-    return results
+        metrics = trainer.evaluate()
+        trainer.save_model()
+        trainer.save_state()
+        results = summarize(metrics, trainer, encoder, data_args, train, validation)
+        if trainer.is_world_process_zero():
+            write_results(training_args.output_dir, results)
+            name = data_args.eval_result_name or data_args.source_name
+            write_mask_rcnn_card(training_args.output_dir, encoder, name, results)
+            print(mask_rcnn_summary_line(results, training_args.output_dir), flush=True)
+        return results
 
 
 def summarize(

@@ -28,6 +28,7 @@ from caev2_hf.evaluation.detection.maskrcnn_training import (
     model_images,
 )
 from caev2_hf.evaluation.detection.metrics import CocoEvaluator, instances_to_coco
+from caev2_hf.run_lock import LOCK_NAME, RunLock
 from caev2_hf_cli.errors import UserError
 from caev2_hf_cli.instance_segmentation import AUTHORS_MIN_SIZES, BOX_LOSS_NAMES
 
@@ -139,6 +140,17 @@ def test_resume_from_latest_continues_exactly_with_drop_path_on(encoder_folder, 
     assert expected.keys() == resumed.keys()
     for name, tensor in expected.items():
         torch.testing.assert_close(resumed[name], tensor, atol=0, rtol=0, msg=name)
+
+
+def test_a_folder_a_live_run_holds_is_refused_before_any_data_is_written(encoder_folder, tmp_path):
+    arguments = tiny_run_arguments(encoder_folder, tmp_path)
+    live_run = RunLock(str(tmp_path / "out")).acquire()
+    try:
+        with pytest.raises(UserError, match=f"--output_dir {tmp_path / 'out'} is in use by another run"):
+            segment(arguments)
+    finally:
+        live_run.release()
+    assert sorted(os.listdir(tmp_path)) == ["out"] and os.listdir(tmp_path / "out") == [LOCK_NAME]
 
 
 def evaluate_folder(folder: Path, data: Path) -> dict[str, float]:
