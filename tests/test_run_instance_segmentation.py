@@ -280,7 +280,7 @@ def test_the_coco_recipes_parse_to_the_authors_settings(encoder_folder, size, dr
     assert paper in config.read_text()
     model_args, augmentation_args, data_args, _, training_args = run_instance_segmentation.parse_and_check_arguments(
         [str(config), "--model", encoder_folder, "--demo_data", "true", "--output_dir", "unused", "--bf16", "false"]
-    )  # bf16 on the command line: this machine's CPU may not take it
+    )  # bf16 on the command line: this machine may have no GPU (test_bad_input.py: the line that says so)
     assert (model_args.drop_path_rate, model_args.layer_decay, model_args.lr_drop_epochs) == (
         drop_path_rate,
         0.75,
