@@ -6,7 +6,6 @@ import itertools
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -18,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from conftest import build_tiny_config
+from conftest import build_tiny_config, find_free_port
 from PIL import Image
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -242,12 +241,6 @@ def test_a_folder_saved_with_its_mask_layout_says_when_the_run_lays_masks_out_ot
     assert "was pretrained with" not in caplog.text
     saved = json.loads((tmp_path / "config" / "final" / "pretraining" / "config.json").read_text())
     assert not set(MASK_LAYOUT_ARGUMENTS) & set(saved) and saved["num_masking_patches"] == 6  # saved again without
-
-
-def find_free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class ConcatenatedStreams:
