@@ -66,10 +66,17 @@ from caev2_hf.pretraining.checkpointing import (
     ResumableBatchStream,
     list_checkpoints,
     load_checkpoint,
+    read_training_state,
     resolve_resume_checkpoint,
     save_checkpoint,
 )
-from caev2_hf.pretraining.export import describe_training, export_final_model, preset_of, push_to_hub_in_background
+from caev2_hf.pretraining.export import (
+    describe_data_source,
+    describe_training,
+    export_final_model,
+    preset_of,
+    push_to_hub_in_background,
+)
 from caev2_hf.pretraining.schedule import TrainingNumbers, compute_training_numbers
 from caev2_hf.pretraining.step import PretrainingStep, build_accelerator, build_optimizer_and_scheduler
 from caev2_hf.pretraining.step_tracking import StepTracker
@@ -215,9 +222,26 @@ def resume(
         return {"step": 0, "skipped_steps": 0, "skipped_images": 0, "data_position": None}
     state = load_checkpoint(accelerator, checkpoint)
     logger.info(f"Resumed from {checkpoint} at update {state['step']}, data position {state['data_position']}.")
-    if state["numbers"] != numbers.to_dict():
+    if state["numbers"] != numbers.to_dict() and accelerator.is_main_process:  # once, not once per process
         logger.warning(f"The run's numbers changed since the checkpoint: {state['numbers']} -> {numbers.to_dict()}.")
     return state
+
+
+def check_checkpoint_within_run(checkpoint: str | None, numbers: TrainingNumbers) -> None:
+    """A checkpoint past the run's last update is refused: its weights are not those of a run of max_steps updates,
+    and re-exporting them under that length would be silently wrong. One at the last update has nothing left to
+    train: final/ is written from it again, and the log says so."""
+    if checkpoint is None:
+        return
+    step = read_training_state(checkpoint)["step"]
+    if step > numbers.max_steps:
+        raise UserError(
+            f"{checkpoint} is at update {step}, past this run's {numbers.max_steps} updates: nothing was trained or "
+            f"written. Resume with --max_steps {step} or more to continue it (or --max_steps {step} to export it "
+            "again), or start afresh in another --output_dir."
+        )
+    if step == numbers.max_steps:
+        logger.info(f"{checkpoint} is at the run's last update ({step}): nothing to train; final/ is written from it.")
 
 
 def train(
@@ -284,10 +308,9 @@ def finish(
 ) -> None:
     """Exports final/ (+ pretraining/), starts the Hub upload in the background, says where everything is."""
     output_dir, preset = arguments["output_dir"], arguments["model_preset"]
-    data_source = (
-        arguments["dataset_name"] or arguments["train_dir"] or arguments["demo_dir"]
-        or ", ".join(arguments["data_files"] or [])
-    )  # fmt: skip
+    data_source = describe_data_source(
+        arguments["dataset_name"], arguments["train_dir"], arguments["data_files"], arguments["demo_dir"]
+    )
     config = accelerator.unwrap_model(model).config
     size = preset_of(config, preset)  # named in the card only when the architecture is exactly the preset's
     details = describe_training(size, numbers.to_dict(), final_loss, data_source, config.use_random_teacher)
@@ -296,7 +319,9 @@ def finish(
     export_final_model(accelerator, model, final_dir, size, arguments["hub_model_id"], datasets, details)
     upload = None
     if arguments["push_to_hub"] and accelerator.is_main_process:
-        upload = push_to_hub_in_background(final_dir, arguments["hub_model_id"], arguments["hub_private_repo"])
+        upload = push_to_hub_in_background(
+            final_dir, arguments["hub_model_id"], arguments["hub_private_repo"], arguments["hub_include_pretraining"]
+        )
     loss = "not logged" if final_loss is None else f"{final_loss:.4f}"
     logger.info(
         f"Done. Final loss {loss}.\n  checkpoints: {checkpoints_dir(output_dir)}\n"
@@ -304,7 +329,15 @@ def finish(
         f"  final model: {final_dir} (encoder + image processor + card; pretraining/ holds regressor and head)"
     )
     if upload is not None:
-        logger.info(f"Uploaded to https://huggingface.co/{arguments['hub_model_id']}: {upload.result()}")
+        try:
+            logger.info(f"Uploaded to https://huggingface.co/{arguments['hub_model_id']}: {upload.result()}")
+        except UserError as error:  # the run's work is safe in final_dir: say how to send it
+            include = " --include pretraining" if arguments["hub_include_pretraining"] else ""
+            public = "" if arguments["hub_private_repo"] else " --public"
+            raise UserError(
+                f"{error} The run is complete and final/ is written: upload it with `caev2-hub push --folder "
+                f"{final_dir} --repo_id {arguments['hub_model_id']}{include}{public}`."
+            ) from None
 
 
 def clear_previous_run(training_args: PretrainingArguments, accelerator: Accelerator) -> None:
@@ -330,6 +363,8 @@ def main(
     model_args: PretrainingModelArguments, data_args: PretrainingDataArguments, training_args: PretrainingArguments
 ) -> None:
     """Pretrains on arguments from `parse_and_check_arguments`."""
+    if training_args.torch_num_threads is not None:
+        torch.set_num_threads(training_args.torch_num_threads)
     config = build_config(model_args)  # before anything is built or written: a bad override costs a second
     arguments = {
         **dataclasses.asdict(model_args),
@@ -346,6 +381,7 @@ def main(
         checkpoint = resolve_resume_checkpoint(
             training_args.resume_from_checkpoint, checkpoints_dir(training_args.output_dir)
         )
+        check_checkpoint_within_run(checkpoint, numbers)
         model = build_model(model_args, config, accelerator, training_args.seed, resuming=checkpoint is not None)
         config = model.config
         data_args = write_demo_images_once(data_args, config.image_size, accelerator)

@@ -85,9 +85,11 @@ def check_image_folder(path: str, flag: str, at_least: int = 1, verify: int = 0)
 
 
 def check_model_path(model: str, flag: str = "--model") -> None:
-    """Refuses a local model folder that does not exist. A Hub id (`org/name`) passes: it is checked when loaded.
+    """Refuses a model that is neither a saved folder nor a Hub model id that can be loaded, in one line.
 
-    A name counts as local when it exists, starts with `.`, `/` or `~`, or has more than one `/`.
+    A name counts as local when it exists, starts with `.`, `/` or `~`, or has more than one `/`; any other name is a
+    Hub id, which must be in the local cache or, unless `HF_HUB_OFFLINE` is set, found on the Hub
+    (`hub_access.check_hub_model`: one request).
     """
     path = os.path.expanduser(model)
     if os.path.isdir(path):
@@ -101,3 +103,6 @@ def check_model_path(model: str, flag: str = "--model") -> None:
         raise UserError(f"{flag} {model} is a file: give the folder that holds config.json (or a Hub id).")
     if model.startswith((".", "/", "~")) or model.count("/") > 1:
         raise UserError(f"{flag} {model}: no such folder. Give a saved model folder (with config.json) or a Hub id.")
+    from .hub_access import check_hub_model  # imports huggingface_hub: only for a name that is no local path
+
+    check_hub_model(model, flag)
