@@ -48,13 +48,13 @@ def parse_and_check_arguments(argv: list[str] | None = None) -> tuple:
 
     values = read_arguments((*SCRIPT_ARGUMENT_CLASSES, TrainingArguments), argv, __doc__)
     model_args, data_args = (build_arguments(cls, values) for cls in SCRIPT_ARGUMENT_CLASSES)
-    model_args.check()
-    data_args.check()
     if data_args.demo_data and not os.path.isdir(model_args.model) and model_args.model.startswith("demo_output"):
         raise UserError(
             f"--model {model_args.model}: no such folder. The demo starts from the demo encoder: run "
             "python run_pretrain.py --config configs/demo.yaml first (16 s), or give another CAE v2 encoder."
         )
+    model_args.check()
+    data_args.check()
     return model_args, data_args, build_arguments(TrainingArguments, values)
 
 

@@ -4,16 +4,19 @@
 the conditions they ran under (machine, torch threads, load average before and after).
 
 Each demo runs in a fresh interpreter in one work folder, in order, so that later demos find the pretraining demo's
-`demo_output/final` as the README's readers do. CPU seconds (user + system of the command and its loader workers) are
-what other jobs on a shared machine disturb least; wall seconds on a loaded machine partly measure the neighbours.
-`OMP_NUM_THREADS` is removed from the demos' environment unless `--omp_num_threads` sets it, so torch uses the
-threads a user's shell gives it. Run from the repository root:
+`demo_output/final` as the README's readers do. CPU seconds (user + system of the command and its loader workers)
+are what other jobs on a shared machine disturb least when the command runs one torch thread; with more threads on a
+busy machine they grow too (a thread waiting for its partner spins). `OMP_NUM_THREADS` is removed from the demos'
+environment unless `--omp_num_threads` sets it, so torch uses the threads a user's shell gives it. From the
+repository root:
 
-    PYTHONPATH=. python benchmarks/bench_demos.py --output_json demos.json         # every demo, about 10 min
-    PYTHONPATH=. python benchmarks/bench_demos.py --demos pretrain visualize --torch_num_threads 2
+    PYTHONPATH=. python benchmarks/bench_demos.py --output_json demos.json   # every demo: 15-25 min on 2 shared cores
+    PYTHONPATH=. python benchmarks/bench_demos.py --demos pretrain --torch_num_threads 2
 
-Figures read back: the pretraining demo's final loss, the pictures' cosine similarities, the segmentation and
-detection demos' held-out scores (with their chance baselines), the probes' top-1 and their own `runtime_seconds`.
+`torch_num_threads` in the results is what the command sets (its flag or its config), null for torch's default
+(the machine's cores, `torch_threads_by_default`). Figures read back: the pretraining demo's final loss, the
+picture's cosine similarities, the segmentation and detection demos' held-out scores (with their chance baselines),
+the probes' top-1 and their own `runtime_seconds`.
 """
 
 import argparse
@@ -122,14 +125,15 @@ def console(function: str) -> list[str]:
 
 
 PROBE_README = (
-    "python run_linear_probe.py --model demo_output/final --train_dir digits/train --validation_dir digits/validation"
+    "python run_linear_probe.py --model demo_output/final --train_dir digits/train --validation_dir digits/validation "
+    "--batch_size 256"
 )
 
 
 def probe_command(output_dir: str, *options: str) -> list[str]:
     """The linear probe on the pretraining demo's encoder and scikit-learn's digits (one process, no workers)."""
-    return ["run_linear_probe.py", "--model", "demo_output/final", *PROBE_DATA, *options, "--output_dir", output_dir,
-            "--num_workers", "0"]  # fmt: skip
+    return ["run_linear_probe.py", "--model", "demo_output/final", *PROBE_DATA, "--batch_size", "256", *options,
+            "--output_dir", output_dir, "--num_workers", "0"]  # fmt: skip
 
 
 DEMOS = {
@@ -206,6 +210,16 @@ def describe_machine(environment: dict) -> dict:
     }
 
 
+def configured_threads(command: list[str], override: int | None) -> int | None:
+    """The torch threads a command runs with when set: `--torch_num_threads`, else its YAML config's value."""
+    if override is not None:
+        return override
+    import yaml
+
+    configs = [part for part in command if part.endswith(".yaml") and os.path.isfile(part)]
+    return (yaml.safe_load(Path(configs[0]).read_text()) or {}).get("torch_num_threads") if configs else None
+
+
 def run_demo(name: str, demo: Demo, args: argparse.Namespace, environment: dict) -> dict:
     demo.prepare()
     command = [absolute(part) for part in demo.command] + demo.extra
@@ -228,7 +242,7 @@ def run_demo(name: str, demo: Demo, args: argparse.Namespace, environment: dict)
         ),
         "load_average_before": [round(load, 2) for load in load_before],
         "load_average_after": [round(load, 2) for load in os.getloadavg()],
-        "torch_num_threads": args.torch_num_threads if demo.takes_threads else None,
+        "torch_num_threads": configured_threads(command, args.torch_num_threads if demo.takes_threads else None),
         "figures": demo.figures(output),
     }
     if completed.returncode != 0:

@@ -87,9 +87,9 @@ def check_image_folder(path: str, flag: str, at_least: int = 1, verify: int = 0)
 def check_model_path(model: str, flag: str = "--model") -> None:
     """Refuses a model that is neither a saved folder nor a Hub model id that can be loaded, in one line.
 
-    A name counts as local when it exists, starts with `.`, `/` or `~`, or has more than one `/`; any other name is a
-    Hub id, which must be in the local cache or, unless `HF_HUB_OFFLINE` is set, found on the Hub
-    (`hub_access.check_hub_model`: one request).
+    A name counts as local when it exists, starts with `.`, `/` or `~`, has more than one `/`, or starts with a folder
+    that exists here (`demo_output/fianl`); any other name is a Hub id, which must be in the local cache or, unless
+    `HF_HUB_OFFLINE` is set, found on the Hub (`hub_access.check_hub_model`: one request).
     """
     path = os.path.expanduser(model)
     if os.path.isdir(path):
@@ -101,8 +101,15 @@ def check_model_path(model: str, flag: str = "--model") -> None:
         return
     if os.path.exists(path):
         raise UserError(f"{flag} {model} is a file: give the folder that holds config.json (or a Hub id).")
-    if model.startswith((".", "/", "~")) or model.count("/") > 1:
-        raise UserError(f"{flag} {model}: no such folder. Give a saved model folder (with config.json) or a Hub id.")
+    parent = os.path.dirname(path)
+    if model.startswith((".", "/", "~")) or model.count("/") > 1 or (parent and os.path.isdir(parent)):
+        beside = (
+            sorted(name for name in os.listdir(parent) if not name.startswith(".")) if os.path.isdir(parent) else []
+        )
+        shown = f" ({parent} holds {', '.join(beside[:8])}{', ...' if len(beside) > 8 else ''})" if beside else ""
+        raise UserError(
+            f"{flag} {model}: no such folder{shown}. Give a saved model folder (with config.json) or a Hub id."
+        )
     from .hub_access import check_hub_model  # imports huggingface_hub: only for a name that is no local path
 
     check_hub_model(model, flag)
