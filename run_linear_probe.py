@@ -10,6 +10,9 @@ r"""Linear probing of a frozen encoder: the authors' protocol (`official`) or on
 Writes `results.json` (top-1 / top-5) and, for a CAE v2 encoder, a `CAEv2ForImageClassification` folder that
 `pipeline("image-classification", model=output_dir)` runs.
 
+An output_dir that holds another run's results is refused unless --overwrite_output_dir true, which deletes them
+when the new ones are written.
+
 The arguments are parsed once, before torch is imported (`--help` and a bad argument answer at once), and handed to
 `main`; a data source on the command line replaces the YAML file's for its split (`caev2_hf_cli/classification.py`).
 """
@@ -17,24 +20,28 @@ The arguments are parsed once, before torch is imported (`--help` and a bad argu
 import os
 import time
 
-from caev2_hf_cli.checks import check_model_path
+from caev2_hf_cli.checks import check_encoder_folder, check_model_path
 from caev2_hf_cli.classification import ImageDataArguments, ProbeArguments, ProbeModelArguments
 from caev2_hf_cli.errors import UserError
+from caev2_hf_cli.outputs import OutputFolderArguments, check_output_dir
 from caev2_hf_cli.parsing import parse_arguments, run_command
+
+
+ARGUMENT_CLASSES = (ProbeModelArguments, ImageDataArguments, ProbeArguments, OutputFolderArguments)
 
 
 def parse_and_check_arguments(
     argv: list[str] | None = None,
-) -> tuple[ProbeModelArguments, ImageDataArguments, ProbeArguments]:
+) -> tuple[ProbeModelArguments, ImageDataArguments, ProbeArguments, OutputFolderArguments]:
     """The arguments, checked before anything heavy is imported or loaded: a bad one costs a second."""
-    model_args, data_args, probe_args = parse_arguments(
-        (ProbeModelArguments, ImageDataArguments, ProbeArguments), argv, description=__doc__
-    )
+    model_args, data_args, probe_args, output_folder = parse_arguments(ARGUMENT_CLASSES, argv, description=__doc__)
     check_model_path(model_args.model)
+    check_encoder_folder(model_args.model)
     if model_args.update_model_card and not os.path.isdir(model_args.model):
         raise UserError(f"--update_model_card edits README.md in a local folder; {model_args.model} is not one.")
     data_args.check()
-    return model_args, data_args, probe_args
+    check_output_dir(probe_args.output_dir, output_folder.overwrite_output_dir, resumable=False)
+    return model_args, data_args, probe_args, output_folder
 
 
 if __name__ == "__main__":  # parsed and checked before the heavy imports below
@@ -52,9 +59,15 @@ from caev2_hf.evaluation.classification.probe_outputs import (
 )
 from caev2_hf.hub.model_card import add_eval_results
 from caev2_hf.plots import plot_probe_curves
+from caev2_hf_cli.outputs import clear_previous_run
 
 
-def main(model_args: ProbeModelArguments, data_args: ImageDataArguments, probe_args: ProbeArguments) -> dict:
+def main(
+    model_args: ProbeModelArguments,
+    data_args: ImageDataArguments,
+    probe_args: ProbeArguments,
+    output_folder: OutputFolderArguments,
+) -> dict:
     """Probes on arguments from `parse_and_check_arguments`; returns what results.json holds."""
     accelerator = Accelerator()
     set_seed(probe_args.seed)
@@ -72,6 +85,8 @@ def main(model_args: ProbeModelArguments, data_args: ImageDataArguments, probe_a
         "runtime_seconds": round(time.perf_counter() - start, 2),
     }
     if accelerator.is_main_process:
+        if output_folder.overwrite_output_dir:  # only now: a probe that fails leaves the previous one whole
+            clear_previous_run(probe_args.output_dir)
         outputs = save_probe_outputs(probe_args.output_dir, encoder.model, result, results)
         summary = format_probe_summary(result, outputs, model_args.model)
         if model_args.update_model_card:

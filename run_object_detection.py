@@ -13,17 +13,23 @@ on COCO-format data and scored with pycocotools (docs/detection.md#lw-detr).
 Writes the detector with its image processor (a folder `pipeline("object-detection")` runs), `results.json`
 (mAP@[.5:.95], AP50, AP75, AP small / medium / large) and a model card whose model-index holds the mAP.
 
+An output_dir that holds another run (results.json, a model, checkpoint-N folders) is refused unless the run is
+resumed (--resume_from_checkpoint latest: the folder's newest complete checkpoint-N) or started afresh with
+--overwrite_output_dir true, which deletes that run first. Ctrl-C names the checkpoint the same command with
+--resume_from_checkpoint latest continues from.
+
 The arguments, this script's and every option of transformers' `TrainingArguments`, are parsed once and handed to
 `main`; `--help` lists this script's own options without importing torch (`caev2_hf_cli/detection.py`).
 """
 
 import json
 import os
-import sys
 
 from caev2_hf_cli.detection import DetectionDataArguments, DetectionModelArguments
 from caev2_hf_cli.errors import UserError
-from caev2_hf_cli.parsing import answer_help, build_arguments, read_arguments, run_command
+from caev2_hf_cli.outputs import OutputFolderArguments
+from caev2_hf_cli.parsing import run_command
+from caev2_hf_cli.trainer_arguments import build_training_arguments, read_trainer_arguments
 
 
 SCRIPT_ARGUMENT_CLASSES = (DetectionModelArguments, DetectionDataArguments)
@@ -38,24 +44,19 @@ help(TrainingArguments)"`)."""
 
 
 def parse_and_check_arguments(argv: list[str] | None = None) -> tuple:
-    """(model, data, training arguments) from one parse, every path and value checked before the model code is
-    imported. `--help` is answered first, from this script's own classes: importing TrainingArguments imports torch
-    (about 2 s), and building it transformers' integrations (2 s more), so this script's own arguments are checked
-    first."""
-    argv = sys.argv[1:] if argv is None else argv
-    answer_help(argv, SCRIPT_ARGUMENT_CLASSES, __doc__, TRAINING_ARGUMENTS_HELP)
-    from transformers import TrainingArguments  # after the help, which must not wait for torch
-
-    values = read_arguments((*SCRIPT_ARGUMENT_CLASSES, TrainingArguments), argv, __doc__)
-    model_args, data_args = (build_arguments(cls, values) for cls in SCRIPT_ARGUMENT_CLASSES)
+    """(model, data, output folder, training arguments) from one parse, every path and value checked before the
+    model code is imported: this script's own first, then TrainingArguments' values and the output folder."""
+    (model_args, data_args), output_folder, values = read_trainer_arguments(
+        argv, SCRIPT_ARGUMENT_CLASSES, __doc__, TRAINING_ARGUMENTS_HELP
+    )
     if data_args.demo_data and not os.path.isdir(model_args.model) and model_args.model.startswith("demo_output"):
         raise UserError(
             f"--model {model_args.model}: no such folder. The demo starts from the demo encoder: run "
             "python run_pretrain.py --config configs/demo.yaml first (16 s), or give another CAE v2 encoder."
-        )
+        )  # before model_args.check(), whose message would not name the demo
     model_args.check()
     data_args.check()
-    return model_args, data_args, build_arguments(TrainingArguments, values)
+    return model_args, data_args, output_folder, build_training_arguments(values, output_folder)
 
 
 if __name__ == "__main__":  # parsed and checked before the heavy imports below
@@ -63,7 +64,6 @@ if __name__ == "__main__":  # parsed and checked before the heavy imports below
 
 import torch
 from transformers import AutoImageProcessor, LwDetrForObjectDetection, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from caev2_hf.evaluation.detection.coco import (
     CocoFormatError,
@@ -86,7 +86,8 @@ from caev2_hf.evaluation.detection.training import (
     build_lwdetr_parameter_groups,
     build_train_transform,
 )
-from caev2_hf.evaluation.trainer_steps import resolve_max_steps
+from caev2_hf.evaluation.trainer_steps import resolve_max_steps, start_in_output_dir
+from caev2_hf_cli.outputs import resume_hint_on_interrupt
 
 
 def open_splits(data_args: DetectionDataArguments, seed: int) -> tuple[CocoSplit, CocoSplit]:
@@ -153,30 +154,16 @@ def is_lwdetr_folder(model: str) -> bool:
         return json.load(file).get("model_type") == "lw_detr"
 
 
-def resolve_resume(training_args: TrainingArguments) -> str | None:
-    """`latest` (or `true`) is the newest checkpoint-N of output_dir; a path must be a Trainer checkpoint."""
-    wanted = training_args.resume_from_checkpoint
-    if wanted is None:
-        return None
-    if wanted.lower() in ("latest", "true"):
-        latest = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
-        if latest is None:
-            raise UserError(
-                f"--resume_from_checkpoint {wanted}: {training_args.output_dir} holds no checkpoint-N yet."
-            )
-        return latest
-    if not os.path.isfile(os.path.join(wanted, "trainer_state.json")):
-        raise UserError(f"--resume_from_checkpoint {wanted} is no Trainer checkpoint (no trainer_state.json there).")
-    return wanted
-
-
 def main(
-    model_args: DetectionModelArguments, data_args: DetectionDataArguments, training_args: TrainingArguments
+    model_args: DetectionModelArguments,
+    data_args: DetectionDataArguments,
+    output_folder: OutputFolderArguments,
+    training_args: TrainingArguments,
 ) -> dict:
     """Trains and evaluates on arguments from `parse_and_check_arguments`; returns what results.json holds."""
     if model_args.torch_num_threads is not None:
         torch.set_num_threads(model_args.torch_num_threads)
-    resume = resolve_resume(training_args)
+    start_in_output_dir(training_args, output_folder.overwrite_output_dir)
     set_seed(training_args.seed)
     train, validation = open_splits(data_args, training_args.seed)
     model, processor, encoder = build_model(model_args, train, validation)
@@ -199,7 +186,8 @@ def main(
         data_collator=DetectionCollator(processor), processing_class=processor, optimizers=(optimizer, None),
         compute_metrics=DetrCocoMetrics(processor, validation, model_args.top_k), ema_decay=model_args.ema_decay,
     )  # fmt: skip
-    trainer.train(resume_from_checkpoint=resume)
+    with resume_hint_on_interrupt(training_args.output_dir, trainer.is_world_process_zero()):
+        trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = trainer.evaluate()  # with the weight average when there is one
     with trainer.ema_weights():
         trainer.save_model()  # the averaged weights, as the authors report and release them

@@ -12,7 +12,10 @@ Every key of the YAML file can be overridden on the command line (`--max_steps 1
 checkpoints/ (atomic, last save_total_limit kept), logs/RUN/ (TensorBoard, one subfolder per run), loss.png (the
 curves, redrawn at each checkpoint; needs matplotlib) and final/ (encoder + image processor + model card, with
 final/pretraining/ holding the regressor and head too). An output_dir that holds another run is refused unless
-resuming (--resume_from_checkpoint latest) or --overwrite_output_dir.
+resuming (--resume_from_checkpoint latest) or --overwrite_output_dir, and one that a live run holds (its lock,
+output_dir/.run.lock) is refused always. SIGTERM or SIGUSR1 (a scheduler's notice) saves a checkpoint at the next
+update and exits with 128 + the signal (143 for SIGTERM); the same command plus --resume_from_checkpoint latest
+continues (docs/design.md#checkpoints-and-resume).
 
 The arguments are parsed once, before torch is imported (`--help` and a bad argument answer at once), and handed
 to `main`; a data source on the command line replaces the YAML file's, and `--config_overrides` changes only the
@@ -23,10 +26,13 @@ import dataclasses
 import json
 import logging
 import os
+import shlex
 import shutil
+import signal
+import sys
 import time
 
-from caev2_hf_cli.errors import UserError
+from caev2_hf_cli.errors import StoppedBySignal, UserError
 from caev2_hf_cli.parsing import parse_arguments, run_command
 from caev2_hf_cli.pretraining import (
     ARGUMENT_CLASSES,
@@ -52,7 +58,7 @@ if __name__ == "__main__":  # parsed and checked before the heavy imports below
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
 from caev2_hf import CAEv2Config, CAEv2ForPreTraining
@@ -69,6 +75,7 @@ from caev2_hf.pretraining.checkpointing import (
     read_training_state,
     resolve_resume_checkpoint,
     save_checkpoint,
+    set_aside_checkpoints,
 )
 from caev2_hf.pretraining.export import (
     describe_data_source,
@@ -77,12 +84,15 @@ from caev2_hf.pretraining.export import (
     preset_of,
     push_to_hub_in_background,
 )
-from caev2_hf.pretraining.schedule import TrainingNumbers, compute_training_numbers
+from caev2_hf.pretraining.preemption import StopRequests
+from caev2_hf.pretraining.schedule import TrainingNumbers, compute_training_numbers, set_peak_learning_rates
 from caev2_hf.pretraining.step import PretrainingStep, build_accelerator, build_optimizer_and_scheduler
-from caev2_hf.pretraining.step_tracking import StepTracker
+from caev2_hf.pretraining.step_tracking import NonFiniteStreak, StepTracker
+from caev2_hf.run_lock import RunLock
 
 
 logger = logging.getLogger("run_pretrain")
+NONFINITE_SUFFIX = ".nonfinite"  # a checkpoint whose weights gave a run of non-finite updates, set aside
 
 
 def checkpoints_dir(output_dir: str) -> str:
@@ -214,16 +224,31 @@ def open_train_stream(
 
 
 def resume(
-    accelerator: Accelerator, resume_from_checkpoint: str | None, output_dir: str, numbers: TrainingNumbers
+    accelerator: Accelerator,
+    resume_from_checkpoint: str | None,
+    output_dir: str,
+    numbers: TrainingNumbers,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
 ) -> dict:
-    """Restores a checkpoint's states when asked; returns its step, counters and this process's data position."""
+    """Restores a checkpoint's states when asked; returns its step, counters and this process's data position.
+
+    A learning rate changed since the checkpoint applies from there on (the schedule continues from the new peak):
+    lowering it and resuming from the last good checkpoint is how a run that diverged continues."""
     checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, checkpoints_dir(output_dir))
     if checkpoint is None:
         return {"step": 0, "skipped_steps": 0, "skipped_images": 0, "data_position": None}
+    schedule = getattr(scheduler, "scheduler", scheduler)  # inside Accelerate's wrapper
+    peak_learning_rates = list(schedule.base_lrs)  # this run's, before the checkpoint's replace them
     state = load_checkpoint(accelerator, checkpoint)
     logger.info(f"Resumed from {checkpoint} at update {state['step']}, data position {state['data_position']}.")
     if state["numbers"] != numbers.to_dict() and accelerator.is_main_process:  # once, not once per process
         logger.warning(f"The run's numbers changed since the checkpoint: {state['numbers']} -> {numbers.to_dict()}.")
+    if schedule.base_lrs != peak_learning_rates:
+        logger.warning(
+            f"The peak learning rate changed since the checkpoint ({schedule.base_lrs[0]:.4g} -> "
+            f"{peak_learning_rates[0]:.4g}): the schedule continues from update {state['step']} with the new peak."
+        )
+        set_peak_learning_rates(schedule, peak_learning_rates)
     return state
 
 
@@ -244,6 +269,95 @@ def check_checkpoint_within_run(checkpoint: str | None, numbers: TrainingNumbers
         logger.info(f"{checkpoint} is at the run's last update ({step}): nothing to train; final/ is written from it.")
 
 
+def log_window(
+    step: PretrainingStep, update: int, output_dir: str, curves: TrainingCurves | None, progress: tqdm
+) -> dict[str, float]:
+    """Reads and logs the window's metrics (a host sync); a run of non-finite updates too long ends the run."""
+    accelerator = step.accelerator
+    try:
+        metrics = {**step.tracker.summarize(accelerator), "learning_rate": step.scheduler.get_last_lr()[0]}
+    except NonFiniteStreak as streak:
+        raise UserError(stop_for_nonfinite_streak(streak, accelerator, output_dir)) from streak
+    if curves is not None:
+        curves.record(update, metrics)
+    accelerator.log({f"train/{name}": value for name, value in metrics.items()}, step=update)
+    progress.set_postfix(
+        loss=f"{metrics['loss']:.4f}", lr=f"{metrics['learning_rate']:.3g}",
+        images_per_s=f"{metrics['images_per_second']:.1f}",
+    )  # fmt: skip
+    return metrics
+
+
+def stop_for_nonfinite_streak(streak: NonFiniteStreak, accelerator: Accelerator, output_dir: str) -> str:
+    """The one-line stop after too many skipped updates in a row, naming the last good checkpoint.
+
+    No checkpoint is written while updates are skipped, but one written just before the streak holds the very weights
+    every skipped update started from: it is set aside (renamed `*.nonfinite`, kept for inspection) so that
+    `--resume_from_checkpoint latest` finds the last good one."""
+    folder = checkpoints_dir(output_dir)
+    if accelerator.is_main_process:
+        set_aside = set_aside_checkpoints(folder, streak.first_skipped - 1, NONFINITE_SUFFIX)
+        if set_aside:
+            logger.warning(f"Set aside {', '.join(set_aside)}: its weights gave the non-finite updates.")
+    accelerator.wait_for_everyone()
+    good = list_checkpoints(folder)
+    if not good:
+        return (
+            f"{streak} No checkpoint was written before: lower --learning_rate (or prefer bf16 to fp16, or check the "
+            "data) and start again with --overwrite_output_dir true."
+        )
+    return (
+        f"{streak} The last good checkpoint is {good[-1]}: lower --learning_rate (or prefer bf16 to fp16, or check "
+        "the data) and continue from it with --resume_from_checkpoint latest; the new learning rate applies there."
+    )
+
+
+def stop_for_signal(stop: signal.Signals, saved: str | None, output_dir: str) -> StoppedBySignal:
+    """The stop after SIGTERM / SIGUSR1, with the command that continues the run (logged, and the exception's
+    one-line message)."""
+    if saved is None:  # updates were being skipped: no checkpoint of those weights
+        saved_checkpoints = list_checkpoints(checkpoints_dir(output_dir))
+        saved = saved_checkpoints[-1] if saved_checkpoints else None
+        where = f"updates were being skipped, so the last checkpoint is still {saved}" if saved else "no checkpoint"
+    else:
+        where = f"saved {saved}"
+    logger.warning(
+        f"Stopped by {stop.name}: {where}. To continue, launch the same command (with the same launcher) plus "
+        f"--resume_from_checkpoint latest: {resume_command(sys.argv)}"
+    )
+    return StoppedBySignal(stop, f"{stop.name}: {where}; continue with --resume_from_checkpoint latest.")
+
+
+def resume_command(argv: list[str]) -> str:
+    """This process's command with `--resume_from_checkpoint latest` (in place of any checkpoint it named). argv
+    holds the script and its arguments; a launcher (torchrun, accelerate launch) goes in front of it again."""
+    kept, skip_value = [], False
+    for argument in argv:
+        if skip_value:
+            skip_value = False
+        elif argument == "--resume_from_checkpoint":
+            skip_value = True
+        elif not argument.startswith("--resume_from_checkpoint="):
+            kept.append(argument)
+    return f"python {shlex.join([*kept, '--resume_from_checkpoint', 'latest'])}"
+
+
+def save(
+    step: PretrainingStep, stream: ResumableBatchStream, training_args: PretrainingArguments, update: int,
+    checkpoint_state: dict, metrics: dict, curves: TrainingCurves | None,
+) -> str:  # fmt: skip
+    """A checkpoint of `update` and the curves drawn up to it."""
+    accelerator = step.accelerator
+    state = {**checkpoint_state, **step.tracker.totals(accelerator), "last_metrics": metrics}
+    saved = save_checkpoint(
+        accelerator, checkpoints_dir(training_args.output_dir), update, stream.position(), state,
+        training_args.save_total_limit,
+    )  # fmt: skip
+    if curves is not None and accelerator.is_main_process:
+        curves.write()  # loss.png in output_dir, at every checkpoint and so at the end
+    return saved
+
+
 def train(
     step: PretrainingStep,
     stream: ResumableBatchStream,
@@ -252,39 +366,36 @@ def train(
     start_step: int,
     checkpoint_state: dict,
     curves: TrainingCurves | None = None,
+    stop_requests: StopRequests | None = None,
 ) -> dict[str, float]:
     """Updates `start_step + 1 .. max_steps`; every process runs exactly that many, so none waits for another.
-    Returns the last logged metrics."""
-    accelerator = step.accelerator
+    Returns the last logged metrics.
+
+    A checkpoint due while updates are being skipped waits for the next applied update. A stop request (SIGTERM,
+    SIGUSR1), agreed by every process, saves a checkpoint at the update boundary and raises `StoppedBySignal`."""
+    accelerator, output_dir = step.accelerator, training_args.output_dir
     progress = tqdm(
         total=numbers.max_steps, initial=start_step, desc="pretraining", disable=not accelerator.is_local_main_process
     )
-    metrics = {}
+    metrics, save_waits = {}, False
     step.model.train()
     for update in range(start_step + 1, numbers.max_steps + 1):
         for _ in range(training_args.gradient_accumulation_steps):
             step(next(stream))
         progress.update(1)
         is_last = update == numbers.max_steps
-        saves = update % training_args.save_steps == 0 or is_last
+        stop = stop_requests.agreed_signal() if stop_requests is not None and not is_last else None
+        saves = save_waits or update % training_args.save_steps == 0 or is_last or stop is not None
+        if saves:  # one host sync, at checkpoints only; the skip decision is the same on every process
+            saves = not step.tracker.is_skipping()
+            save_waits = not saves
         # A checkpoint also closes the logging window: a run resumed from it then logs the uninterrupted run's windows.
         if update % training_args.logging_steps == 0 or saves:
-            metrics = {**step.tracker.summarize(accelerator), "learning_rate": step.scheduler.get_last_lr()[0]}
-            if curves is not None:
-                curves.record(update, metrics)
-            accelerator.log({f"train/{name}": value for name, value in metrics.items()}, step=update)
-            progress.set_postfix(
-                loss=f"{metrics['loss']:.4f}", lr=f"{metrics['learning_rate']:.3g}",
-                images_per_s=f"{metrics['images_per_second']:.1f}",
-            )  # fmt: skip
-        if saves:
-            state = {**checkpoint_state, **step.tracker.totals(accelerator), "last_metrics": metrics}
-            save_checkpoint(
-                accelerator, checkpoints_dir(training_args.output_dir), update, stream.position(), state,
-                training_args.save_total_limit,
-            )  # fmt: skip
-            if curves is not None and accelerator.is_main_process:
-                curves.write()  # loss.png in output_dir, at every checkpoint and so at the end
+            metrics = log_window(step, update, output_dir, curves, progress)
+        saved = save(step, stream, training_args, update, checkpoint_state, metrics, curves) if saves else None
+        if stop is not None:
+            progress.close()
+            raise stop_for_signal(stop, saved, output_dir)
     progress.close()
     if metrics.get("skipped_images"):  # the data path logs each one once per worker, and a total per worker and epoch
         logger.warning(
@@ -340,6 +451,17 @@ def finish(
             ) from None
 
 
+def lock_output_dir(accelerator: Accelerator, output_dir: str) -> RunLock | None:
+    """The main process locks `output_dir` for the run's life (`caev2_hf.run_lock`); every process learns whether the
+    run may go on. Taken before anything is written or deleted there, so --overwrite_output_dir never touches a live
+    run's files."""
+    lock = RunLock(output_dir) if accelerator.is_main_process else None
+    (refusal,) = broadcast_object_list([lock.try_acquire() if lock is not None else None])
+    if refusal is not None:
+        raise UserError(refusal)
+    return lock
+
+
 def clear_previous_run(training_args: PretrainingArguments, accelerator: Accelerator) -> None:
     """With --overwrite_output_dir (and no resume), the previous run's checkpoints/ and final/ are deleted first."""
     if training_args.overwrite_output_dir and not training_args.resume_from_checkpoint:
@@ -362,55 +484,17 @@ def tensorboard_run_name(state: dict, output_dir: str) -> str:
 def main(
     model_args: PretrainingModelArguments, data_args: PretrainingDataArguments, training_args: PretrainingArguments
 ) -> None:
-    """Pretrains on arguments from `parse_and_check_arguments`."""
+    """Pretrains on arguments from `parse_and_check_arguments`, holding the output folder's lock throughout and
+    turning SIGTERM / SIGUSR1 into a checkpoint and a stop (`StopRequests`)."""
     if training_args.torch_num_threads is not None:
         torch.set_num_threads(training_args.torch_num_threads)
     config = build_config(model_args)  # before anything is built or written: a bad override costs a second
-    arguments = {
-        **dataclasses.asdict(model_args),
-        **dataclasses.asdict(data_args),
-        **dataclasses.asdict(training_args),
-    }
     accelerator = build_logged_accelerator(training_args)
+    lock = None
     try:
-        try:
-            numbers = compute_numbers(training_args, accelerator.num_processes)
-        except ValueError as error:  # the step counts the arguments imply: a user's choice, not a bug
-            raise UserError(str(error)) from error
-        clear_previous_run(training_args, accelerator)
-        checkpoint = resolve_resume_checkpoint(
-            training_args.resume_from_checkpoint, checkpoints_dir(training_args.output_dir)
-        )
-        check_checkpoint_within_run(checkpoint, numbers)
-        model = build_model(model_args, config, accelerator, training_args.seed, resuming=checkpoint is not None)
-        config = model.config
-        data_args = write_demo_images_once(data_args, config.image_size, accelerator)
-        optimizer, scheduler = build_optimizer_and_scheduler(model, training_args, numbers)
-        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-        state = resume(accelerator, checkpoint, training_args.output_dir, numbers)  # the teacher comes back too
-        stream = open_train_stream(
-            data_args, config, training_args.seed, training_args.per_device_train_batch_size,
-            accelerator.process_index, accelerator.num_processes, state["data_position"],
-            masks_per_image=training_args.masks_per_image,
-        )  # fmt: skip
-        tracker = StepTracker(
-            accelerator.device, numbers.effective_batch_size, training_args.max_consecutive_skipped_steps,
-            state["skipped_steps"], state["skipped_images"],
-        )  # fmt: skip
-        step = PretrainingStep(
-            accelerator, model, optimizer, scheduler, tracker, training_args.max_grad_norm, config.image_mean,
-            config.image_std, masks_per_image=training_args.masks_per_image,
-        )  # fmt: skip
-        run_name = tensorboard_run_name(state, training_args.output_dir)
-        # TensorBoard hides what the interrupted run logged after the checkpoint, so no step appears twice.
-        purge = {"tensorboard": {"purge_step": state["step"] + 1}} if state["step"] else {}
-        accelerator.init_trackers(run_name, config=flat_hyperparameters(arguments), init_kwargs=purge)
-        checkpoint_state = {"numbers": numbers.to_dict(), "arguments": arguments, "run_name": run_name}
-        curves = TrainingCurves(training_args.output_dir, state["step"], logger)
-        metrics = train(step, stream, training_args, numbers, state["step"], checkpoint_state, curves)
-        # A resumed run that had already finished trains no update: its loss is the last checkpoint's.
-        final_loss = metrics.get("loss", state.get("last_metrics", {}).get("loss"))
-        finish(accelerator, model, arguments, numbers, final_loss)
+        lock = lock_output_dir(accelerator, training_args.output_dir)
+        with StopRequests(accelerator) as stop_requests:
+            run_training(model_args, data_args, training_args, config, accelerator, stop_requests)
     except KeyboardInterrupt:
         if accelerator.is_main_process:
             saved = list_checkpoints(checkpoints_dir(training_args.output_dir))
@@ -419,6 +503,63 @@ def main(
         raise
     finally:
         accelerator.end_training()  # closes the trackers and destroys the process group
+        if lock is not None:
+            lock.release()
+
+
+def run_training(
+    model_args: PretrainingModelArguments,
+    data_args: PretrainingDataArguments,
+    training_args: PretrainingArguments,
+    config: CAEv2Config | None,
+    accelerator: Accelerator,
+    stop_requests: StopRequests,
+) -> None:
+    """The run's phases (docs/design.md#training-loop), from the numbers to final/."""
+    arguments = {
+        **dataclasses.asdict(model_args),
+        **dataclasses.asdict(data_args),
+        **dataclasses.asdict(training_args),
+    }
+    try:
+        numbers = compute_numbers(training_args, accelerator.num_processes)
+    except ValueError as error:  # the step counts the arguments imply: a user's choice, not a bug
+        raise UserError(str(error)) from error
+    clear_previous_run(training_args, accelerator)
+    checkpoint = resolve_resume_checkpoint(
+        training_args.resume_from_checkpoint, checkpoints_dir(training_args.output_dir)
+    )
+    check_checkpoint_within_run(checkpoint, numbers)
+    model = build_model(model_args, config, accelerator, training_args.seed, resuming=checkpoint is not None)
+    config = model.config
+    data_args = write_demo_images_once(data_args, config.image_size, accelerator)
+    optimizer, scheduler = build_optimizer_and_scheduler(model, training_args, numbers)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    state = resume(accelerator, checkpoint, training_args.output_dir, numbers, scheduler)  # the teacher comes too
+    with torch.random.fork_rng(devices=[]):  # the loader's seed draw leaves the restored RNG as it was
+        stream = open_train_stream(
+            data_args, config, training_args.seed, training_args.per_device_train_batch_size,
+            accelerator.process_index, accelerator.num_processes, state["data_position"],
+            masks_per_image=training_args.masks_per_image,
+        )  # fmt: skip
+    tracker = StepTracker(
+        accelerator.device, numbers.effective_batch_size, training_args.max_consecutive_skipped_steps,
+        state["skipped_steps"], state["skipped_images"], start_step=state["step"],
+    )  # fmt: skip
+    step = PretrainingStep(
+        accelerator, model, optimizer, scheduler, tracker, training_args.max_grad_norm, config.image_mean,
+        config.image_std, masks_per_image=training_args.masks_per_image,
+    )  # fmt: skip
+    run_name = tensorboard_run_name(state, training_args.output_dir)
+    # TensorBoard hides what the interrupted run logged after the checkpoint, so no step appears twice.
+    purge = {"tensorboard": {"purge_step": state["step"] + 1}} if state["step"] else {}
+    accelerator.init_trackers(run_name, config=flat_hyperparameters(arguments), init_kwargs=purge)
+    checkpoint_state = {"numbers": numbers.to_dict(), "arguments": arguments, "run_name": run_name}
+    curves = TrainingCurves(training_args.output_dir, state["step"], logger)
+    metrics = train(step, stream, training_args, numbers, state["step"], checkpoint_state, curves, stop_requests)
+    # A resumed run that had already finished trains no update: its loss is the last checkpoint's.
+    final_loss = metrics.get("loss", state.get("last_metrics", {}).get("loss"))
+    finish(accelerator, model, arguments, numbers, final_loss)
 
 
 if __name__ == "__main__":

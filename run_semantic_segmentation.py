@@ -12,6 +12,11 @@ Writes the UperNet model with its image processor (a folder that `pipeline("imag
 `caev2_hf` is imported) and `results.json` (mIoU, accuracies, per-class IoU); with --eval_result_name the mIoU also
 goes into the folder's model card.
 
+An output_dir that holds another run (results.json, a model, checkpoint-N folders) is refused unless the run is
+resumed (--resume_from_checkpoint latest: the folder's newest complete checkpoint-N) or started afresh with
+--overwrite_output_dir true, which deletes that run first. Ctrl-C names the checkpoint the same command with
+--resume_from_checkpoint latest continues from.
+
 The arguments, this script's and every option of transformers' `TrainingArguments`, are parsed once and handed to
 `main`; `--help` lists this script's own options without importing torch. A data source on the command line
 replaces the YAML file's (`caev2_hf_cli/segmentation.py`).
@@ -19,10 +24,11 @@ replaces the YAML file's (`caev2_hf_cli/segmentation.py`).
 
 import json
 import os
-import sys
 
-from caev2_hf_cli.parsing import answer_help, build_arguments, read_arguments, run_command
+from caev2_hf_cli.outputs import OutputFolderArguments
+from caev2_hf_cli.parsing import run_command
 from caev2_hf_cli.segmentation import SegmentationDataArguments, SegmentationModelArguments
+from caev2_hf_cli.trainer_arguments import build_training_arguments, read_trainer_arguments
 
 
 SCRIPT_ARGUMENT_CLASSES = (SegmentationModelArguments, SegmentationDataArguments)
@@ -36,18 +42,14 @@ TrainingArguments; help(TrainingArguments)"`)."""
 
 
 def parse_and_check_arguments(argv: list[str] | None = None) -> tuple:
-    """(model, data, training arguments) from one parse, checked before the model or data are loaded. `--help` is
-    answered first, from this script's own classes: importing TrainingArguments imports torch (about 2 s), and
-    building it transformers' integrations (2 s more), so this script's own arguments are checked first."""
-    argv = sys.argv[1:] if argv is None else argv
-    answer_help(argv, SCRIPT_ARGUMENT_CLASSES, __doc__, TRAINING_ARGUMENTS_HELP)
-    from transformers import TrainingArguments  # after the help, which must not wait for torch
-
-    values = read_arguments((*SCRIPT_ARGUMENT_CLASSES, TrainingArguments), argv, __doc__)
-    model_args, data_args = (build_arguments(cls, values) for cls in SCRIPT_ARGUMENT_CLASSES)
+    """(model, data, output folder, training arguments) from one parse, checked before the model or data are loaded:
+    this script's own first, then TrainingArguments' values and the output folder."""
+    (model_args, data_args), output_folder, values = read_trainer_arguments(
+        argv, SCRIPT_ARGUMENT_CLASSES, __doc__, TRAINING_ARGUMENTS_HELP
+    )
     model_args.check()
     data_args.check()
-    return model_args, data_args, build_arguments(TrainingArguments, values)
+    return model_args, data_args, output_folder, build_training_arguments(values, output_folder)
 
 
 if __name__ == "__main__":  # parsed and checked before the heavy imports below
@@ -72,17 +74,22 @@ from caev2_hf.evaluation.segmentation.model import (
     load_segmentation_model,
 )
 from caev2_hf.evaluation.segmentation.trainer import SegmentationTrainer, build_poly_schedule
-from caev2_hf.evaluation.trainer_steps import resolve_max_steps
+from caev2_hf.evaluation.trainer_steps import resolve_max_steps, start_in_output_dir
 from caev2_hf.hub.model_card import add_eval_results, build_eval_results
 from caev2_hf.optim import build_layer_decay_optimizer
+from caev2_hf_cli.outputs import resume_hint_on_interrupt
 
 
 def main(
-    model_args: SegmentationModelArguments, data_args: SegmentationDataArguments, training_args: TrainingArguments
+    model_args: SegmentationModelArguments,
+    data_args: SegmentationDataArguments,
+    output_folder: OutputFolderArguments,
+    training_args: TrainingArguments,
 ) -> dict:
     """Trains and evaluates on arguments from `parse_and_check_arguments`; returns what results.json holds."""
     if model_args.torch_num_threads is not None:
         torch.set_num_threads(model_args.torch_num_threads)
+    start_in_output_dir(training_args, output_folder.overwrite_output_dir)
     set_seed(training_args.seed)
     model_source = model_args.resolve_model()
     random_config = None
@@ -146,7 +153,8 @@ def main(
         loss_normalization=model_args.loss_normalization,
         ignore_index=data_args.ignore_index,
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    with resume_hint_on_interrupt(training_args.output_dir, trainer.is_world_process_zero()):
+        trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.evaluate()
     trainer.save_model()
     trainer.save_state()

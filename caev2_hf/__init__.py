@@ -14,7 +14,7 @@ from transformers import (
     AutoModelForPreTraining,
 )
 
-from .configuration_caev2 import CAEV2_PRESETS, CAEv2Config
+from .configuration_caev2 import CAEV2_PRESETS, CAEv2Config, CAEv2UperNetConfig
 from .modeling_caev2 import (
     CAEv2ForImageClassification,
     CAEv2ForPreTraining,
@@ -22,7 +22,7 @@ from .modeling_caev2 import (
     CAEv2Model,
     CAEv2PreTrainedModel,
 )
-from .modeling_caev2_backbone import CAEv2Backbone
+from .modeling_caev2_backbone import CAEv2Backbone, CAEv2UperNetForSemanticSegmentation
 
 
 __version__ = "0.1.0"
@@ -40,6 +40,9 @@ CAEv2Model.register_for_auto_class("AutoModel")
 CAEv2ForPreTraining.register_for_auto_class("AutoModelForPreTraining")
 CAEv2ForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 CAEv2Backbone.register_for_auto_class("AutoBackbone")  # its folder also gets modeling_caev2_backbone.py
+# A segmentation folder: "upernet" stays transformers' own model type, these classes are named in auto_map only.
+CAEv2UperNetConfig.register_for_auto_class()
+CAEv2UperNetForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
 
 __all__ = [
     "CAEV2_PRESETS",
@@ -50,4 +53,6 @@ __all__ = [
     "CAEv2ForPreTrainingOutput",
     "CAEv2Model",
     "CAEv2PreTrainedModel",
+    "CAEv2UperNetConfig",
+    "CAEv2UperNetForSemanticSegmentation",
 ]

@@ -3,10 +3,11 @@
 
 import dataclasses
 import difflib
+import functools
 import inspect
 from collections.abc import Sequence
 
-from transformers import CLIPVisionConfig, PretrainedConfig
+from transformers import CLIPVisionConfig, PretrainedConfig, UperNetConfig
 from transformers.backbone_utils import BackboneConfigMixin
 
 
@@ -128,7 +129,8 @@ class CAEv2Config(BackboneConfigMixin, PretrainedConfig):
         supervise_masked (`bool`, *optional*, defaults to `True`): Supervise masked tokens (paper Eq. 1, `dm`).
         supervise_cls (`bool`, *optional*, defaults to `True`): Supervise the [CLS] token (official code).
         teacher_config (`dict` or `CLIPVisionConfig`, *optional*): Architecture of the frozen CLIP teacher; defaults to
-            OpenAI CLIP ViT-B/16.
+            OpenAI CLIP ViT-B/16. A dict may hold only `CLIPVisionConfig` fields: a misspelt key would otherwise be
+            kept unused while the teacher takes CLIP's default for the field meant.
         teacher_name_or_path (`str`, *optional*, defaults to `"openai/clip-vit-base-patch16"`): Where
             `CAEv2ForPreTraining.load_teacher()` takes the teacher's weights from.
         use_random_teacher (`bool`, *optional*, defaults to `False`): Allow training against a teacher that never
@@ -146,7 +148,8 @@ class CAEv2Config(BackboneConfigMixin, PretrainedConfig):
             encoder): the encoder gives [CLS] after the final LayerNorm, and a classifier built on it takes the
             fine-tuning head `"mean"`, which its own config (and so its saved folder) records, so that `AutoModel` on
             a fine-tuned folder gives the feature its head was trained on. Configs saved with the earlier
-            `use_mean_pooling` field load as they pooled.
+            `use_mean_pooling` field load as they pooled, and so do encoder folders saved before it, whose "mean"
+            was only the default (`is_encoder_with_the_earliest_default_pooling`).
         out_features / out_indices (`list`, *optional*): Stages `CAEv2Backbone` returns (`stage_names` are `"stem"`,
             then `"stage{i}"` = output of block i, 1-based); default: blocks L/3, L/2, 2L/3, L (4, 6, 8, 12 for
             ViT-B, the authors' 0-based `out_indices=[3, 5, 7, 11]`). See docs/segmentation.md.
@@ -250,6 +253,7 @@ class CAEv2Config(BackboneConfigMixin, PretrainedConfig):
         if teacher_config is None:
             teacher_config = CLIPVisionConfig(**CLIP_VIT_B16_TEACHER)
         elif isinstance(teacher_config, dict):
+            check_teacher_config_keys(teacher_config)
             teacher_config = CLIPVisionConfig(**teacher_config)
         self.teacher_config = teacher_config
         self.teacher_name_or_path = teacher_name_or_path
@@ -310,12 +314,24 @@ class CAEv2Config(BackboneConfigMixin, PretrainedConfig):
     def from_dict(cls, config_dict: dict, **kwargs):
         """As transformers', except that overrides of this class's arguments (`from_pretrained(folder,
         image_size=384)`) go through `__init__`, so they are checked and what derives from them follows
-        (`mask_ratio` sets `num_masking_patches`) instead of being set on the finished config unchecked."""
+        (`mask_ratio` sets `num_masking_patches`) instead of being set on the finished config unchecked. A
+        `teacher_config` dict override changes only the fields it names, and only `CLIPVisionConfig` fields."""
         own = cls.argument_names()
         overrides = {key: kwargs.pop(key) for key in list(kwargs) if key in own}
         config_dict = dict(config_dict)
-        if isinstance(overrides.get("teacher_config"), dict) and isinstance(config_dict.get("teacher_config"), dict):
-            overrides["teacher_config"] = {**config_dict["teacher_config"], **overrides["teacher_config"]}
+        if is_encoder_with_the_earliest_default_pooling(config_dict):
+            config_dict["classifier_pooling"] = None
+        saved_teacher = config_dict.get("teacher_config")
+        if isinstance(saved_teacher, dict):  # as transformers wrote it, with whatever keys its version adds
+            teacher_overrides = overrides.pop("teacher_config", None)
+            if isinstance(teacher_overrides, dict):
+                check_teacher_config_keys(teacher_overrides)
+                saved_teacher = {**saved_teacher, **teacher_overrides}
+            elif teacher_overrides is not None:
+                saved_teacher = teacher_overrides
+            config_dict["teacher_config"] = (
+                CLIPVisionConfig(**saved_teacher) if isinstance(saved_teacher, dict) else saved_teacher
+            )
         if "mask_ratio" in overrides:
             config_dict.pop("num_masking_patches", None)
         return super().from_dict({**config_dict, **overrides}, **kwargs)
@@ -400,6 +416,60 @@ class CAEv2Config(BackboneConfigMixin, PretrainedConfig):
             )
 
 
+class CAEv2UperNetConfig(UperNetConfig):
+    """transformers' `UperNetConfig` on a CAE v2 backbone, which it builds itself from a saved `backbone_config`:
+    transformers resolves a backbone config's `model_type` through its own mapping, which knows `"caev2"` only after
+    `import caev2_hf`. A segmentation folder names this class in its `auto_map`, so it loads with
+    `trust_remote_code=True` where the package is not installed (docs/segmentation.md)."""
+
+    def __post_init__(self, **kwargs):
+        if isinstance(self.backbone_config, dict) and self.backbone_config.get("model_type") == CAEv2Config.model_type:
+            self.backbone_config = CAEv2Config.from_dict(self.backbone_config)
+        super().__post_init__(**kwargs)
+
+
+@functools.cache
+def teacher_config_keys() -> tuple[frozenset[str], frozenset[str]]:
+    """(the teacher's own `CLIPVisionConfig` fields, every key a `CLIPVisionConfig` accepts or writes)."""
+    common = {field.name for field in dataclasses.fields(PretrainedConfig)}
+    fields = {field.name for field in dataclasses.fields(CLIPVisionConfig)}
+    written = set(CLIPVisionConfig().to_dict()) | {"num_labels", "attn_implementation", "torch_dtype"}
+    return frozenset(fields - common), frozenset(fields | common | written)
+
+
+def check_teacher_config_keys(teacher_config: dict) -> None:
+    """Refuse a `teacher_config` key that is no `CLIPVisionConfig` field, naming the field it likely meant."""
+    own, accepted = teacher_config_keys()
+    unknown = sorted(set(teacher_config) - accepted)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], own, n=1) or difflib.get_close_matches(unknown[0], accepted, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(
+            f"teacher_config: {unknown[0]!r} is not a CLIPVisionConfig field{hint}; the teacher's fields are "
+            f"{', '.join(sorted(own))}."
+        )
+
+
+ENCODER_ARCHITECTURES = {"CAEv2Model", "CAEv2ForPreTraining", "CAEv2Backbone"}
+
+
+def is_encoder_with_the_earliest_default_pooling(config_dict: dict) -> bool:
+    """Whether a saved config is a pretrained encoder's whose `classifier_pooling: "mean"` is only the default of
+    the code that wrote it. Before `use_mean_pooling` existed, every config said "mean" and `CAEv2Model` gave [CLS]
+    whatever it said; read as today's field, such a folder (a pretraining run's `final/`, a converted checkpoint)
+    would pool the patch mean. What the folder is decides: an encoder, pretraining or backbone folder that no
+    classifier was trained on (no `problem_type`) is a pretrained encoder; a classifier's folder, or its encoder
+    saved alone, keeps the head's pooling."""
+    architectures = config_dict.get("architectures") or []
+    return (
+        "use_mean_pooling" not in config_dict
+        and config_dict.get("classifier_pooling") == "mean"
+        and bool(architectures)
+        and set(architectures) <= ENCODER_ARCHITECTURES
+        and config_dict.get("problem_type") is None
+    )
+
+
 def pooling_of_earlier_config(classifier_pooling: str | None, use_mean_pooling: bool) -> str | None:
     """`classifier_pooling` of a config that also holds the earlier `use_mean_pooling`, which a classifier set from
     its head: True for a fine-tuned classifier; False for a probe ("cls") and for a pretrained encoder, whose
@@ -420,4 +490,4 @@ def default_backbone_out_indices(num_hidden_layers: int) -> list[int]:
     return indices
 
 
-__all__ = ["CAEv2Config", "CAEV2_PRESETS"]
+__all__ = ["CAEv2Config", "CAEv2UperNetConfig", "CAEV2_PRESETS"]

@@ -38,7 +38,9 @@ class CAEv2ForPreTrainingOutput(ModelOutput):
         cls_loss (`torch.FloatTensor` of shape `()`): Loss of the [CLS] token (for logging).
         logits (`torch.FloatTensor` of shape `(batch_size, 1 + num_patches, target_hidden_size)`): L2-normalised head
             outputs in the order [CLS, visible..., masked...] (visible and masked each in ascending patch order).
-        target_features (`torch.FloatTensor` of the same shape): L2-normalised teacher targets in the same order.
+        targets (`torch.FloatTensor` of the same shape): L2-normalised teacher targets in the order of `logits`, one
+            per prediction, so `(logits * targets).sum(-1)` is each token's cosine. The forward's `target_features`
+            input is in image order; this output is not, hence its own name.
         bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, num_patches)`): The mask used (True = masked).
         hidden_states / attentions: Encoder states and attention maps when requested.
     """
@@ -48,7 +50,7 @@ class CAEv2ForPreTrainingOutput(ModelOutput):
     masked_loss: torch.FloatTensor | None = None
     cls_loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
-    target_features: torch.FloatTensor | None = None
+    targets: torch.FloatTensor | None = None
     bool_masked_pos: torch.BoolTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
@@ -1002,7 +1004,7 @@ class CAEv2ForPreTraining(CAEv2PreTrainedModel):
         return CAEv2ForPreTrainingOutput(
             **losses,
             logits=logits,
-            target_features=targets,
+            targets=targets,
             bool_masked_pos=bool_masked_pos,
             hidden_states=encoder_outputs.hidden_states,
             attentions=encoder_outputs.attentions,

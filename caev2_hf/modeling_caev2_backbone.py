@@ -13,15 +13,17 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import UperNetForSemanticSegmentation
 from transformers import initialization as init
 from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_outputs import BackboneOutput, BaseModelOutput
+from transformers.models.upernet.modeling_upernet import UperNetFCNHead, UperNetHead, UperNetPreTrainedModel
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_caev2 import CAEv2Config
+from .configuration_caev2 import CAEv2Config, CAEv2UperNetConfig
 from .modeling_caev2 import (
     PRETRAINING_ONLY_KEYS,
     CAEv2Embeddings,
@@ -250,6 +252,25 @@ class CAEv2Backbone(BackboneMixin, CAEv2PreTrainedModel):
         return self.encoder(embeddings, biases)
 
 
+class CAEv2UperNetForSemanticSegmentation(UperNetForSemanticSegmentation):
+    """transformers' UperNet on a `CAEv2Backbone`: the same modules, weights and outputs, but the backbone is built
+    here rather than looked up in `AutoBackbone`, which knows CAE v2 only after `import caev2_hf`. A segmentation
+    folder names this class and `CAEv2UperNetConfig` in its `auto_map`, so `AutoModelForSemanticSegmentation` and
+    `pipeline("image-segmentation")` load it with `trust_remote_code=True` where the package is not installed; with
+    the package, transformers' own class loads the folder too."""
+
+    config_class = CAEv2UperNetConfig
+
+    def __init__(self, config: CAEv2UperNetConfig) -> None:
+        UperNetPreTrainedModel.__init__(self, config)  # not UperNet's own: its `load_backbone` asks AutoBackbone
+        self.backbone = CAEv2Backbone(config.backbone_config)
+        self.decode_head = UperNetHead(config, in_channels=self.backbone.channels)
+        self.auxiliary_head = (
+            UperNetFCNHead(config, in_channels=self.backbone.channels) if config.use_auxiliary_head else None
+        )
+        self.post_init()
+
+
 def check_backbone_input(pixel_values: torch.Tensor, config: CAEv2Config) -> None:
     """Sides that are multiples of the patch, and large enough for the neck's coarsest stride."""
     height, width = pixel_values.shape[-2:]
@@ -292,4 +313,4 @@ def check_backbone_config(config: CAEv2Config) -> None:
         )
 
 
-__all__ = ["CAEv2Backbone"]
+__all__ = ["CAEv2Backbone", "CAEv2UperNetForSemanticSegmentation"]

@@ -88,7 +88,17 @@ class TrainingCurves:
         self.history.append(step, metrics)
 
     def write(self) -> str | None:
-        """Saves the rows and draws `loss.png`; returns its path, or None without matplotlib."""
+        """Saves the rows and draws `loss.png`; returns its path, or None without matplotlib. A file that cannot be
+        written (a full disk, a read-only folder) is a warning: the pictures never end a run."""
+        try:
+            return self._write()
+        except OSError as error:
+            self.log.warning(
+                f"Could not write the loss curves in {os.path.dirname(self.path) or '.'} ({error}); the run goes on."
+            )
+            return None
+
+    def _write(self) -> str | None:
         rows = [
             {"step": step, "metrics": row} for step, row in zip(self.history.steps, self.history.rows, strict=True)
         ]
@@ -112,8 +122,10 @@ def save_figure(pyplot: ModuleType, figure, path: str) -> str:
     """Writes `figure` to `path` (through a temporary name, so a reader never sees half a PNG) and closes it."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     temporary = f"{path}.incomplete.png"
-    figure.savefig(temporary, dpi=DPI)
-    pyplot.close(figure)
+    try:
+        figure.savefig(temporary, dpi=DPI)
+    finally:
+        pyplot.close(figure)  # also when the write failed: an open figure would stay in memory
     os.replace(temporary, path)
     return path
 

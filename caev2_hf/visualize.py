@@ -5,16 +5,19 @@
 """
 
 import argparse
+import contextlib
 import io
 import math
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from transformers import AutoConfig
 from transformers.utils import logging as transformers_logging
 
 from caev2_hf_cli.errors import UserError
@@ -22,8 +25,10 @@ from caev2_hf_cli.parsing import run_command
 from caev2_hf_cli.visualize import parse_visualize_arguments
 
 from .configuration_caev2 import CAEv2Config
+from .data.decoding import decode_image
 from .data.masking import build_mask_generator
-from .modeling_caev2 import CAEv2ForPreTraining, CAEv2Model
+from .modeling_caev2 import CAEv2ForPreTraining, CAEv2Model, CAEv2PreTrainedModel
+from .modeling_caev2_backbone import CAEv2Backbone, CAEv2UperNetForSemanticSegmentation
 from .plots import import_pyplot, missing_matplotlib_message
 
 
@@ -61,9 +66,9 @@ class Panels:
 
 
 def load_image(path: str, size: int) -> np.ndarray:
-    """The centre square of an image, resized (bicubic) to `size` x `size`: uint8 `(size, size, 3)`."""
-    with Image.open(path) as image:
-        return np.asarray(ImageOps.fit(image.convert("RGB"), (size, size), Image.Resampling.BICUBIC))
+    """The centre square of an image as training decodes it (upright, 8-bit RGB: `decode_image`), resized (bicubic)
+    to `size` x `size`: uint8 `(size, size, 3)`."""
+    return np.asarray(ImageOps.fit(decode_image(path), (size, size), Image.Resampling.BICUBIC))
 
 
 def normalise(image: np.ndarray, config: CAEv2Config) -> torch.Tensor:
@@ -122,27 +127,42 @@ def pca_rgb(features: torch.Tensor) -> np.ndarray:
     return rgb.numpy()
 
 
-def use_eager_attention(encoder: CAEv2Model) -> None:
-    """Switch to eager attention, the one that returns attention weights (quietly: transformers warns that the
-    teacher's sub-config has no sub-model here)."""
-    verbosity = transformers_logging.get_verbosity()
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' warnings and progress bars off for a while: what they would say here, this command says."""
+    verbosity, progress_bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
     transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
     try:
-        encoder.set_attn_implementation("eager")
+        yield
     finally:
         transformers_logging.set_verbosity(verbosity)
+        if progress_bars:
+            transformers_logging.enable_progress_bar()
+
+
+def use_eager_attention(encoder: CAEv2Model | CAEv2Backbone) -> None:
+    """Switch to eager attention, the one that returns attention weights (quietly: transformers warns that the
+    teacher's sub-config has no sub-model here)."""
+    with quiet_transformers():
+        encoder.set_attn_implementation("eager")
 
 
 @torch.no_grad()
-def encoder_panels(encoder: CAEv2Model, pixel_values: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """PCA colours `(grid_h, grid_w, 3)` of the patch features (after the final LayerNorm) and the last block's
-    [CLS] attention to each patch `(heads, grid_h, grid_w)`, from one image `(1, 3, H, W)` without a mask."""
+def encoder_panels(encoder: CAEv2Model | CAEv2Backbone, pixel_values: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """PCA colours `(grid_h, grid_w, 3)` of the patch features (after the final LayerNorm; a segmentation backbone's
+    last block output, which has none) and the last block's [CLS] attention to each patch `(heads, grid_h, grid_w)`,
+    from one image `(1, 3, H, W)` without a mask."""
     if encoder.config._attn_implementation not in (None, "eager"):
         use_eager_attention(encoder)
     height, width = pixel_values.shape[-2:]
     grid = (height // encoder.config.patch_size, width // encoder.config.patch_size)
-    outputs = encoder(pixel_values, output_attentions=True, interpolate_pos_encoding=True, return_dict=True)
-    features = outputs.last_hidden_state[0, 1:]
+    if isinstance(encoder, CAEv2Backbone):  # its blocks with their relative position bias, without the neck
+        outputs = encoder.encode(pixel_values, output_attentions=True, output_hidden_states=True)
+        features = outputs.hidden_states[-1][0, 1:]
+    else:
+        outputs = encoder(pixel_values, output_attentions=True, interpolate_pos_encoding=True, return_dict=True)
+        features = outputs.last_hidden_state[0, 1:]
     attention = outputs.attentions[-1][0, :, 0, 1:].float()
     return pca_rgb(features).reshape(*grid, 3), attention.reshape(-1, *grid).numpy()
 
@@ -156,13 +176,13 @@ def similarity_map(
 ) -> SimilarityMap:
     """Per-patch cosine similarity of the model's predictions and the teacher's targets for one image and mask.
 
-    The forward returns both in the order [CLS, visible..., masked...] (each group in ascending patch order), both
-    L2-normalised: their dot product is the cosine, scattered back to image order here. With the cosine loss, the
+    The forward returns both (`logits`, `targets`) in the order [CLS, visible..., masked...] (each group in ascending
+    patch order), both L2-normalised: their dot product is the cosine, scattered back to image order here. With the cosine loss, the
     group means are 1 - `visible_loss` and 1 - `masked_loss`. `target_features` (image order) skip the teacher.
     """
     bool_masked_pos = torch.from_numpy(mask)[None].to(pixel_values.device)
     outputs = model(pixel_values, bool_masked_pos=bool_masked_pos, target_features=target_features, return_dict=True)
-    cosine = (outputs.logits.float() * outputs.target_features.float()).sum(dim=-1)[0].cpu().numpy()
+    cosine = (outputs.logits.float() * outputs.targets.float()).sum(dim=-1)[0].cpu().numpy()
     visible_ids, masked_ids = np.flatnonzero(~mask), np.flatnonzero(mask)
     per_patch = np.empty(mask.shape[0], dtype=np.float64)
     per_patch[visible_ids] = cosine[1 : 1 + len(visible_ids)]
@@ -293,18 +313,52 @@ def find_pretraining_folder(name_or_path: str) -> str | None:
     return None
 
 
+def load_checked(model_class: type[CAEv2PreTrainedModel], name_or_path: str) -> CAEv2PreTrainedModel:
+    """`model_class.from_pretrained`, refusing a checkpoint that leaves a weight other than the teacher's missing:
+    the picture would show a random model. transformers' own load report is kept quiet; this says what matters."""
+    with quiet_transformers():
+        model, loading_info = model_class.from_pretrained(name_or_path, output_loading_info=True)
+    missing = sorted(key for key in loading_info["missing_keys"] if not key.startswith("teacher."))
+    if missing:
+        raise UserError(
+            f"--model {name_or_path}: {len(missing)} weights of its {model_class.__name__} are missing from the "
+            f"checkpoint (first: {missing[0]}), so the pictures would show a random model: give a CAE v2 folder (a "
+            "pretraining final/ folder, an encoder, classifier, backbone or segmentation output folder)."
+        )
+    return model
+
+
+def load_encoder(name_or_path: str, config) -> CAEv2Model | CAEv2Backbone:
+    """The encoder of a folder without pretraining modules: a segmentation output's backbone (its fine-tuned blocks
+    with their relative position bias), a backbone folder, or the `CAEv2Model` of an encoder or classifier."""
+    if config.model_type == "upernet":
+        if config.backbone_config.model_type != CAEv2Config.model_type:
+            raise UserError(
+                f"--model {name_or_path} is a UperNet on a {config.backbone_config.model_type!r} backbone, not CAE "
+                "v2: give a CAE v2 folder."
+            )
+        return load_checked(CAEv2UperNetForSemanticSegmentation, name_or_path).backbone
+    if config.model_type != CAEv2Config.model_type:
+        raise UserError(
+            f"--model {name_or_path} holds a {config.model_type!r} model, not CAE v2: give a CAE v2 folder (a "
+            "pretraining final/ folder, an encoder, classifier, backbone or segmentation output folder)."
+        )
+    if "CAEv2Backbone" in (config.architectures or []):
+        return load_checked(CAEv2Backbone, name_or_path)
+    return load_checked(CAEv2Model, name_or_path)
+
+
 def load_models(
     name_or_path: str, load_teacher: bool = False, device: str = "cpu"
-) -> tuple[CAEv2Model, CAEv2ForPreTraining | None]:
+) -> tuple[CAEv2Model | CAEv2Backbone, CAEv2ForPreTraining | None]:
     """The encoder and, when there is one, the pretraining model (whose encoder it then is), in eval mode."""
-    config = CAEv2Config.from_pretrained(name_or_path)
-    pretraining_folder = find_pretraining_folder(name_or_path)
+    config = AutoConfig.from_pretrained(name_or_path)
+    pretraining_folder = find_pretraining_folder(name_or_path) if config.model_type == CAEv2Config.model_type else None
     if pretraining_folder is None and "CAEv2ForPreTraining" in (config.architectures or []):
         pretraining_folder = name_or_path  # a Hub id of a pretraining checkpoint
     if pretraining_folder is None:
-        encoder = CAEv2Model.from_pretrained(name_or_path)
-        return encoder.to(device).eval(), None
-    model = CAEv2ForPreTraining.from_pretrained(pretraining_folder)
+        return load_encoder(name_or_path, config).to(device).eval(), None
+    model = load_checked(CAEv2ForPreTraining, pretraining_folder)
     if load_teacher:
         model.load_teacher()
     model = model.to(device).eval()

@@ -35,6 +35,21 @@ def check_positive(**values: float | None) -> None:
             raise UserError(f"--{name} {value}: must be greater than 0.")
 
 
+def check_rate(**values: float) -> None:
+    """Refuses a drop rate or probability of dropping outside [0, 1) (1 would drop everything)."""
+    for name, value in values.items():
+        if not 0 <= value < 1:
+            raise UserError(f"--{name} {value}: must lie in [0, 1) (0: off).")
+
+
+def check_decay(**values: float) -> None:
+    """Refuses a per-layer learning-rate decay outside (0, 1]: 1 gives every layer the same rate, 0 freezes all but
+    the top, and above 1 the lower layers would learn faster than the head."""
+    for name, value in values.items():
+        if not 0 < value <= 1:
+            raise UserError(f"--{name} {value}: must lie in (0, 1] (1: the same learning rate for every layer).")
+
+
 def check_image_folder(path: str, flag: str, at_least: int = 1, verify: int = 0) -> int:
     """Refuses a folder that does not exist or holds no image file; returns how many it holds, counting up to
     `at_least` only (a big folder is not walked to its end).
@@ -113,3 +128,53 @@ def check_model_path(model: str, flag: str = "--model") -> None:
     from .hub_access import check_hub_model  # imports huggingface_hub: only for a name that is no local path
 
     check_hub_model(model, flag)
+
+
+CAEV2_MODEL_TYPE = "caev2"
+ENCODER_SOURCES = "a CAE v2 encoder: run_pretrain.py's final/ folder, the converter's output, or a Hub id"
+# Folders these commands write that hold a task model around an encoder, not an encoder.
+TASK_MODEL_TYPES = {
+    "upernet": "a UperNet segmentation model (what run_semantic_segmentation.py writes)",
+    "lw_detr": "an LW-DETR detector (what run_object_detection.py writes)",
+}
+TASK_HEAD_SUFFIXES = (
+    "ForSemanticSegmentation",
+    "ForUniversalSegmentation",
+    "ForObjectDetection",
+    "ForDepthEstimation",
+)
+
+
+def describe_non_encoder(model_type: str | None, architectures: list[str] | None, caev2_only: bool) -> str | None:
+    """What a model of this config is when a command that takes an encoder cannot use it (None: it can). Without
+    `caev2_only`, any transformers vision encoder is usable; task models around an encoder never are."""
+    architecture = (architectures or [None])[0]
+    if model_type in TASK_MODEL_TYPES:
+        return TASK_MODEL_TYPES[model_type]
+    if architecture and architecture.endswith(TASK_HEAD_SUFFIXES):
+        return f"a {architecture} task model"
+    if caev2_only and model_type != CAEV2_MODEL_TYPE:
+        return f"a {model_type or 'model_type-less'} model" + (f" ({architecture})" if architecture else "")
+    return None
+
+
+def check_encoder_folder(model: str, flag: str = "--model", caev2_only: bool = False) -> None:
+    """Refuses a local folder whose config.json holds no usable encoder (`describe_non_encoder`), naming what it
+    holds and what to give instead; a Hub id passes (its config is checked when loaded)."""
+    path = os.path.join(os.path.expanduser(model), "config.json")
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as file:
+        try:
+            config = json.load(file)
+        except json.JSONDecodeError as error:
+            raise UserError(f"{flag} {model}: its config.json is not valid JSON ({error}).") from error
+    found = describe_non_encoder(config.get("model_type"), config.get("architectures"), caev2_only)
+    if found is not None:
+        raise UserError(not_an_encoder_message(model, found, caev2_only, flag))
+
+
+def not_an_encoder_message(model: str, found: str, caev2_only: bool, flag: str = "--model") -> str:
+    if caev2_only:
+        return f"{flag} {model} holds {found}, not a CAE v2 checkpoint: give {ENCODER_SOURCES}."
+    return f"{flag} {model} holds {found}, not an image encoder: give {ENCODER_SOURCES} (or another vision encoder)."

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from .checks import check_image_folder, check_positive
+from .checks import check_decay, check_image_folder, check_positive, check_rate
 from .errors import UserError
 from .parsing import ALTERNATIVES, PART_OF
 
@@ -87,11 +87,23 @@ class FineTuningModelArguments:
         default=False, metadata={"help": "Replace a checkpoint head whose class count differs from the dataset's."}
     )
 
+    def __post_init__(self) -> None:
+        check_decay(layer_decay=self.layer_decay)
+        check_rate(drop_path_rate=self.drop_path_rate)
+
 
 @dataclass
 class AugmentationArguments:
-    """The fine-tuning recipe's data side: RandAugment, random erasing, mixup / cutmix and label smoothing."""
+    """The fine-tuning recipe's data side: random crops, RandAugment, random erasing, mixup / cutmix and label
+    smoothing."""
 
+    crop_min_scale: float = field(
+        default=0.08,
+        metadata={
+            "help": "RandomResizedCrop's smallest area fraction (the recipe's 0.08, for ImageNet-sized photos). "
+            "Images much smaller than the model's input need more, e.g. 0.5: 0.08 of an 8x8 image is 2x2 pixels."
+        },
+    )
     rand_augment_magnitude: int = field(default=9, metadata={"help": "RandAugment magnitude out of 10; 0 = off."})
     random_erasing: float = field(default=0.25, metadata={"help": "Random erasing probability."})
     mixup: float = field(default=0.8, metadata={"help": "Mixup alpha (0 = off)."})
@@ -103,6 +115,8 @@ class AugmentationArguments:
 
     def __post_init__(self) -> None:
         """Refuses values outside their range at parse time, before the model is loaded."""
+        if not 0 < self.crop_min_scale <= 1:
+            raise UserError(f"--crop_min_scale {self.crop_min_scale}: an area fraction, must lie in (0, 1].")
         if not 0 <= self.rand_augment_magnitude <= 10:
             raise UserError(f"--rand_augment_magnitude {self.rand_augment_magnitude}: must lie in [0, 10].")
         for name in ("random_erasing", "mixup_switch_probability"):

@@ -6,7 +6,7 @@ and the fix (a `UserError`)."""
 import os
 from dataclasses import dataclass, field
 
-from .checks import check_model_path, check_positive, parse_json_mapping
+from .checks import check_decay, check_model_path, check_positive, parse_json_mapping
 from .errors import UserError
 from .parsing import ALTERNATIVES, MERGED_MAPPING
 
@@ -72,9 +72,7 @@ class DetectionModelArguments:
         )
         self.config_overrides = parse_json_mapping(self.config_overrides, "config_overrides", '{"num_queries": 100}')
         check_positive(image_size=self.image_size, encoder_learning_rate=self.encoder_learning_rate, top_k=self.top_k)
-        for name in ("layer_decay", "component_decay"):
-            if not 0 < getattr(self, name) <= 1:
-                raise UserError(f"--{name} {getattr(self, name)} must be in (0, 1] (the authors: 0.5 to 1).")
+        check_decay(layer_decay=self.layer_decay, component_decay=self.component_decay)
         if not 0 <= self.ema_decay < 1:
             raise UserError(f"--ema_decay {self.ema_decay} must be in [0, 1): 0 turns it off, the authors use 0.9997.")
         if self.torch_num_threads is not None and self.torch_num_threads < 1:

@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 import yaml
 
-from .errors import INTERRUPTED_EXIT_CODE, USER_ERROR_EXIT_CODE, UserError
+from .errors import INTERRUPTED_EXIT_CODE, USER_ERROR_EXIT_CODE, StoppedBySignal, UserError
 
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
@@ -44,12 +44,16 @@ USAGE = "%(prog)s [CONFIG.yaml] [--config CONFIG.yaml] [--NAME VALUE ...]   (eve
 
 def run_command(function: Callable, *args, **kwargs):
     """Calls a command's function: a `UserError` ends it with `error: <message>` on stderr and exit status 2, Ctrl-C
-    with `interrupted` and the shell's status 130 (what to do next was logged where it is known)."""
+    with `interrupted` and the shell's status 130 (what to do next was logged where it is known), a run stopped by a
+    scheduler's signal with `stopped: <message>` and 128 + the signal's number."""
     try:
         return function(*args, **kwargs)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT_CODE)
+    except StoppedBySignal as stop:
+        print(f"stopped: {stop}", file=sys.stderr)
+        sys.exit(stop.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(INTERRUPTED_EXIT_CODE)
@@ -75,8 +79,8 @@ def read_config_file(path: str, known: list[str]) -> dict:
     if unknown:
         hints = []
         for key in unknown:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hints.append(f"{key} (did you mean {close[0]}?)" if close else str(key))
+            close = closest_names(str(key), known)
+            hints.append(f"{key} (did you mean {' or '.join(close)}?)" if close else str(key))
         raise UserError(f"{path}: unknown argument(s) {', '.join(hints)}.")
     return values
 
@@ -162,12 +166,35 @@ def merge_mapping(file_mapping: dict, text: str | dict) -> dict | str:
     return {**file_mapping, **update} if isinstance(update, dict) else text
 
 
+def closest_names(typed: str, names: list[str]) -> list[str]:
+    """The one or two names a typo most likely meant. First those that hold the typed words in order (the last one
+    may be cut short): `learning_rates` -> `fast_base_learning_rates`, `max_step` -> `max_steps`,
+    `num_epochs` -> `num_train_epochs`; then the closest spelling (`max_stepz` -> `max_steps`)."""
+
+    def words(name: str) -> list[str]:
+        return name.lstrip("-").split("_")
+
+    def holds_typed_words(name: str) -> bool:
+        *whole, last = words(typed)
+        remaining = iter(words(name))
+        return all(word in remaining for word in whole) and any(word.startswith(last) for word in remaining)
+
+    def similarity(name: str) -> float:
+        return difflib.SequenceMatcher(None, typed, name).ratio()
+
+    holding = sorted((name for name in names if holds_typed_words(name)), key=similarity, reverse=True)
+    holding = [name for name in holding if similarity(name) >= 0.5]
+    if holding:  # a second as likely one is shown too (--per_device_batch_size: train or eval)
+        return [name for name in holding[:2] if similarity(name) >= similarity(holding[0]) - 0.05]
+    return difflib.get_close_matches(typed, names, n=1)
+
+
 def refuse_unknown_flags(parser: argparse.ArgumentParser, unknown: list[str]) -> None:
-    flags = [option for action in parser._actions for option in action.option_strings]
+    flags = [option for action in parser._actions for option in action.option_strings if option.startswith("--")]
     hints = [
-        f"{close[0]} for {word}"
+        f"{' or '.join(close)} for {word}"
         for word in unknown
-        if word.startswith("--") and (close := difflib.get_close_matches(word.split("=")[0], flags, n=1))
+        if word.startswith("--") and (close := closest_names(word.split("=")[0], flags))
     ]
     hint = f"; did you mean {', '.join(hints)}?" if hints else ""
     parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint} (see --help)")

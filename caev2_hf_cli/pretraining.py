@@ -232,7 +232,8 @@ class PretrainingArguments:
         default=False,
         metadata={
             "help": "Start afresh in an output_dir that holds another run (its checkpoints/ and final/ are deleted; "
-            "logs/ keeps one subfolder per run). Without it such a folder is refused unless resuming."
+            "logs/ keeps one subfolder per run). Without it such a folder is refused unless resuming. A folder a live "
+            "run holds is refused either way."
         },
     )
 

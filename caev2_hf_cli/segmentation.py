@@ -5,7 +5,7 @@ mistake ends in one line naming the field and the fix (a `UserError`)."""
 import os
 from dataclasses import dataclass, field
 
-from .checks import check_model_path, check_preset, parse_json_mapping
+from .checks import check_decay, check_model_path, check_positive, check_preset, check_rate, parse_json_mapping
 from .errors import UserError
 from .parsing import ALTERNATIVES, MERGED_MAPPING, PART_OF
 
@@ -82,12 +82,21 @@ class SegmentationModelArguments:
                 "No --model: give a CAE v2 encoder (e.g. outputs/caev2-vit-base/final or a Hub id), or set "
                 "--random_encoder_if_missing true to train on a random encoder."
             )
-        if not 0 < self.layer_decay <= 1:
-            raise UserError(f"--layer_decay {self.layer_decay} must be in (0, 1] (the authors: 0.65).")
+        check_decay(layer_decay=self.layer_decay)
+        check_rate(drop_path_rate=self.drop_path_rate, classifier_dropout=self.classifier_dropout)
+        check_positive(
+            decoder_channels=self.decoder_channels,
+            auxiliary_channels=self.auxiliary_channels,
+            torch_num_threads=self.torch_num_threads,
+        )
+        if self.auxiliary_loss_weight < 0:
+            raise UserError(
+                f"--auxiliary_loss_weight {self.auxiliary_loss_weight}: must be 0 (no auxiliary head) or more."
+            )
+        if self.out_indices is not None and (not self.out_indices or min(self.out_indices) < 1):
+            raise UserError(f"--out_indices {self.out_indices}: give block numbers counted from 1, e.g. 4 6 8 12.")
         if self.position_table not in POSITION_TABLES:
             raise UserError(f"--position_table {self.position_table!r}: choose one of {POSITION_TABLES}.")
-        if self.torch_num_threads is not None and self.torch_num_threads < 1:
-            raise UserError(f"--torch_num_threads {self.torch_num_threads}: give 1 or more, or leave it unset.")
 
     def check(self) -> None:
         """The model folder exists (a Hub id passes; a missing folder is allowed with random_encoder_if_missing)."""
@@ -193,12 +202,22 @@ class SegmentationDataArguments:
             raise UserError(f"--class_names has {len(self.class_names)} names for --num_labels {self.num_labels}.")
         if self.eval_mode not in EVAL_MODES:
             raise UserError(f"--eval_mode {self.eval_mode!r}: choose one of {EVAL_MODES}.")
+        check_positive(
+            crop_size=self.crop_size,
+            demo_num_train_images=self.demo_num_train_images,
+            demo_num_validation_images=self.demo_num_validation_images,
+            demo_image_size=self.demo_image_size,
+            max_eval_samples=self.max_eval_samples,
+        )
+        if not 0 < self.cat_max_ratio <= 1:
+            raise UserError(f"--cat_max_ratio {self.cat_max_ratio}: a share of the crop, must lie in (0, 1] (1: off).")
         if not 0 < self.eval_stride <= self.crop_size:
             raise UserError(
                 f"--eval_stride {self.eval_stride} must be in (0, crop_size={self.crop_size}] or windows leave gaps."
             )
         if (
             len(self.resize_scale) != 2
+            or min(self.resize_scale) < 1
             or len(self.ratio_range) != 2
             or not 0 < self.ratio_range[0] <= self.ratio_range[1]
         ):

@@ -11,6 +11,9 @@ Panels, on the centre crop the model sees:
 - the first three PCA components of the encoder's patch features as RGB (as DINOv2 shows them);
 - the last block's [CLS] attention to every patch, one panel per head.
 
+A segmentation output folder shows its fine-tuned backbone (blocks with their relative position bias, features
+before the neck). A folder whose weights would leave the encoder randomly initialised is refused.
+
 Runs on the CPU, at the model's resolution or any multiple of the patch size (`--image_size`; the encoder then
 uses an exact sin-cos table for the new grid, and the pretraining panels, trained at one grid, are left out).
 matplotlib is needed for the PNGs (`pip install "caev2_hf[plots]"`); without it the numbers are still printed.
@@ -30,7 +33,11 @@ def parse_visualize_arguments(argv: list[str] | None = None) -> argparse.Namespa
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
-    parser.add_argument("--model", required=True, help="Hub id or folder of a CAE v2 checkpoint (any head).")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="Hub id or folder of a CAE v2 checkpoint (any head, backbone or segmentation output).",
+    )
     parser.add_argument("--image", nargs="+", required=True, help="One or more image files.")
     parser.add_argument("--output_dir", required=True, help="Where <image name>.png are written.")
     parser.add_argument("--image_size", type=int, help="Crop size in pixels, a multiple of the patch size.")

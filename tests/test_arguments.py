@@ -11,10 +11,19 @@ from PIL import Image
 from transformers import TrainingArguments
 
 from caev2_hf_cli import pretraining
-from caev2_hf_cli.checks import PRESET_NAMES, check_image_folder, check_model_path
+from caev2_hf_cli.checks import (
+    PRESET_NAMES,
+    check_decay,
+    check_encoder_folder,
+    check_image_folder,
+    check_model_path,
+    check_rate,
+    describe_non_encoder,
+)
 from caev2_hf_cli.classification import ImageDataArguments, ProbeArguments, ProbeModelArguments
 from caev2_hf_cli.errors import UserError
 from caev2_hf_cli.parsing import parse_arguments, run_command
+from caev2_hf_cli.trainer_arguments import check_training_values, effective_values
 
 
 @dataclass
@@ -189,3 +198,85 @@ def test_ctrl_c_ends_a_command_in_one_line_with_status_130(capsys):
     with pytest.raises(SystemExit) as exited:
         run_command(interrupted)
     assert exited.value.code == 130 and capsys.readouterr().err == "interrupted\n"
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"per_device_train_batch_size": 0}, "--per_device_train_batch_size 0: must be greater than 0"),
+        ({"per_device_eval_batch_size": -1}, "--per_device_eval_batch_size -1: must be greater than 0"),
+        ({"gradient_accumulation_steps": 0}, "--gradient_accumulation_steps 0: must be greater than 0"),
+        ({"learning_rate": 0.0}, "--learning_rate 0.0: must be greater than 0"),
+        ({"adam_epsilon": -1e-8}, "--adam_epsilon -1e-08: must be greater than 0"),
+        ({"save_steps": 0}, "--save_steps 0: must be greater than 0"),
+        ({"eval_steps": 0}, "--eval_steps 0: must be greater than 0"),
+        ({"save_total_limit": 0}, "--save_total_limit 0: must be greater than 0"),
+        ({"max_steps": 0}, "--max_steps 0: give the number of optimizer steps"),
+        ({"max_steps": -2}, "--max_steps -2: give the number of optimizer steps"),
+        ({"num_train_epochs": 0.0}, "--num_train_epochs 0.0: must be greater than 0"),
+        ({"warmup_steps": -1}, "--warmup_steps -1: give 0 or more steps"),
+        ({"weight_decay": -0.05}, "--weight_decay -0.05: must be 0 or more"),
+        ({"max_grad_norm": -1.0}, "--max_grad_norm -1.0: must be 0 or more"),
+        ({"dataloader_num_workers": -1}, "--dataloader_num_workers -1: must be 0 or more"),
+        ({"adam_beta1": 1.0}, r"--adam_beta1 1.0: must lie in \[0, 1\)"),
+        ({"label_smoothing_factor": -0.1}, r"--label_smoothing_factor -0.1: must lie in \[0, 1\)"),
+    ],
+)
+def test_training_arguments_values_no_run_can_use_are_refused(given: dict, message: str):
+    """Issue 22: TrainingArguments takes them all (batch 0 then divides by zero, a negative lr trains backwards)."""
+    with pytest.raises(UserError, match=message):
+        check_training_values(effective_values(TrainingArguments, given))
+
+
+def test_training_arguments_defaults_and_usual_values_pass():
+    check_training_values(effective_values(TrainingArguments, {}))
+    usual = {"max_steps": 5, "num_train_epochs": 0.0, "warmup_steps": 0.05, "max_grad_norm": 0.0, "eval_steps": 0.1}
+    check_training_values(effective_values(TrainingArguments, usual))  # epochs do not count beside max_steps
+    values = effective_values(TrainingArguments, {"learning_rate": 1e-3, "not_a_field": 1})
+    assert (
+        values["learning_rate"] == 1e-3 and values["per_device_train_batch_size"] == 8 and "not_a_field" not in values
+    )
+
+
+def test_rates_and_decays_keep_to_their_ranges():
+    check_rate(drop_path_rate=0.0, classifier_dropout=0.99)
+    with pytest.raises(UserError, match=r"--drop_path_rate 1: must lie in \[0, 1\) \(0: off\)"):
+        check_rate(drop_path_rate=1)
+    check_decay(layer_decay=1.0, component_decay=0.01)
+    for value in (0, 5, -0.5):
+        with pytest.raises(UserError, match=rf"--layer_decay {value}: must lie in \(0, 1\]"):
+            check_decay(layer_decay=value)
+
+
+@pytest.mark.parametrize(
+    ("model_type", "architectures", "caev2_only", "found"),
+    [
+        ("caev2", ["CAEv2ForImageClassification"], True, None),
+        ("caev2", None, True, None),
+        ("dinov2", ["Dinov2Model"], False, None),  # the probe takes other encoders
+        ("dinov2", ["Dinov2Model"], True, "a dinov2 model (Dinov2Model)"),
+        ("upernet", ["UperNetForSemanticSegmentation"], False, "a UperNet segmentation model (what "
+         "run_semantic_segmentation.py writes)"),
+        ("lw_detr", None, False, "an LW-DETR detector (what run_object_detection.py writes)"),
+        ("detr", ["DetrForObjectDetection"], False, "a DetrForObjectDetection task model"),
+    ],
+)  # fmt: skip
+def test_a_folder_that_holds_no_usable_encoder_is_described(model_type, architectures, caev2_only, found):
+    assert describe_non_encoder(model_type, architectures, caev2_only) == found
+
+
+def test_check_encoder_folder_reads_config_json_and_lets_hub_ids_through(tmp_path: Path):
+    (tmp_path / "segmentation").mkdir()
+    (tmp_path / "segmentation" / "config.json").write_text('{"model_type": "upernet"}')
+    with pytest.raises(UserError) as refused:
+        check_encoder_folder(str(tmp_path / "segmentation"), caev2_only=True)
+    assert str(refused.value) == (
+        f"--model {tmp_path / 'segmentation'} holds a UperNet segmentation model (what run_semantic_segmentation.py "
+        "writes), not a CAE v2 checkpoint: give a CAE v2 encoder: run_pretrain.py's final/ folder, the converter's "
+        "output, or a Hub id."
+    )
+    check_encoder_folder("org/some-encoder")  # a Hub id: its config is checked when loaded
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{model_type")
+    with pytest.raises(UserError, match="its config.json is not valid JSON"):
+        check_encoder_folder(str(tmp_path / "broken"))

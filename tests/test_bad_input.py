@@ -17,6 +17,7 @@ PRETRAIN = [str(REPO_ROOT / "run_pretrain.py")]
 PROBE = [str(REPO_ROOT / "run_linear_probe.py")]
 FINETUNE = [str(REPO_ROOT / "run_finetune.py")]
 SEGMENTATION = [str(REPO_ROOT / "run_semantic_segmentation.py")]
+DETECTION = [str(REPO_ROOT / "run_object_detection.py")]
 
 
 def console_command(function: str) -> list[str]:
@@ -53,6 +54,19 @@ def inputs(tmp_path_factory) -> Path:
     (root / "previous_run" / "checkpoints" / "checkpoint-00000010").mkdir(parents=True)
     (root / "final").mkdir()
     (root / "final" / "config.json").write_text('{"model_type": "caev2", "architectures": ["CAEv2Model"]}')
+    for name, config in {
+        "segmentation": '{"model_type": "upernet", "architectures": ["UperNetForSemanticSegmentation"]}',
+        "detector": '{"model_type": "lw_detr", "architectures": ["LwDetrForObjectDetection"]}',
+        "vit": '{"model_type": "vit", "architectures": ["ViTForImageClassification"]}',
+    }.items():
+        (root / name).mkdir()
+        (root / name / "config.json").write_text(config)
+    (root / "finished_run").mkdir()  # what a finished Trainer run or probe leaves
+    for name in ("results.json", "model.safetensors", "config.json"):
+        (root / "finished_run" / name).write_text("{}")
+    (root / "interrupted_run" / "checkpoint-5").mkdir(parents=True)  # a Trainer run stopped after a checkpoint
+    (root / "interrupted_run" / "checkpoint-5" / "trainer_state.json").write_text("{}")
+    (root / "incomplete_checkpoint" / "checkpoint-5").mkdir(parents=True)  # stopped while writing it
     return root
 
 
@@ -141,7 +155,88 @@ def pretrain_probe_and_convert_cases() -> list[tuple[str, list[str], list[str]]]
     ]  # fmt: skip
 
 
-CASES = pretrain_probe_and_convert_cases()
+def trainer_script_cases() -> list[tuple[str, list[str], list[str]]]:
+    """Issue 22: the Trainer scripts check TrainingArguments' values, their own, the model folder and the output
+    folder before a model is built; the probe the model and output folders."""
+    finetune = [*FINETUNE, "--model", "{root}/encoder", "--train_dir", "{root}/good", "--validation_dir",
+                "{root}/good"]  # fmt: skip
+    finetune_out = [*finetune, "--output_dir", "{root}/finetune_out"]
+    segmentation = [*SEGMENTATION, "--model", "{root}/encoder", "--demo_data", "true"]
+    segmentation_out = [*segmentation, "--output_dir", "{root}/segmentation_out"]
+    detection = [*DETECTION, "--model", "{root}/encoder", "--demo_data", "true", "--demo_dir", "{root}/demo_detection"]
+    detection_out = [*detection, "--output_dir", "{root}/detection_out"]
+    probe = [*PROBE, "--train_dir", "{root}/good", "--validation_dir", "{root}/good"]
+    return [
+        # TrainingArguments' values, the same check in each Trainer script
+        ("finetune-zero-batch", [*finetune_out, "--per_device_train_batch_size", "0"],
+         ["--per_device_train_batch_size 0", "greater than 0"]),
+        ("finetune-negative-learning-rate", [*finetune_out, "--learning_rate", "-1"],
+         ["--learning_rate -1", "greater than 0"]),
+        ("finetune-zero-epochs", [*finetune_out, "--num_train_epochs", "0"],
+         ["--num_train_epochs 0", "greater than 0", "--max_steps"]),
+        ("finetune-zero-max-steps", [*finetune_out, "--max_steps", "0"], ["--max_steps 0", "1 or more"]),
+        ("finetune-zero-gradient-accumulation", [*finetune_out, "--gradient_accumulation_steps", "0"],
+         ["--gradient_accumulation_steps 0", "greater than 0"]),
+        ("finetune-negative-warmup", [*finetune_out, "--warmup_steps", "-3"], ["--warmup_steps -3", "0 or more"]),
+        ("segmentation-negative-batch", [*segmentation_out, "--per_device_train_batch_size", "-2"],
+         ["--per_device_train_batch_size -2", "greater than 0"]),
+        ("segmentation-negative-learning-rate", [*segmentation_out, "--learning_rate", "-1"],
+         ["--learning_rate -1", "greater than 0"]),
+        ("segmentation-negative-weight-decay", [*segmentation_out, "--weight_decay", "-0.1"],
+         ["--weight_decay -0.1", "0 or more"]),
+        ("detection-zero-batch", [*detection_out, "--per_device_train_batch_size", "0"],
+         ["--per_device_train_batch_size 0", "greater than 0"]),
+        ("detection-negative-learning-rate", [*detection_out, "--learning_rate", "-1"],
+         ["--learning_rate -1", "greater than 0"]),
+        ("detection-adam-beta-of-1", [*detection_out, "--adam_beta2", "1"], ["--adam_beta2 1", "[0, 1)"]),
+        # the scripts' own values
+        ("finetune-drop-path-2", [*finetune_out, "--drop_path_rate", "2"], ["--drop_path_rate 2", "[0, 1)"]),
+        ("finetune-layer-decay-0", [*finetune_out, "--layer_decay", "0"], ["--layer_decay 0", "(0, 1]"]),
+        ("finetune-layer-decay-5", [*finetune_out, "--layer_decay", "5"], ["--layer_decay 5", "(0, 1]"]),
+        ("finetune-crop-min-scale-0", [*finetune_out, "--crop_min_scale", "0"], ["--crop_min_scale 0", "(0, 1]"]),
+        ("segmentation-zero-demo-images", [*segmentation_out, "--demo_num_train_images", "0"],
+         ["--demo_num_train_images 0", "greater than 0"]),
+        ("segmentation-zero-crop-size", [*segmentation_out, "--crop_size", "0"],
+         ["--crop_size 0", "greater than 0"]),  # it blamed --eval_stride
+        ("segmentation-drop-path-1", [*segmentation_out, "--drop_path_rate", "1"], ["--drop_path_rate 1", "[0, 1)"]),
+        ("segmentation-negative-auxiliary-weight", [*segmentation_out, "--auxiliary_loss_weight", "-1"],
+         ["--auxiliary_loss_weight -1", "0 (no auxiliary head) or more"]),
+        ("detection-layer-decay-2", [*detection_out, "--layer_decay", "2"], ["--layer_decay 2", "(0, 1]"]),
+        ("detection-zero-demo-images", [*detection_out, "--demo_num_validation_images", "0"],
+         ["--demo_num_validation_images 0", "greater than 0"]),
+        # a folder that holds no CAE v2 encoder
+        ("finetune-from-a-segmentation-output", [*FINETUNE, "--model", "{root}/segmentation", "--train_dir",
+                                                 "{root}/good", "--validation_dir", "{root}/good", "--output_dir",
+                                                 "{root}/f"],
+         ["--model", "holds a UperNet segmentation model", "not a CAE v2 checkpoint", "final/"]),
+        ("finetune-from-another-architecture", [*FINETUNE, "--model", "{root}/vit", "--train_dir", "{root}/good",
+                                                "--validation_dir", "{root}/good", "--output_dir", "{root}/f"],
+         ["holds a vit model (ViTForImageClassification)", "not a CAE v2 checkpoint"]),
+        ("probe-from-a-segmentation-output", [*probe, "--model", "{root}/segmentation", "--output_dir", "{root}/p"],
+         ["holds a UperNet segmentation model", "not an image encoder", "final/"]),
+        ("probe-from-a-detector", [*probe, "--model", "{root}/detector", "--output_dir", "{root}/p"],
+         ["holds an LW-DETR detector", "not an image encoder"]),
+        # an output folder that holds another run
+        ("finetune-over-a-finished-run", [*finetune, "--output_dir", "{root}/finished_run"],
+         ["--output_dir", "finished_run holds another run (results.json, model.safetensors)",
+          "--overwrite_output_dir true"]),
+        ("finetune-over-an-interrupted-run", [*finetune, "--output_dir", "{root}/interrupted_run"],
+         ["holds another run (checkpoint-5/)", "--resume_from_checkpoint latest", "--overwrite_output_dir true"]),
+        ("finetune-resume-latest-without-a-checkpoint",
+         [*finetune, "--output_dir", "{root}/incomplete_checkpoint", "--resume_from_checkpoint", "latest"],
+         ["--resume_from_checkpoint latest", "holds no complete checkpoint-N folder", "nothing to continue"]),
+        ("segmentation-over-a-finished-run", [*segmentation, "--output_dir", "{root}/finished_run"],
+         ["holds another run (results.json, model.safetensors)", "--overwrite_output_dir true"]),
+        ("detection-over-a-finished-run", [*detection, "--output_dir", "{root}/finished_run"],
+         ["holds another run (results.json, model.safetensors)", "--overwrite_output_dir true"]),
+        ("probe-over-a-finished-run", [*probe, "--model", "{root}/encoder", "--output_dir", "{root}/finished_run"],
+         ["holds another run (results.json, model.safetensors)", "Start afresh with --overwrite_output_dir true"]),
+        ("finetune-output-dir-is-a-file", [*finetune, "--output_dir", "{root}/notes.txt"],
+         ["--output_dir", "notes.txt is a file"]),
+    ]  # fmt: skip
+
+
+CASES = pretrain_probe_and_convert_cases() + trainer_script_cases()
 
 
 def run_command(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -182,6 +277,9 @@ def test_argparse_errors_keep_exit_status_2_without_traceback(tmp_path: Path):
         typo = run_command([*command, "--learning_rat", "0.1"], cwd=tmp_path)
         assert typo.returncode == 2 and "unrecognized arguments: --learning_rat 0.1" in typo.stderr
         assert "did you mean --learning_rate for --learning_rat?" in typo.stderr and "Traceback" not in typo.stderr
+    probe_typo = run_command([*PROBE, "--learning_rates", "0.1"], cwd=tmp_path)  # issue 22: not --base_learning_rate
+    assert probe_typo.returncode == 2
+    assert "did you mean --fast_base_learning_rates for --learning_rates?" in probe_typo.stderr
     abbreviated = run_command([*VISUALIZE, "--mod", "m", "--image", "i", "--output_dir", "o"], cwd=tmp_path)
     assert abbreviated.returncode == 2 and "arguments are required: --model" in abbreviated.stderr  # --mod is not it
 
@@ -193,3 +291,21 @@ def test_a_bug_keeps_its_traceback(tmp_path: Path):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 1 and "Traceback" in result.stderr and "KeyError: 'a bug'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("script", "flags"),
+    [
+        (FINETUNE, ["--crop_min_scale", "--overwrite_output_dir", "--layer_decay"]),
+        (PROBE, ["--overwrite_output_dir", "--fast_base_learning_rates"]),
+        (SEGMENTATION, ["--overwrite_output_dir", "--crop_size"]),
+        (DETECTION, ["--overwrite_output_dir", "--lwdetr_size"]),
+        (PRETRAIN, ["--overwrite_output_dir", "--crop_min_scale"]),
+    ],
+)
+def test_help_lists_the_scripts_options(tmp_path: Path, script: list[str], flags: list[str]):
+    """argparse expands % in help texts: a stray one (8% of an image) turned --help into a traceback."""
+    result = run_command([*script, "--help"], cwd=tmp_path)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    for flag in flags:
+        assert flag in result.stdout

@@ -108,7 +108,9 @@ def test_a_damaged_checkpoint_is_named_with_the_way_out(tmp_path: Path, fresh_ac
         load_checkpoint(accelerator, path)
     (Path(path) / "training_state.json").write_text('{"step": 7,')
     with pytest.raises(UserError, match=r"training_state.json is damaged .*: move that checkpoint folder away"):
-        resolve_resume_checkpoint("latest", str(tmp_path))
+        load_checkpoint(accelerator, path)
+    with pytest.raises(UserError, match=r"latest: no checkpoint in .* is intact \(.*checkpoint-00000007: its "):
+        resolve_resume_checkpoint("latest", str(tmp_path))  # never a fresh start over a damaged checkpoint
 
 
 def build_loader(tar_paths: list[str], num_workers: int = 0) -> torch.utils.data.DataLoader:

@@ -1,11 +1,17 @@
 """CAEv2Config: the docs/method.md#encoder presets and the errors for combinations the model cannot compute."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import build_tiny_config
 from transformers import AutoModelForImageClassification
 
 from caev2_hf import CAEv2Config, CAEv2ForImageClassification, CAEv2ForPreTraining, CAEv2Model
+
+
+LEGACY = Path(__file__).parent / "fixtures" / "legacy"
 
 
 @pytest.mark.parametrize(
@@ -121,3 +127,35 @@ def test_config_roundtrip_keeps_teacher_config(tmp_path):
     assert loaded.loss_type == "smooth_l1" and loaded.supervise_cls is False
     assert loaded.teacher_config.to_dict() == config.teacher_config.to_dict()
     assert loaded.regressor_hidden_size == 16
+
+
+def test_teacher_config_refuses_a_key_that_is_no_clip_field(tmp_path):
+    message = "teacher_config: 'hidden_sise' is not a CLIPVisionConfig field \\(did you mean 'hidden_size'\\?\\)"
+    with pytest.raises(ValueError, match=message):
+        CAEv2Config(teacher_config={"hidden_sise": 64})
+    with pytest.raises(ValueError, match=message):
+        CAEv2Config.from_preset("tiny", teacher_config={"hidden_sise": 64})
+    build_tiny_config().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        CAEv2Config.from_pretrained(tmp_path, teacher_config={"hidden_sise": 64})
+    with pytest.raises(ValueError, match=message):
+        CAEv2Model.from_pretrained(tmp_path, teacher_config={"hidden_sise": 64})
+
+
+def test_saved_teacher_config_with_keys_transformers_added_still_loads(tmp_path):
+    """What a saved config's teacher_config carries besides the CLIP fields (this version's `to_dict`, and keys older
+    transformers versions wrote) is transformers' own, not a user's typo: such folders load as before."""
+    config = build_tiny_config()
+    saved = config.to_dict()
+    assert {"_name_or_path", "architectures", "id2label", "model_type"} <= set(saved["teacher_config"])
+    saved["teacher_config"].update(torch_dtype="float32", use_bfloat16=False, bad_words_ids=None, pruned_heads={})
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    loaded = CAEv2Config.from_pretrained(tmp_path)
+    assert loaded.teacher_config.hidden_size == config.teacher_config.hidden_size == 32
+    assert (
+        CAEv2Config.from_pretrained(tmp_path, teacher_config={"num_hidden_layers": 1}).teacher_config.num_hidden_layers
+        == 1
+    )
+    for folder in sorted((LEGACY / "pooling").iterdir()) + [LEGACY / "backbone"]:
+        assert CAEv2Config.from_pretrained(folder).teacher_config.hidden_size == 32
+    assert CAEv2Config(**config.to_dict()).teacher_config.to_dict() == config.teacher_config.to_dict()

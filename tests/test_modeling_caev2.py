@@ -1,6 +1,7 @@
 """CAE v2 models: architecture sizes, the numerics of docs/method.md (encoder to loss), the frozen teacher, saving and
 loading."""
 
+import json
 import math
 from pathlib import Path
 
@@ -123,20 +124,22 @@ def test_loss_equals_hand_computation(loss_type, supervision, pixel_values, fixe
 def test_default_loss_is_mean_cosine_distance_over_all_tokens(pixel_values, fixed_mask):
     model = build_model()
     outputs = model(pixel_values, bool_masked_pos=fixed_mask)
-    cosine = torch.nn.functional.cosine_similarity(outputs.logits, outputs.target_features, dim=-1)
+    cosine = torch.nn.functional.cosine_similarity(outputs.logits, outputs.targets, dim=-1)
     torch.testing.assert_close(outputs.loss, (1 - cosine).mean(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(outputs.logits.norm(dim=-1), torch.ones(3, 17))
 
 
 def test_targets_are_reordered_cls_visible_masked(pixel_values, fixed_mask):
+    """The input `target_features` is in image order; the output `targets` in the predictions' order: two names."""
     model = build_model()
     image_order = torch.arange(3 * 17 * 16, dtype=torch.float32).view(3, 17, 16)
     outputs = model(pixel_values, bool_masked_pos=fixed_mask, target_features=image_order)
+    assert "target_features" not in outputs and outputs.targets.shape == image_order.shape
     for image in range(3):
         visible = [1 + i for i in range(16) if not fixed_mask[image, i]]
         masked = [1 + i for i in range(16) if fixed_mask[image, i]]
         expected = torch.nn.functional.normalize(image_order[image, [0] + visible + masked], dim=-1)
-        torch.testing.assert_close(outputs.target_features[image], expected)
+        torch.testing.assert_close(outputs.targets[image], expected)
 
 
 @pytest.mark.parametrize("loss_type", ["cosine", "mse", "smooth_l1"])
@@ -147,7 +150,7 @@ def test_given_targets_are_normalised_as_the_authors_do(loss_type, pixel_values,
     scales = torch.rand(3, 17, 1, generator=torch.Generator().manual_seed(2)) * 20 + 0.05
     raw = model(pixel_values, bool_masked_pos=fixed_mask, target_features=unit * scales)
     normalised = model(pixel_values, bool_masked_pos=fixed_mask, target_features=unit)
-    for name in ("loss", "visible_loss", "masked_loss", "cls_loss", "target_features"):
+    for name in ("loss", "visible_loss", "masked_loss", "cls_loss", "targets"):
         torch.testing.assert_close(getattr(raw, name), getattr(normalised, name), rtol=1e-6, atol=1e-6, msg=name)
     assert not torch.allclose((unit * scales).norm(dim=-1), torch.ones(3, 17))  # the raw ones really were not unit
 
@@ -245,7 +248,7 @@ def test_loaded_teacher_comes_back_without_a_download(tmp_path, pixel_values, fi
     assert bool(loaded.teacher.has_weights) and not loaded.config.use_random_teacher
     expected = model(pixel_values, bool_masked_pos=fixed_mask)
     actual = loaded(pixel_values, bool_masked_pos=fixed_mask)
-    torch.testing.assert_close(actual.target_features, expected.target_features, rtol=0, atol=0)
+    torch.testing.assert_close(actual.targets, expected.targets, rtol=0, atol=0)
     torch.testing.assert_close(actual.loss, expected.loss, rtol=0, atol=0)
 
 
@@ -510,3 +513,33 @@ def test_configs_saved_by_earlier_code_pool_as_they_did(folder, encoder_pooling,
     assert isinstance(classifier.pooler, torch.nn.Identity) == (classifier_pooling == "mean")
     if folder == "pretraining":
         CAEv2ForPreTraining(AutoConfig.from_pretrained(SAVED_CONFIGS / folder))  # still a valid pretraining config
+
+
+EARLIEST_CONFIGS = SAVED_CONFIGS.parent / "pooling_default_mean"  # tests/fixtures/make_earliest_pooling_fixtures.py
+
+
+@pytest.mark.parametrize(
+    ("folder", "encoder_pooling"),
+    [("pretraining", "cls"), ("final", "cls"), ("finetuned", "mean"), ("finetuned-encoder", "mean"), ("probe", "cls")],
+)
+def test_configs_saved_before_use_mean_pooling_existed_pool_by_what_the_folder_is(folder, encoder_pooling, tmp_path):
+    """Earlier code wrote `classifier_pooling: "mean"` (its default) into every config and no `use_mean_pooling`; its
+    encoder gave [CLS] whatever the field said. A pretraining run's folders still give [CLS] through AutoModel; a
+    classifier's folder, or its encoder saved alone, gives the feature its head was trained on."""
+    config = AutoConfig.from_pretrained(EARLIEST_CONFIGS / folder)
+    saved = json.loads((EARLIEST_CONFIGS / folder / "config.json").read_text())
+    assert "use_mean_pooling" not in saved and saved["classifier_pooling"] == ("cls" if folder == "probe" else "mean")
+    torch.manual_seed(0)
+    model = AutoModel.from_config(config).eval()
+    pixel_values = torch.randn(2, 3, 32, 32)
+    assert pooled_as(model, pixel_values) == encoder_pooling
+    with torch.no_grad():
+        outputs = model(pixel_values, output_hidden_states=True)
+        last_block = outputs.hidden_states[-1]
+        expected = last_block[:, 0] if encoder_pooling == "cls" else last_block[:, 1:].mean(dim=1)
+        torch.testing.assert_close(outputs.pooler_output, model.layernorm(expected), rtol=0, atol=0)
+    model.save_pretrained(tmp_path)  # saved again: the same pooling, in today's terms
+    assert pooled_as(AutoModel.from_pretrained(tmp_path), pixel_values) == encoder_pooling
+    assert (
+        CAEv2Config.from_pretrained(EARLIEST_CONFIGS / folder, classifier_pooling="mean").classifier_pooling == "mean"
+    )

@@ -112,8 +112,9 @@ def test_segmentation_script_parses_once_and_hands_the_result_to_main(
     argv = [str(REPO_ROOT / "configs" / "demo-segmentation.yaml"), "--output_dir", str(tmp_path), "--max_steps", "7"]
     run_script(monkeypatch, "run_semantic_segmentation.py", argv)
     assert parses == ["run_semantic_segmentation.py"]
-    ((model_args, data_args, training_args),) = stopped_mains
+    ((model_args, data_args, output_folder, training_args),) = stopped_mains
     assert isinstance(data_args, SegmentationDataArguments) and data_args.demo_data
+    assert not output_folder.overwrite_output_dir
     assert training_args.max_steps == 7 and model_args.config_overrides["hidden_size"] == 96
 
 
@@ -125,8 +126,13 @@ def test_detection_script_parses_once_and_hands_the_result_to_main(
             str(tmp_path / "out"), "--max_steps", "5"]  # fmt: skip
     run_script(monkeypatch, "run_object_detection.py", argv)
     assert parses == ["run_object_detection.py"]
-    ((model_args, data_args, training_args),) = stopped_mains
-    assert data_args.demo_data and training_args.max_steps == 5 and model_args.model == str(tmp_path / "encoder")
+    ((model_args, data_args, output_folder, training_args),) = stopped_mains
+    assert (
+        data_args.demo_data
+        and training_args.max_steps == 5
+        and not output_folder.overwrite_output_dir
+        and model_args.model == str(tmp_path / "encoder")
+    )
 
 
 @pytest.fixture

@@ -11,7 +11,15 @@ import pytest
 
 import caev2_hf_cli
 from caev2_hf_cli.errors import UserError
-from caev2_hf_cli.parsing import ALTERNATIVES, MERGED_MAPPING, PART_OF, answer_help, parse_arguments, run_command
+from caev2_hf_cli.parsing import (
+    ALTERNATIVES,
+    MERGED_MAPPING,
+    PART_OF,
+    answer_help,
+    closest_names,
+    parse_arguments,
+    run_command,
+)
 
 
 @dataclass
@@ -133,6 +141,27 @@ def test_bad_flags_end_with_usage_and_status_2(argv: list[str], message: str, ca
     with pytest.raises(SystemExit) as exit_info:
         parse_arguments(CLASSES, argv)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+FLAGS = ["--base_learning_rate", "--fast_base_learning_rates", "--learning_rate", "--max_steps", "--lr_scheduler_type",
+         "--num_train_epochs", "--per_device_train_batch_size", "--per_device_eval_batch_size", "--epochs"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("typed", "meant"),
+    [
+        ("--learning_rates", ["--fast_base_learning_rates"]),  # issue 22: difflib alone said --base_learning_rate
+        ("--max_step", ["--max_steps"]),  # a word cut short
+        ("--num_epochs", ["--num_train_epochs"]),  # a word left out
+        ("--max_stepz", ["--max_steps"]),  # a misspelling: the closest spelling
+        ("--learnig_rate", ["--learning_rate"]),
+        ("--per_device_batch_size", ["--per_device_eval_batch_size", "--per_device_train_batch_size"]),  # both fit
+        ("--lr", []),  # holds the word of --lr_scheduler_type, but is far from it: no guess beats a wrong one
+        ("--colour", []),
+    ],
+)
+def test_a_typo_is_matched_to_the_names_holding_its_words_first(typed: str, meant: list[str]):
+    assert closest_names(typed, FLAGS) == meant
 
 
 def test_run_command_turns_a_user_error_into_one_line_and_status_2(capsys: pytest.CaptureFixture):

@@ -209,6 +209,8 @@ def test_skip_log_is_rate_limited_and_reports_the_rest(monkeypatch) -> None:
     for name in ("a.jpg", "b.jpg", "a.jpg", "c.jpg", "d.jpg", "e.jpg"):
         log.record(name, "OSError: broken")
     assert [message.split()[4] for message in messages[:2]] == ["a.jpg", "b.jpg"]
+    # issue 22: the line a user reads names no internal (it named batch['num_skipped_images'])
+    assert messages[0] == "Skipping an unusable image a.jpg (worker 0): OSError: broken. The run goes on without it."
     assert "2 more unusable images in the last minute" in messages[2] and "e.jpg" in messages[3]
 
 

@@ -3,7 +3,11 @@ offline, on the CPU."""
 
 import importlib.util
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 from unittest.mock import patch
 
@@ -22,8 +26,10 @@ from caev2_hf.evaluation.classification.finetune import (
     build_finetune_transforms,
     build_mixup,
     load_finetune_model,
+    warn_if_images_are_small,
 )
 from caev2_hf.evaluation.classification.frozen_encoder import EncoderPreprocessing
+from caev2_hf.evaluation.classification.labelled_data import open_labelled_datasets
 from caev2_hf_cli.classification import AugmentationArguments, FineTuningModelArguments, ImageDataArguments
 from caev2_hf_cli.errors import UserError
 from caev2_hf_cli.parsing import parse_arguments
@@ -147,14 +153,81 @@ def train_one_step(batch_size: int, accumulation: int, output_dir: Path) -> dict
 def test_resume_from_latest_continues_the_trainers_checkpoint(encoder_dir: str, colours: dict, tmp_path: Path):
     arguments = finetune_arguments(encoder_dir, colours, tmp_path, "--max_steps", "4", "--save_strategy", "steps")
     arguments += ["--save_steps", "2"]
-    with pytest.raises(UserError, match="holds no checkpoint-N folder yet"):
+    with pytest.raises(UserError, match="holds no complete checkpoint-N folder"):
         finetune([*arguments, "--resume_from_checkpoint", "latest"])
-    with pytest.raises(UserError, match="nowhere is no Trainer checkpoint"):
+    with pytest.raises(UserError, match="nowhere is no complete Trainer checkpoint"):
         finetune([*arguments, "--resume_from_checkpoint", str(tmp_path / "nowhere")])
     finetune([*arguments, "--max_steps", "2"])  # a run that stopped after its checkpoint at step 2
     finetune([*arguments, "--resume_from_checkpoint", "latest"])
     history = json.loads((tmp_path / "trainer_state.json").read_text())
     assert history["global_step"] == 4 and (tmp_path / "checkpoint-4").is_dir()
+
+
+def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten_and_latest_is_this_runs(
+    encoder_dir: str, colours: dict, tmp_path: Path
+):
+    """Issue 22: a rerun no longer replaces a finished run's model and results without a word, and after
+    --overwrite_output_dir, `latest` cannot pick a checkpoint of the run it replaced."""
+    arguments = finetune_arguments(encoder_dir, colours, tmp_path, "--save_strategy", "steps", "--save_steps", "1")
+    first = finetune([*arguments, "--max_steps", "5"])
+    assert sorted(path.name for path in tmp_path.glob("checkpoint-*")) == [f"checkpoint-{n}" for n in range(1, 6)]
+    with pytest.raises(UserError, match=r"holds another run \(results.json, trainer_state.json, model.safetensors, "):
+        finetune([*arguments, "--max_steps", "2"])
+    assert json.loads((tmp_path / "results.json").read_text()) == first  # nothing was touched
+    second = finetune([*arguments, "--max_steps", "2", "--overwrite_output_dir", "true"])
+    assert second["max_steps"] == 2 and json.loads((tmp_path / "results.json").read_text()) == second
+    assert sorted(path.name for path in tmp_path.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    resumed = run_finetune.parse_and_check_arguments([*arguments, "--resume_from_checkpoint", "latest"])[-1]
+    assert resumed.resume_from_checkpoint == str(tmp_path / "checkpoint-2")  # not the replaced run's checkpoint-5
+
+
+def test_ctrl_c_names_the_checkpoint_to_resume_from(encoder_dir: str, colours: dict, tmp_path: Path):
+    """Issue 22: an interrupted fine-tuning says where it can continue from, as pretraining does, and ends with 130."""
+    arguments = finetune_arguments(encoder_dir, colours, tmp_path, "--max_steps", "100000", "--save_strategy", "steps")
+    process = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "run_finetune.py"), *arguments, "--save_steps", "1", "--save_total_limit", "2",
+         "--disable_tqdm", "true"],  # no progress bar filling the pipe while the test waits
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not list(tmp_path.glob("checkpoint-*/trainer_state.json")) and time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    hint = [line for line in stderr.splitlines() if line.startswith("Interrupted: the last checkpoint is")]
+    assert len(hint) == 1 and "Traceback" not in stderr, stderr[-3000:]
+    checkpoint = hint[0].split("the last checkpoint is ")[1].split(". ")[0]
+    assert Path(checkpoint).parent == tmp_path and (Path(checkpoint) / "trainer_state.json").is_file()
+    assert hint[0].endswith("The same command with --resume_from_checkpoint latest continues from it.")
+    assert stderr.rstrip().endswith("interrupted")
+
+
+def test_small_images_under_the_imagenet_augmentation_get_a_warning(tmp_path: Path):
+    """Issue 22: 8x8 images under crops down to 8 % and RandAugment left fine-tuning at chance, silently."""
+    write_colours(tmp_path / "small", 1, seed=0)  # 32x32 images
+    dataset = open_labelled_datasets({"train_dir": str(tmp_path / "small")}, {"train_dir": str(tmp_path / "small")})[0]
+    message = warn_if_images_are_small(dataset, image_size=64, augmentation=AugmentationArguments())
+    assert message == (
+        "The training images are small (32x32, the first one) for the model's 64x64 input, and the recipe's "
+        "augmentation is ImageNet's (a crop may keep 9x9 pixels of an image): for small images start from "
+        "configs/finetune-small-images.yaml, or give at least --crop_min_scale 0.5 --rand_augment_magnitude 0 "
+        "--random_erasing 0."
+    )
+    lighter = AugmentationArguments(crop_min_scale=0.5, rand_augment_magnitude=0, random_erasing=0.0)
+    assert warn_if_images_are_small(dataset, image_size=64, augmentation=lighter) is None
+    assert warn_if_images_are_small(dataset, image_size=63, augmentation=AugmentationArguments()) is None  # < 2x
+
+
+def test_the_small_images_config_lightens_the_recipe_and_leaves_the_data_to_the_command_line(tmp_path: Path):
+    config = str(REPO_ROOT / "configs" / "finetune-small-images.yaml")
+    roles = (FineTuningModelArguments, ImageDataArguments, AugmentationArguments, TrainingArguments)
+    model_args, _, augmentation, training_args = parse_arguments(
+        roles, [config, "--model", "m", "--output_dir", str(tmp_path), "--report_to", "none"]
+    )
+    assert (augmentation.crop_min_scale, augmentation.rand_augment_magnitude, augmentation.mixup) == (0.5, 0, 0)
+    assert (training_args.learning_rate, training_args.warmup_steps, model_args.drop_path_rate) == (1e-3, 0.1, 0)
 
 
 def test_gradient_accumulation_of_two_batches_matches_one_double_batch(tmp_path: Path):

@@ -17,13 +17,13 @@ from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file
 from sklearn.datasets import load_digits
-from transformers import AutoModelForImageClassification, CLIPVisionModel, pipeline
+from transformers import AutoModelForImageClassification, BlipVisionConfig, CLIPVisionModel, UperNetConfig, pipeline
 
 import caev2_hf.evaluation.classification.frozen_encoder
 from caev2_hf import CAEv2ForPreTraining
 from caev2_hf.data.device_augment import normalize_pixel_values
 from caev2_hf.data.transforms import build_eval_transform
-from caev2_hf_cli.classification import ImageDataArguments, ProbeArguments, ProbeModelArguments
+from caev2_hf.evaluation.classification.frozen_encoder import load_frozen_encoder
 from caev2_hf_cli.errors import UserError
 from caev2_hf_cli.parsing import parse_arguments
 
@@ -32,7 +32,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 MODULE_SPEC = importlib.util.spec_from_file_location("run_linear_probe", REPO_ROOT / "run_linear_probe.py")
 run_linear_probe = importlib.util.module_from_spec(MODULE_SPEC)
 MODULE_SPEC.loader.exec_module(run_linear_probe)
-ARGUMENT_CLASSES = (ProbeModelArguments, ImageDataArguments, ProbeArguments)
+ARGUMENT_CLASSES = run_linear_probe.ARGUMENT_CLASSES
 
 
 def probe(argv: list[str]) -> dict:
@@ -224,7 +224,7 @@ def test_fast_probe_refuses_a_cache_written_by_another_model(fast_run: dict, dig
     shutil.copy(fast_run["results"]["feature_cache"]["train"]["path"], own_path)  # another model's features
     AcceleratorState._reset_state(reset_partial_state=True)
     with pytest.raises(ValueError, match="was written by another model"):
-        probe(arguments)
+        probe([*arguments, "--overwrite_output_dir", "true"])  # the first run's results are in out
 
 
 def test_probe_output_runs_in_the_image_classification_pipeline(fast_run: dict, digits: dict):
@@ -287,6 +287,21 @@ def test_probe_refuses_a_folder_without_an_encoder(digits: dict, tmp_path: Path)
         probe(probe_arguments(str(tmp_path / "config_only"), digits, tmp_path / "out"))
 
 
+def test_probe_loader_names_a_task_model_or_one_automodel_cannot_load_in_one_line(tmp_path: Path):
+    """Issue 22: a UperNet folder printed transformers' list of hundreds of config classes. The script refuses a local
+    one at parse time (tests/test_bad_input.py); the loader says the same for a Hub id, whose config comes only then."""
+    UperNetConfig().save_pretrained(tmp_path / "segmentation")
+    with pytest.raises(UserError, match=r"segmentation holds a UperNet segmentation model \(what run_semantic_"):
+        load_frozen_encoder(str(tmp_path / "segmentation"))
+    BlipVisionConfig().save_pretrained(tmp_path / "blip_vision")
+    with pytest.raises(UserError) as refused:
+        load_frozen_encoder(str(tmp_path / "blip_vision"))
+    assert str(refused.value).startswith(
+        f"--model {tmp_path / 'blip_vision'} holds a blip_vision_model model, which AutoModel cannot load, not an "
+        "image encoder: give a CAE v2 encoder"
+    )
+
+
 def test_probe_refuses_a_dataset_without_labels(encoder_dir: str, digits: dict, tmp_path: Path):
     unlabelled = tmp_path / "unlabelled"
     unlabelled.mkdir()
@@ -311,9 +326,10 @@ def test_probe_refuses_validation_classes_the_head_does_not_have(encoder_dir: st
 @pytest.mark.parametrize("size, batch_size", [("tiny", 16384), ("small", 8192), ("base", 8192)])
 def test_linear_probe_config_is_read_and_overridden_by_flags(size: str, batch_size: int):
     config = str(REPO_ROOT / "configs" / f"linear-probe-vit-{size}.yaml")
-    model_args, data_args, probe_args = parse_arguments(
+    model_args, data_args, probe_args, output_folder = parse_arguments(
         ARGUMENT_CLASSES, [config, "--epochs", "30", "--protocol", "fast"]
     )
+    assert not output_folder.overwrite_output_dir
     assert (probe_args.batch_size, probe_args.base_learning_rate, probe_args.warmup_epochs) == (batch_size, 0.1, 10)
     assert (probe_args.epochs, probe_args.protocol) == (30, "fast")
     assert (model_args.model, data_args.dataset_name) == (f"outputs/caev2-vit-{size}/final", "ILSVRC/imagenet-1k")
@@ -355,3 +371,20 @@ def test_probe_arguments_out_of_range_are_user_errors_at_parse_time(flags: list[
     arguments = ["--model", "m", "--output_dir", "out", *flags]
     with pytest.raises(UserError, match=message):
         parse_arguments(ARGUMENT_CLASSES, arguments)
+
+
+def test_a_probe_over_another_run_is_refused_unless_overwriting_which_replaces_it_whole(
+    encoder_dir: str, digits: dict, tmp_path: Path
+):
+    """Issue 22: a probe rerun over a folder of results is refused; --overwrite_output_dir deletes the old run's files
+    (here a head file a probe of a non-CAE v2 encoder left) only when the new results are written."""
+    arguments = probe_arguments(encoder_dir, digits, tmp_path / "out", "--protocol", "fast")
+    arguments += ["--cache_dir", str(tmp_path / "cache")]
+    first = probe(arguments)
+    (tmp_path / "out" / "probe_head.safetensors").write_bytes(b"an older probe's head")
+    with pytest.raises(UserError, match=r"out holds another run \(results.json, model.safetensors, probe_head"):
+        probe(arguments)
+    second = probe([*arguments, "--overwrite_output_dir", "true"])
+    assert json.loads((tmp_path / "out" / "results.json").read_text()) == second
+    assert second["top1_accuracy"] == first["top1_accuracy"]  # same data, cache and seed
+    assert not (tmp_path / "out" / "probe_head.safetensors").exists() and (tmp_path / "out" / "config.json").is_file()

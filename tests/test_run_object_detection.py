@@ -86,7 +86,7 @@ def test_a_run_writes_results_a_card_with_its_map_and_a_folder_the_pipeline_runs
 
 def test_resume_from_latest_continues_the_checkpoint(encoder_folder, tmp_path):
     arguments = tiny_run_arguments(encoder_folder, tmp_path)
-    with pytest.raises(UserError, match="holds no checkpoint-N yet"):
+    with pytest.raises(UserError, match="does not exist, so there is nothing to continue"):
         detect([*arguments, "--resume_from_checkpoint", "latest"])
     detect([*arguments, "--max_steps", "2"])
     results = detect([*arguments, "--resume_from_checkpoint", "latest"])
@@ -176,7 +176,7 @@ def test_the_size_configs_parse_and_build_the_authors_sizes(encoder_folder):
     assert tuple(LWDETR_SIZES) == LWDETR_SIZE_NAMES
     for size in LWDETR_SIZE_NAMES:
         config = REPO_ROOT / "configs" / f"detection-lwdetr-{size}.yaml"
-        model_args, _, training_args = run_object_detection.parse_and_check_arguments(
+        model_args, _, _, training_args = run_object_detection.parse_and_check_arguments(
             [str(config), "--model", encoder_folder, "--demo_data", "true", "--output_dir", "unused"]
         )
         assert model_args.lwdetr_size == size and model_args.ema_decay == 0.9997

@@ -284,7 +284,7 @@ def test_nonfinite_loss_skips_the_update_and_counts_it(tmp_path: Path, demo_imag
 def test_nonfinite_losses_in_a_row_stop_the_run(tmp_path: Path, demo_image_folder: str, monkeypatch) -> None:
     nan_losses(monkeypatch, bad_calls=None)
     config = write_config(tmp_path, train_dir=demo_image_folder, max_steps=4, max_consecutive_skipped_steps=2)
-    with pytest.raises(RuntimeError, match="2 updates in a row had a non-finite loss"):
+    with pytest.raises(UserError, match="2 updates in a row, from update 1 on, had a non-finite loss"):
         pretrain(["--config", config])
 
 
@@ -527,3 +527,27 @@ def test_rerun_refuses_overwrites_or_resumes_and_a_finished_resume_keeps_its_los
     assert f"Training loss at the end: {loss:.4f}." in (output_dir / "final" / "README.md").read_text()
     assert len(list((output_dir / "logs").iterdir())) == 2  # the resumed run continues its run's subfolder
     assert not list(output_dir.glob("final.*"))  # no temporary folder left beside final/
+
+
+def test_typo_in_teacher_config_is_one_error_line_before_anything_is_built(tmp_path: Path) -> None:
+    """`hidden_sise` in the demo's teacher_config (YAML, or --config_overrides on the command line) is refused with
+    the field it likely meant, instead of training a teacher of CLIP's default width."""
+    demo = yaml.safe_load((REPO_ROOT / "configs" / "demo.yaml").read_text())
+    teacher = demo["config_overrides"]["teacher_config"]
+    teacher["hidden_sise"] = teacher.pop("hidden_size")
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump(demo))
+    output = ["--output_dir", str(tmp_path / "out")]
+    overrides = ["--config_overrides", '{"teacher_config": {"hidden_sise": 64}}']
+    for arguments in ([str(tmp_path / "typo.yaml")], [str(REPO_ROOT / "configs" / "demo.yaml"), *overrides]):
+        result = subprocess.run(
+            [sys.executable, str(REPO_ROOT / "run_pretrain.py"), *arguments, *output], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().splitlines() == [
+            "error: --config_overrides: teacher_config: 'hidden_sise' is not a CLIPVisionConfig field (did you mean "
+            "'hidden_size'?); the teacher's fields are attention_dropout, hidden_act, hidden_size, image_size, "
+            "initializer_factor, initializer_range, intermediate_size, layer_norm_eps, num_attention_heads, "
+            "num_channels, num_hidden_layers, patch_size, projection_dim."
+        ]
+        assert not (tmp_path / "out").exists() and not (tmp_path / "demo_data").exists()

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from caev2_hf.pretraining.step_tracking import StepTracker
+from caev2_hf.pretraining.step_tracking import NonFiniteStreak, StepTracker
 
 
 class SingleProcess:
@@ -61,7 +61,7 @@ def test_summarize_stops_the_run_after_too_many_skips_in_a_row() -> None:
         tracker.skip_update_if_nonfinite(optimizer, torch.tensor(grad_norm))
     assert tracker.summarize(SingleProcess())["skipped_steps"] == 4  # longest run: 2
     tracker.skip_update_if_nonfinite(optimizer, torch.tensor(float("inf")))
-    with pytest.raises(RuntimeError, match="3 updates in a row had a non-finite loss or gradient norm"):
+    with pytest.raises(NonFiniteStreak, match="3 updates in a row, from update 4 on, had a non-finite loss"):
         tracker.summarize(SingleProcess())
 
 

@@ -84,7 +84,7 @@ def test_every_output_survives_save_and_load(name, tmp_path, pixel_values, fixed
     if name in HEADS_WITH_LOSS:
         assert "loss" in expected
     if name == "pretraining":  # targets from the teacher: it came back with the model, not re-randomised
-        assert {"target_features", "visible_loss", "masked_loss", "cls_loss"} <= expected.keys()
+        assert {"targets", "visible_loss", "masked_loss", "cls_loss"} <= expected.keys()
     for key in expected:
         torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=0, msg=key)
 
@@ -274,7 +274,7 @@ def test_attention_implementations_agree_with_eager(implementation, pixel_values
         expected = eager(pixel_values, bool_masked_pos=fixed_mask)
         actual = other(pixel_values, bool_masked_pos=fixed_mask)
     torch.testing.assert_close(actual.logits, expected.logits, rtol=0, atol=1e-5)
-    torch.testing.assert_close(actual.target_features, expected.target_features, rtol=0, atol=1e-5)
+    torch.testing.assert_close(actual.targets, expected.targets, rtol=0, atol=1e-5)
 
 
 def test_scalar_or_list_normalisation_statistics(tmp_path):

@@ -286,3 +286,75 @@ def test_readme_picture_is_committed_small_and_shown():
     assert "](docs/visualize_demo.png)" in (REPO_ROOT / "README.md").read_text()
     assert picture.stat().st_size < 100_000
     assert png_size(picture) == (1100, 440)  # the demo model: 9 panels, 5 columns
+
+
+VISUALIZE_COMMAND = ["-c", "import caev2_hf_commands; caev2_hf_commands.visualize()"]
+
+
+def run_visualize(arguments: list[str]) -> subprocess.CompletedProcess:
+    """`caev2-visualize ARGUMENTS` as the console command runs it, in a fresh process."""
+    return subprocess.run(
+        [sys.executable, *VISUALIZE_COMMAND, *arguments], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+
+
+def test_command_on_a_segmentation_folder_draws_its_fine_tuned_backbone(tmp_path: Path):
+    """A UperNet output folder holds the encoder as `backbone.*`: the pictures show those blocks, with their relative
+    position bias, not a random encoder."""
+    from caev2_hf.evaluation.segmentation.model import load_segmentation_model
+
+    torch.manual_seed(0)
+    CAEv2Model(build_tiny_config(num_hidden_layers=4)).save_pretrained(tmp_path / "final")  # four stages for the neck
+    model, _ = load_segmentation_model(
+        str(tmp_path / "final"), 2, {0: "ground", 1: "sky"}, 32, decoder_channels=16, auxiliary_channels=8
+    )
+    torch.manual_seed(1)
+    for layer in model.backbone.encoder.layers:  # as if fine-tuned: the bias changes the attention
+        torch.nn.init.normal_(layer.relative_position_bias.relative_position_bias_table, std=1.0)
+    model.save_pretrained(tmp_path / "segmentation")
+    encoder, pretraining = visualize.load_models(str(tmp_path / "segmentation"))
+    assert type(encoder).__name__ == "CAEv2Backbone" and pretraining is None
+    for name, tensor in model.backbone.state_dict().items():
+        torch.testing.assert_close(encoder.state_dict()[name], tensor, rtol=0, atol=0)
+    image = random_image(32)
+    panels = visualize.compute_panels(encoder, image, np.random.default_rng(0))
+    model.backbone.set_attn_implementation("eager")
+    with torch.no_grad():
+        expected = model.backbone.eval().encode(visualize.normalise(image, encoder.config), output_attentions=True)
+    cls_attention = expected.attentions[-1][0, :, 0, 1:].reshape(-1, 4, 4).numpy()
+    np.testing.assert_allclose(panels.cls_attention, cls_attention, rtol=0, atol=1e-6)
+    images = write_images(tmp_path / "images", [(32, 32)])
+    result = run_visualize(
+        ["--model", str(tmp_path / "segmentation"), "--image", *images, "--output_dir", str(tmp_path / "out")]
+    )
+    assert result.returncode == 0, result.stderr
+    assert png_size(tmp_path / "out" / "photo0.png") == (1100, 440)
+    assert "missing" not in result.stderr.lower() and "unexpected" not in result.stderr.lower()
+
+
+def test_a_checkpoint_that_leaves_encoder_weights_missing_is_one_error_line(tmp_path: Path):
+    """Weights under names the encoder does not know (here `backbone.*`, as a UperNet saves them) would load as a
+    random encoder: the command refuses in one line; so it does for a folder of another model type."""
+    from safetensors.torch import load_file, save_file
+    from transformers import ResNetConfig
+
+    torch.manual_seed(0)
+    CAEv2Model(build_tiny_config()).save_pretrained(tmp_path / "renamed")
+    weights = load_file(tmp_path / "renamed" / "model.safetensors")
+    renamed = {f"backbone.{name}": tensor for name, tensor in weights.items()}
+    save_file(renamed, tmp_path / "renamed" / "model.safetensors", metadata={"format": "pt"})
+    ResNetConfig().save_pretrained(tmp_path / "resnet")
+    images = write_images(tmp_path / "images", [(32, 32)])
+    expected = {
+        "renamed": f"error: --model {tmp_path / 'renamed'}: {len(weights)} weights of its CAEv2Model are missing from "
+        "the checkpoint (first: embeddings.cls_token), so the pictures would show a random model",
+        "resnet": f"error: --model {tmp_path / 'resnet'} holds a 'resnet' model, not CAE v2",
+    }
+    for folder, message in expected.items():
+        result = run_visualize(
+            ["--model", str(tmp_path / folder), "--image", *images, "--output_dir", str(tmp_path / "o")]
+        )
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert result.stderr.startswith(message), result.stderr
+    assert not (tmp_path / "o").exists()

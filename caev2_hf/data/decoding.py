@@ -1,8 +1,13 @@
-"""Decoding any image `datasets` yields into an 8-bit RGB PIL image, or a reason why it cannot be used.
+"""Decoding any image `datasets` yields into an 8-bit RGB PIL image, or a reason why it cannot be used: the one
+decoding of every path of this package (pretraining crops, probe, fine-tuning, segmentation and detection data,
+`caev2-visualize`), `decode_image`.
 
-Modes are converted, never clipped: CMYK, grayscale and palette images become RGB; transparent ones are composited on
-white; 16-bit and other high-bit-depth images (PIL modes `I;16*`, `I`, `F`) are scaled to 8 bits. Any size is
-usable, 1x1 included: RandomResizedCrop can crop and resize it.
+Pixels are turned upright as the EXIF orientation says (`PIL.ImageOps.exif_transpose`, as `datasets.Image()` and
+transformers' `load_image` do): a phone photo stored sideways with orientation 6 trains as it is seen. Modes are
+converted, never clipped: CMYK, grayscale and palette images become RGB; transparent ones are composited on white;
+16-bit and other high-bit-depth images (PIL modes `I;16*`, `I`, `F`) are scaled to 8 bits (transformers' `load_image`
+clips them instead: give its pipelines `decode_image(path)`, see docs/design.md#images). Any size is usable, 1x1
+included: RandomResizedCrop can crop and resize it.
 """
 
 from __future__ import annotations
@@ -11,12 +16,13 @@ import io
 import re
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 
 ImageLike = Image.Image | bytes | str | dict  # what `datasets` yields: a PIL image, bytes, a path, {"bytes", "path"}
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+QUARTER_TURNS = (5, 6, 7, 8)  # EXIF orientations whose upright picture swaps width and height
 _BUFFER_REPR = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 
 
@@ -41,6 +47,23 @@ def encoded_bytes(image: ImageLike) -> bytes | None:
     return None
 
 
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation `exif_transpose` applies (1 = stored upright), read from the header alone."""
+    return image.getexif().get(ExifTags.Base.Orientation, 1)
+
+
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) of the picture `decode_image` gives, from the header alone."""
+    width, height = image.size
+    return (height, width) if exif_orientation(image) in QUARTER_TURNS else (width, height)
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The decoded pixels turned as the EXIF orientation says (the image itself when stored upright)."""
+    image.load()  # decode now: truncated data raises here rather than later in a transform
+    return ImageOps.exif_transpose(image) if exif_orientation(image) != 1 else image
+
+
 def _high_bit_depth_to_8_bits(image: Image.Image) -> Image.Image:
     """A one-channel 16-bit (or 32-bit integer / float) image scaled to 8 bits: 65535 -> 255, 32768 -> 128.
 
@@ -57,8 +80,8 @@ def _high_bit_depth_to_8_bits(image: Image.Image) -> Image.Image:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Decodes (if not yet) and converts to 8-bit RGB; raises on unreadable or truncated data."""
-    image.load()  # decode now: truncated data raises here rather than later in a transform
+    """Decodes (if not yet), turns upright and converts to 8-bit RGB; raises on unreadable or truncated data."""
+    image = upright(image)
     if image.mode in SIXTEEN_BIT_MODES or image.mode in ("I", "F"):
         return _high_bit_depth_to_8_bits(image).convert("RGB")
     if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info):
@@ -74,10 +97,17 @@ def describe_error(error: Exception, name: str | None = None) -> str:
     return f"{type(error).__name__}: {_BUFFER_REPR.sub(name, message) if name else message}"
 
 
+def decode_image(image: ImageLike) -> Image.Image:
+    """Any image `datasets` yields (or a file path) as the upright 8-bit RGB picture every path of this package
+    sees; raises on unreadable or truncated data. `pipeline("image-classification")(decode_image(path))` gives a
+    pipeline the same pixels."""
+    return to_rgb(open_image(image))
+
+
 def decode_rgb_image(image: ImageLike) -> tuple[Image.Image | None, str | None]:
     """Returns (RGB image, None), or (None, reason) for an unreadable or truncated image. Never raises."""
     try:
-        return to_rgb(open_image(image)), None
+        return decode_image(image), None
     except Exception as error:  # PIL raises OSError, SyntaxError, DecompressionBombError, ...: never raise
         return None, describe_error(error)
 

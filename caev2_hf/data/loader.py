@@ -12,6 +12,9 @@ epoch's last, incomplete batch is dropped (drop_last), but its skips are counted
 from __future__ import annotations
 
 import itertools
+import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
@@ -62,8 +65,7 @@ class SkipLog:
             self.logged_in_window += 1
             where = f" ({self.where})" if self.where else ""
             logger.warning(
-                f"Skipping an unusable image {name or '(unnamed)'}{where}: {reason}. "
-                "Skips are counted in batch['num_skipped_images']."
+                f"Skipping an unusable image {name or '(unnamed)'}{where}: {reason}. The run goes on without it."
             )
         else:
             self.suppressed += 1
@@ -210,6 +212,26 @@ class PretrainBatchStream(torch.utils.data.IterableDataset):
             epoch, start = epoch + 1, 0
 
 
+def leave_stop_signals_to_the_main_process(worker_id: int) -> None:
+    """A loader worker lives through the SIGTERM and SIGUSR1 that SLURM sends to every process of a job, so the main
+    process can finish its update and save a checkpoint first; it stops its workers itself when done. A SIGTERM from
+    the main process (how `multiprocessing` ends its children at exit) still ends the worker at once. Where the
+    sender of a signal cannot be told (no `sigwaitinfo`, e.g. macOS), the worker keeps PyTorch's handling."""
+    if not hasattr(signal, "sigwaitinfo"):
+        return
+    stop_signals = {signal.SIGTERM, signal.SIGUSR1}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # in this thread and every thread it starts
+    main_process = os.getppid()
+
+    def wait_for_stop_signals() -> None:
+        while True:
+            received = signal.sigwaitinfo(stop_signals)
+            if received.si_signo == signal.SIGTERM and received.si_pid == main_process:
+                os._exit(0)
+
+    threading.Thread(target=wait_for_stop_signals, name="stop-signals", daemon=True).start()
+
+
 def build_pretrain_loader(
     dataset: datasets.IterableDataset,
     crop: PretrainCrop | Callable[[Image.Image], dict],
@@ -240,6 +262,7 @@ def build_pretrain_loader(
         pin_memory=pin_memory and torch.cuda.is_available(),
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
         persistent_workers=num_workers > 0,
+        worker_init_fn=leave_stop_signals_to_the_main_process,
     )
 
 

@@ -22,7 +22,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from .decoding import ImageLike, encoded_bytes, open_image, to_rgb
+from .decoding import QUARTER_TURNS, ImageLike, encoded_bytes, exif_orientation, open_image, to_rgb, upright_size
 
 
 JITTER_OPS = ("brightness", "contrast", "saturation")  # index = op code in `jitter_order`; hue stays 0 in CAE v2
@@ -71,9 +71,9 @@ class PretrainCrop:
     """One pretraining image in a loader worker: random-resized crop to uint8 and the device augmentation's parameters.
 
     Call it on an image as `datasets` yields it (bytes, path, {"bytes", "path"}, PIL image), under a seeded torch RNG:
-    only the header is read before the parameters are drawn. The parameters are drawn
-    from torch's global generator, in the order crop box, flip, jitter (factors and order, as `ColorJitter` draws
-    them). Returns {"pixel_values": uint8 (3, S, S), "flip": bool, "jitter_factors": float32 (3,) for brightness,
+    only the header is read before the parameters are drawn, for the upright picture (EXIF orientation applied). The
+    parameters are drawn from torch's global generator, in the order crop box, flip, jitter (factors and order, as
+    `ColorJitter` draws them). Returns {"pixel_values": uint8 (3, S, S), "flip": bool, "jitter_factors": float32 (3,) for brightness,
     contrast and saturation, "jitter_order": int64 (3,) the order to apply them in}. Raises when the image is unusable.
     """
 
@@ -108,13 +108,16 @@ class PretrainCrop:
         return (top, left, crop_height, crop_width), flip, factors, order
 
     def _decode(self, image: Image.Image, source: ImageLike, draft_request: tuple[int, int]) -> torch.Tensor:
-        """The image as a uint8 RGB tensor: a JPEG that can be decoded smaller through PIL's draft mode, a JPEG
-        decoded at full size through torchvision's `decode_jpeg` (about twice as fast as PIL's decode and copy), any
-        other image through PIL. A JPEG without its end marker (truncated) goes to PIL, which refuses it."""
+        """The upright image (`decoding.to_rgb`) as a uint8 RGB tensor: a JPEG that can be decoded smaller through
+        PIL's draft mode, an upright JPEG decoded at full size through torchvision's `decode_jpeg` (about twice as
+        fast as PIL's decode and copy), any other image through PIL. A JPEG without its end marker (truncated) goes
+        to PIL, which refuses it. `draft_request` is in upright pixels; the draft is asked in stored ones."""
+        orientation = exif_orientation(image)
         if image.format == "JPEG":
-            if self.draft and _draft_scale(image.size, draft_request) > 1:
-                image.draft("RGB", draft_request)
-            elif image.mode in ("RGB", "L") and (data := encoded_bytes(source)) is not None:
+            stored_request = draft_request[::-1] if orientation in QUARTER_TURNS else draft_request
+            if self.draft and _draft_scale(image.size, stored_request) > 1:
+                image.draft("RGB", stored_request)
+            elif orientation == 1 and image.mode in ("RGB", "L") and (data := encoded_bytes(source)) is not None:
                 if data.rstrip(b"\x00\r\n ")[-2:] == b"\xff\xd9":
                     try:
                         return decode_jpeg(
@@ -126,8 +129,8 @@ class PretrainCrop:
 
     def __call__(self, source: ImageLike) -> dict[str, torch.Tensor | bool]:
         image = open_image(source)
-        (top, left, crop_height, crop_width), flip, factors, order = self.draw_parameters(image.size)
-        full_size = image.size
+        full_size = upright_size(image)
+        (top, left, crop_height, crop_width), flip, factors, order = self.draw_parameters(full_size)
         pixels = self._decode(image, source, _draft_request(full_size, (crop_width, crop_height), self.image_size))
         if image is not source:
             image.close()  # the file a path opened, when torchvision decoded it instead of PIL

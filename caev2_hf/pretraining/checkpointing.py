@@ -9,6 +9,10 @@ Data position: a stream has no random access, so a resumed run rebuilds each pro
 each loader worker skips the raw examples it had consumed in its current epoch, without decoding them. Crops, their
 augmentation parameters and masks depend only on (seed, process, worker, epoch, position), so the resumed batches
 are the uninterrupted run's; the cost is reading (not decoding) at most one epoch of this process's share.
+
+Damage: `latest` and rotation skip a checkpoint whose training_state.json cannot be read (with a warning), a resume
+refuses missing or unreadable RNG states, and a failed write ends every process with one line that names the folder
+(docs/design.md#checkpoints-and-resume).
 """
 
 import json
@@ -19,7 +23,7 @@ from collections.abc import Iterator
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object
+from accelerate.utils import RNG_STATE_NAME, broadcast_object_list, gather_object, load
 from safetensors import SafetensorError
 from transformers.utils import logging
 
@@ -100,35 +104,72 @@ class ResumableBatchStream:
         }
 
 
+def _load_training_state(checkpoint: str) -> dict:
+    """The checkpoint's JSON state; raises ValueError (or OSError) when it is damaged or has no step."""
+    with open(os.path.join(checkpoint, TRAINING_STATE_NAME), encoding="utf-8") as file:
+        state = json.load(file)
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise ValueError("no update count in it")
+    return state
+
+
 def read_training_state(checkpoint: str) -> dict:
-    path = os.path.join(checkpoint, TRAINING_STATE_NAME)
     try:
-        with open(path, encoding="utf-8") as file:
-            return json.load(file)
-    except json.JSONDecodeError as error:
+        return _load_training_state(checkpoint)
+    except ValueError as error:
         raise UserError(
-            f"{path} is damaged ({error}): move that checkpoint folder away, or resume from another with "
-            "--resume_from_checkpoint PATH."
+            f"{os.path.join(checkpoint, TRAINING_STATE_NAME)} is damaged ({error}): move that checkpoint folder away, "
+            "or resume from another with --resume_from_checkpoint PATH."
         ) from error
 
 
-def list_checkpoints(checkpoints_dir: str) -> list[str]:
-    """Complete checkpoints, oldest first by their recorded step. Half-written ones never carry the final name."""
+def scan_checkpoints(checkpoints_dir: str) -> tuple[list[str], dict[str, str]]:
+    """Complete checkpoints, oldest first by their recorded step, and the damaged ones with what is wrong with them
+    (a training_state.json that cannot be read). Half-written ones never carry the final name."""
     if not os.path.isdir(checkpoints_dir):
-        return []
-    folders = [os.path.join(checkpoints_dir, name) for name in os.listdir(checkpoints_dir)]
-    # Exact names only: a `.replaced` folder left by a crash inside `_replace_directory` is stale, not complete.
-    complete = [path for path in folders if re.fullmatch(rf"{CHECKPOINT_PREFIX}\d+", os.path.basename(path))
-                and os.path.isfile(os.path.join(path, TRAINING_STATE_NAME))]  # fmt: skip
-    return sorted(complete, key=lambda path: read_training_state(path)["step"])
+        return [], {}
+    folders = [os.path.join(checkpoints_dir, name) for name in sorted(os.listdir(checkpoints_dir))]
+    steps, damaged = {}, {}
+    for path in folders:
+        # Exact names only: a `.replaced` folder left by a crash inside `_replace_directory` is stale, not complete.
+        if not re.fullmatch(rf"{CHECKPOINT_PREFIX}\d+", os.path.basename(path)):
+            continue
+        if not os.path.isfile(os.path.join(path, TRAINING_STATE_NAME)):
+            continue
+        try:
+            steps[path] = _load_training_state(path)["step"]
+        except (OSError, ValueError) as error:
+            damaged[path] = f"its {TRAINING_STATE_NAME} is damaged ({error})"
+    return sorted(steps, key=steps.get), damaged
+
+
+def list_checkpoints(checkpoints_dir: str) -> list[str]:
+    """Complete checkpoints, oldest first. A damaged one is skipped with a warning: `latest` never resumes it and
+    rotation neither counts nor deletes it."""
+    complete, damaged = scan_checkpoints(checkpoints_dir)
+    for path, problem in damaged.items():
+        logger.warning(
+            f"Skipping {path}: {problem}, so it is neither resumed by --resume_from_checkpoint latest nor counted by "
+            "rotation. Move it away once inspected."
+        )
+    return complete
 
 
 def resolve_resume_checkpoint(resume_from_checkpoint: str | None, checkpoints_dir: str) -> str | None:
-    """`None` -> fresh start; `"latest"` -> the newest complete checkpoint (or a fresh start); else a path."""
+    """`None` -> fresh start; `"latest"` -> the newest complete checkpoint (or a fresh start when there is none, but
+    never when there are only damaged ones); else a path."""
     if resume_from_checkpoint is None:
         return None
     if resume_from_checkpoint == "latest":
         checkpoints = list_checkpoints(checkpoints_dir)
+        damaged = scan_checkpoints(checkpoints_dir)[1] if not checkpoints else {}
+        if damaged:
+            path, problem = max(damaged.items())
+            raise UserError(
+                f"--resume_from_checkpoint latest: no checkpoint in {checkpoints_dir} is intact ({path}: {problem}). "
+                "Move it away and start afresh with --overwrite_output_dir true, or mend it and resume with "
+                "--resume_from_checkpoint PATH."
+            )
         if not checkpoints:
             logger.warning(f"resume_from_checkpoint=latest: no checkpoint in {checkpoints_dir} yet, starting fresh.")
         return checkpoints[-1] if checkpoints else None
@@ -142,6 +183,29 @@ def resolve_resume_checkpoint(resume_from_checkpoint: str | None, checkpoints_di
     return resume_from_checkpoint
 
 
+def checkpoint_step(checkpoint: str) -> int:
+    """The update a checkpoint folder was written at, from its name (`checkpoint-00002500` -> 2500)."""
+    return int(os.path.basename(checkpoint.rstrip("/"))[len(CHECKPOINT_PREFIX) :])
+
+
+def set_aside_checkpoints(checkpoints_dir: str, from_step: int, suffix: str) -> list[str]:
+    """Renames the complete checkpoints of update `from_step` or later to `<name><suffix>`, out of the sight of
+    `latest` and rotation; never deletes them, so they can be inspected. Returns their new paths."""
+    moved = []
+    for path in list_checkpoints(checkpoints_dir):
+        if checkpoint_step(path) >= from_step:
+            os.replace(path, path + suffix)
+            moved.append(path + suffix)
+    return moved
+
+
+def earlier_checkpoint(checkpoint: str) -> str | None:
+    """The newest complete checkpoint before `checkpoint` in its folder, or None."""
+    listed = list_checkpoints(os.path.dirname(os.path.abspath(checkpoint)))
+    earlier = [path for path in listed if checkpoint_step(path) < checkpoint_step(checkpoint)]
+    return earlier[-1] if earlier else None
+
+
 def _replace_directory(source: str, destination: str) -> None:
     """`os.replace` for folders: atomic when the destination does not exist; an old one is moved aside first."""
     if os.path.exists(destination):
@@ -151,6 +215,12 @@ def _replace_directory(source: str, destination: str) -> None:
         shutil.rmtree(aside)
     else:
         os.replace(source, destination)
+
+
+def describe_error(error: BaseException) -> str:
+    """An exception's first line (or its type), for a one-line message."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def save_checkpoint(
@@ -164,24 +234,78 @@ def save_checkpoint(
     """Writes a checkpoint under a temporary name and renames it when complete; keeps the last `save_total_limit`.
 
     Called on every process (each saves its RNG states and reports its data position). Assumes `checkpoints_dir`
-    is on a filesystem every process sees, as `save_state` does.
+    is on a filesystem every process sees, as `save_state` does. A write that fails on any process (a full disk, a
+    folder that became read-only) removes the temporary folder and ends every process with one `UserError` that
+    names the folder; the previous checkpoints are untouched.
     """
     final = os.path.join(checkpoints_dir, f"{CHECKPOINT_PREFIX}{step:08d}")
     temporary = os.path.join(checkpoints_dir, f"{TEMPORARY_PREFIX}{CHECKPOINT_PREFIX}{step:08d}")
-    if accelerator.is_main_process and os.path.exists(temporary):
-        shutil.rmtree(temporary)  # left by a run killed while saving
-    accelerator.wait_for_everyone()
-    accelerator.save_state(temporary)
-    positions = gather_object([data_position])
     if accelerator.is_main_process:
-        state = {**training_state, "step": step, "data_positions": positions}
-        with open(os.path.join(temporary, TRAINING_STATE_NAME), "w", encoding="utf-8") as file:
-            json.dump(state, file, indent=2)
-        _replace_directory(temporary, final)
-        for old in list_checkpoints(checkpoints_dir)[:-save_total_limit]:
-            shutil.rmtree(old)
+        shutil.rmtree(temporary, ignore_errors=True)  # left by a run killed while saving
+    accelerator.wait_for_everyone()
+    failure = None
+    try:
+        accelerator.save_state(temporary)
+    except (OSError, RuntimeError, SafetensorError) as error:  # torch.save says "unexpected pos" on a full disk
+        failure = describe_error(error)
+    reports = gather_object([[data_position, failure]])
+    failures = [failure for _, failure in reports if failure]
+    if accelerator.is_main_process and not failures:
+        try:
+            state = {**training_state, "step": step, "data_positions": [position for position, _ in reports]}
+            with open(os.path.join(temporary, TRAINING_STATE_NAME), "w", encoding="utf-8") as file:
+                json.dump(state, file, indent=2)
+            _replace_directory(temporary, final)
+        except OSError as error:
+            failures.append(describe_error(error))
+    (failures,) = broadcast_object_list([failures])
+    if failures:
+        raise UserError(_write_failure(accelerator, checkpoints_dir, final, temporary, failures[0]))
+    if accelerator.is_main_process:
+        _rotate(checkpoints_dir, save_total_limit)
     accelerator.wait_for_everyone()
     return final
+
+
+def _write_failure(accelerator: Accelerator, checkpoints_dir: str, final: str, temporary: str, reason: str) -> str:
+    if accelerator.is_main_process:
+        shutil.rmtree(temporary, ignore_errors=True)
+    previous = list_checkpoints(checkpoints_dir)
+    intact = f"the previous checkpoint, {previous[-1]}, is intact" if previous else "no earlier checkpoint exists"
+    return (
+        f"Could not write {os.path.basename(final)} in {checkpoints_dir} ({reason}): the disk may be full or the "
+        f"folder not writable; {intact}. Free space or fix the folder, then continue with --resume_from_checkpoint "
+        "latest."
+    )
+
+
+def _rotate(checkpoints_dir: str, save_total_limit: int) -> None:
+    """Deletes all but the newest `save_total_limit` checkpoints; a failure is a warning, the new one is written."""
+    for old in list_checkpoints(checkpoints_dir)[:-save_total_limit]:
+        try:
+            shutil.rmtree(old)
+        except OSError as error:
+            logger.warning(f"Could not delete the old checkpoint {old} ({describe_error(error)}); the run goes on.")
+
+
+def check_random_states(checkpoint: str, num_processes: int) -> None:
+    """Refuses a checkpoint whose RNG states (one file per process) are missing or unreadable: Accelerate would go
+    on without them, and the resumed run's random draws (drop path) would then differ from the uninterrupted run's."""
+    for index in range(num_processes):
+        path = os.path.join(checkpoint, f"{RNG_STATE_NAME}_{index}.pkl")
+        try:
+            states = load(path)  # as `load_state` reads it
+            if not isinstance(states, dict) or not {"random_state", "torch_manual_seed"} <= states.keys():
+                raise ValueError("not the RNG states Accelerate writes")
+        except Exception as error:  # a truncated pickle raises anything from EOFError to UnpicklingError
+            reason = "is missing" if isinstance(error, FileNotFoundError) else f"is damaged ({describe_error(error)})"
+            earlier = earlier_checkpoint(checkpoint)
+            way_out = f"--resume_from_checkpoint {earlier}" if earlier else "a fresh start (--overwrite_output_dir)"
+            raise UserError(
+                f"Cannot resume from {checkpoint}: {os.path.basename(path)} {reason}, so the resumed run's random "
+                f"draws (drop path) would not repeat the interrupted run's. Resume from the checkpoint before it "
+                f"({way_out})."
+            ) from error
 
 
 def load_checkpoint(accelerator: Accelerator, checkpoint: str) -> dict:
@@ -194,12 +318,12 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: str) -> dict:
             f"{checkpoint} was written by {len(positions)} process(es) but this run has {accelerator.num_processes}: "
             "each process resumes its own part of the stream, so launch with the same number of processes."
         )
+    check_random_states(checkpoint, accelerator.num_processes)
     try:
         accelerator.load_state(checkpoint)
     except (OSError, RuntimeError, ValueError, SafetensorError) as error:  # a damaged file or another model's state
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(
-            f"Cannot resume from {checkpoint} ({reason}): resume from an earlier checkpoint "
+            f"Cannot resume from {checkpoint} ({describe_error(error)}): resume from an earlier checkpoint "
             "(--resume_from_checkpoint PATH), or with the arguments that wrote it."
         ) from error
     return {**state, "data_position": positions[accelerator.process_index]}

@@ -117,3 +117,14 @@ def build_lr_scheduler(
     return get_cosine_with_min_lr_schedule_with_warmup(
         optimizer, numbers.warmup_steps, numbers.max_steps, min_lr=min_learning_rate
     )
+
+
+def set_peak_learning_rates(scheduler: torch.optim.lr_scheduler.LambdaLR, peak_learning_rates: list[float]) -> None:
+    """Makes a restored schedule continue, from its current update, with new peak lrs (what a changed
+    `--learning_rate` means on resume): `LambdaLR` gives each group its peak times the schedule's factor, so replacing
+    the peaks it restored from the checkpoint (`base_lrs`) rebuilds the schedule from the new peak."""
+    scheduler.base_lrs = list(peak_learning_rates)
+    for group, peak in zip(scheduler.optimizer.param_groups, peak_learning_rates, strict=True):
+        group["initial_lr"] = peak
+    scheduler.last_epoch -= 1
+    scheduler.step()  # the current update's lrs again, from the new peaks

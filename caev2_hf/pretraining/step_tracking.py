@@ -12,6 +12,19 @@ from accelerate import Accelerator
 LOSS_NAMES = ("loss", "visible_loss", "masked_loss", "cls_loss")
 
 
+class NonFiniteStreak(RuntimeError):
+    """`max_consecutive_skipped_steps` updates in a row were skipped; `first_skipped` is the first of them (the
+    weights they all started from are those after update `first_skipped - 1`)."""
+
+    def __init__(self, length: int, first_skipped: int, max_consecutive_skipped_steps: int) -> None:
+        super().__init__(
+            f"{length} updates in a row, from update {first_skipped} on, had a non-finite loss or gradient norm "
+            f"(skipped: the weights did not change); max_consecutive_skipped_steps={max_consecutive_skipped_steps}."
+        )
+        self.length = length
+        self.first_skipped = first_skipped
+
+
 def unwrap_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     """The torch optimizer inside Accelerate's `AcceleratedOptimizer` wrapper (or the optimizer itself)."""
     while hasattr(optimizer, "optimizer"):
@@ -28,9 +41,11 @@ class StepTracker:
     Args:
         device: where the sums live (the accelerator's device).
         effective_batch_size: images per update over all processes, for images/s.
-        max_consecutive_skipped_steps: `summarize` raises once this many updates in a row were skipped.
+        max_consecutive_skipped_steps: `summarize` raises `NonFiniteStreak` once this many updates in a row were
+            skipped.
         skipped_steps: skipped updates before this run started (from a checkpoint).
         skipped_images: unreadable images before this run started, all processes together (from a checkpoint).
+        start_step: updates before this run started (from a checkpoint), to name the updates of a streak.
     """
 
     def __init__(
@@ -40,12 +55,16 @@ class StepTracker:
         max_consecutive_skipped_steps: int,
         skipped_steps: int = 0,
         skipped_images: int = 0,
+        start_step: int = 0,
     ) -> None:
         self.effective_batch_size = effective_batch_size
         self.max_consecutive_skipped_steps = max_consecutive_skipped_steps
         self.skipped_steps = torch.tensor(float(skipped_steps), device=device)
         self.consecutive_skipped = torch.zeros((), device=device)
         self.longest_skip_run = torch.zeros((), device=device)
+        self.update = start_step  # the update being counted, on the host
+        self.skip_run_start = torch.zeros((), device=device)  # first update of the current run of skips
+        self.longest_skip_run_start = torch.zeros((), device=device)
         self.total_skipped_images = skipped_images
         self._zero_window(device)
 
@@ -81,9 +100,18 @@ class StepTracker:
         self.window_grad_norm += torch.where(is_skipped, 0.0, grad_norm)
         self.window_applied_updates += ~is_skipped
         self.skipped_steps += is_skipped
+        self.update += 1
         self.consecutive_skipped = (self.consecutive_skipped + 1) * is_skipped
+        self.skip_run_start = torch.where(self.consecutive_skipped == 1, self.update, self.skip_run_start)
+        is_longest = self.consecutive_skipped > self.longest_skip_run
+        self.longest_skip_run_start = torch.where(is_longest, self.skip_run_start, self.longest_skip_run_start)
         self.longest_skip_run = torch.maximum(self.longest_skip_run, self.consecutive_skipped)
         self.window_updates += 1
+
+    def is_skipping(self) -> bool:
+        """Whether the last update was skipped (a host sync: for checkpoints, which must not hold weights that keep
+        giving non-finite gradients)."""
+        return bool(self.consecutive_skipped.item())
 
     def summarize(self, accelerator: Accelerator) -> dict[str, float]:
         """Window means over all processes, images/s and the counters; resets the window (host sync)."""
@@ -96,8 +124,14 @@ class StepTracker:
         )
         window = accelerator.reduce(window, reduction="sum").tolist()
         num_finite, skipped_images = window[len(LOSS_NAMES)], int(window[len(LOSS_NAMES) + 1])
-        grad_norm, applied, skipped_steps, longest = torch.stack(
-            [self.window_grad_norm, self.window_applied_updates, self.skipped_steps, self.longest_skip_run]
+        grad_norm, applied, skipped_steps, longest, longest_start = torch.stack(
+            [
+                self.window_grad_norm,
+                self.window_applied_updates,
+                self.skipped_steps,
+                self.longest_skip_run,
+                self.longest_skip_run_start,
+            ]
         ).tolist()
         elapsed = time.perf_counter() - self.window_start
         self.total_skipped_images += skipped_images
@@ -112,11 +146,7 @@ class StepTracker:
             skipped_steps=int(skipped_steps),
         )
         if longest >= self.max_consecutive_skipped_steps:
-            raise RuntimeError(
-                f"{int(longest)} updates in a row had a non-finite loss or gradient norm (skipped: the weights did not "
-                f"change); max_consecutive_skipped_steps={self.max_consecutive_skipped_steps}. Lower learning_rate, "
-                "prefer bf16 to fp16, or check the data, then resume with --resume_from_checkpoint latest."
-            )
+            raise NonFiniteStreak(int(longest), int(longest_start), self.max_consecutive_skipped_steps)
         self._zero_window(self.window_losses.device)
         return metrics
 

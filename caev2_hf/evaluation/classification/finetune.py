@@ -11,11 +11,13 @@ import torch.nn.functional as F
 from torch.utils.data import default_collate
 from torchvision.transforms import v2
 from transformers import AutoConfig, AutoModelForImageClassification, EvalPrediction, Trainer, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import logging
 
+from caev2_hf_cli.checks import describe_non_encoder, not_an_encoder_message
 from caev2_hf_cli.classification import AugmentationArguments, FineTuningModelArguments
 from caev2_hf_cli.errors import UserError
 
+from ...data.decoding import decode_rgb_image
 from ...data.loader import LabelledImageStream
 from ...data.transforms import build_eval_transform
 from ...modeling_caev2 import CAEv2ForImageClassification
@@ -26,6 +28,10 @@ from .metrics import compute_topk_accuracy, format_topk_accuracy, rank_predictio
 
 
 SHUFFLE_BUFFER_SIZE = 10_000  # examples held for shuffling a stream, as in pretraining
+SMALL_IMAGE_UPSCALE = 2  # images enlarged more than this to the model's input count as small
+SMALL_IMAGE_SETTINGS = {"crop_min_scale": 0.5, "rand_augment_magnitude": 0, "random_erasing": 0.0}
+
+logger = logging.get_logger(__name__)
 
 
 def token_parameter_names(model: CAEv2ForImageClassification) -> tuple[str, ...]:
@@ -41,8 +47,9 @@ def build_finetune_transforms(
 ) -> tuple[v2.Compose, v2.Compose]:
     """(train, eval) transforms to normalised float tensors, torchvision's versions of the official timm ones.
 
-    Train: RandomResizedCrop (bicubic) + flip + RandAugment (2 ops; magnitude out of 10 as timm's `rand-m9`) +
-    random erasing (per-pixel noise) after normalisation. Eval: resize 256/224 of the crop, centre crop.
+    Train: RandomResizedCrop (bicubic, area from `crop_min_scale` to 1) + flip + RandAugment (2 ops; magnitude out of
+    10 as timm's `rand-m9`) + random erasing (per-pixel noise) after normalisation. Eval: resize 256/224 of the crop,
+    centre crop.
     """
     image_size = preprocessing.image_size
     normalize = [
@@ -51,7 +58,12 @@ def build_finetune_transforms(
     ]
     train = [
         v2.PILToTensor(),
-        v2.RandomResizedCrop(image_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+        v2.RandomResizedCrop(
+            image_size,
+            scale=(augmentation.crop_min_scale, 1.0),
+            interpolation=v2.InterpolationMode.BICUBIC,
+            antialias=True,
+        ),
         v2.RandomHorizontalFlip(),
     ]
     if augmentation.rand_augment_magnitude > 0:
@@ -61,6 +73,28 @@ def build_finetune_transforms(
         train.append(v2.RandomErasing(p=augmentation.random_erasing, value="random"))
     eval_transform = v2.Compose([build_eval_transform(image_size, preprocessing.resize_size), *normalize])
     return v2.Compose(train), eval_transform
+
+
+def warn_if_images_are_small(dataset, image_size: int, augmentation: AugmentationArguments) -> str | None:
+    """Warns (and returns the warning) when the first training image is much smaller than the model's input and the
+    augmentation is ImageNet's: a crop of 8 % of an 8x8 digit is 2x2 pixels, and RandAugment at full strength then
+    leaves little of it, so fine-tuning stays at chance. The recipe stays as asked; the warning names the settings
+    that suit small images (`SMALL_IMAGE_SETTINGS`)."""
+    image, _ = decode_rgb_image(next(iter(dataset.take(1)))["image"])
+    if image is None or min(image.size) * SMALL_IMAGE_UPSCALE > image_size:
+        return None
+    changes = {name: value for name, value in SMALL_IMAGE_SETTINGS.items() if getattr(augmentation, name) != value}
+    if not changes:
+        return None
+    smallest = max(1, round(min(image.size) * augmentation.crop_min_scale**0.5))
+    message = (
+        f"The training images are small ({image.size[0]}x{image.size[1]}, the first one) for the model's "
+        f"{image_size}x{image_size} input, and the recipe's augmentation is ImageNet's (a crop may keep "
+        f"{smallest}x{smallest} pixels of an image): for small images start from configs/finetune-small-images.yaml, "
+        f"or give at least {' '.join(f'--{name} {value:g}' for name, value in changes.items())}."
+    )
+    logger.warning(message)
+    return message
 
 
 def collate_classification_batch(examples: list[dict]) -> dict[str, torch.Tensor]:
@@ -170,6 +204,9 @@ def load_finetune_model(model_args: FineTuningModelArguments, class_names: list[
     """The fine-tuning classifier from any CAE v2 checkpoint: mean of the patch tokens -> the encoder's final norm
     (BEiT's `fc_norm`, so it starts as the pretrained norm) -> Linear. Every parameter trains."""
     config = AutoConfig.from_pretrained(model_args.model)
+    found = describe_non_encoder(config.model_type, config.architectures, caev2_only=True)
+    if found is not None:  # a Hub id; a local folder was refused at parse time
+        raise UserError(not_an_encoder_message(model_args.model, found, caev2_only=True))
     check_head_matches_dataset(config, len(class_names), model_args.ignore_mismatched_sizes)
     model = AutoModelForImageClassification.from_pretrained(
         model_args.model,
@@ -246,27 +283,6 @@ class FineTuningResult:
     def to_json(self) -> dict:
         """The fields for `results.json`, with a note beside a top-k left out."""
         return asdict(self) | topk_notes(self)
-
-
-def resolve_trainer_checkpoint(resume_from_checkpoint: str | None, output_dir: str) -> str | None:
-    """`latest` (or `true`, Trainer's word) is the newest `checkpoint-N` in `output_dir`, as in `run_pretrain.py`;
-    a path must be a Trainer checkpoint."""
-    if resume_from_checkpoint is None:
-        return None
-    if resume_from_checkpoint.lower() in ("latest", "true"):
-        latest = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-        if latest is None:
-            raise UserError(
-                f"--resume_from_checkpoint {resume_from_checkpoint}: {output_dir} holds no checkpoint-N folder yet; "
-                "start without it."
-            )
-        return latest
-    if not os.path.isfile(os.path.join(resume_from_checkpoint, "trainer_state.json")):
-        raise UserError(
-            f"--resume_from_checkpoint {resume_from_checkpoint} is no Trainer checkpoint (no trainer_state.json "
-            "there): give a checkpoint-N folder of the output_dir, or latest."
-        )
-    return resume_from_checkpoint
 
 
 def train_and_evaluate(trainer: Trainer, num_classes: int, num_train_examples: int) -> FineTuningResult:

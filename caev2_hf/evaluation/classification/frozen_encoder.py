@@ -5,8 +5,9 @@ import os
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoImageProcessor, AutoModel, PreTrainedModel
+from transformers import MODEL_MAPPING, AutoConfig, AutoImageProcessor, AutoModel, PreTrainedModel
 
+from caev2_hf_cli.checks import describe_non_encoder, not_an_encoder_message
 from caev2_hf_cli.errors import UserError
 
 from ...configuration_caev2 import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, CAEv2Config
@@ -34,6 +35,11 @@ def load_frozen_encoder(model_name_or_path: str) -> PreTrainedModel:
             f"{model_name_or_path} holds no model (no config.json): give a folder written by save_pretrained (a CAE "
             "v2 checkpoint of any head, or another transformers vision encoder) or a Hub id."
         )
+    config = AutoConfig.from_pretrained(model_name_or_path)
+    found = describe_non_encoder(config.model_type, config.architectures, caev2_only=False)
+    if found is not None or type(config) not in MODEL_MAPPING:
+        found = found or f"a {config.model_type} model, which AutoModel cannot load"
+        raise UserError(not_an_encoder_message(model_name_or_path, found, caev2_only=False))
     try:
         encoder, loading_info = AutoModel.from_pretrained(model_name_or_path, output_loading_info=True)
     except OSError as error:

@@ -21,7 +21,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from transformers.utils import logging
 
-from ...data.decoding import ImageLike, open_image
+from ...data.decoding import ImageLike, open_image, upright_size
 
 
 logger = logging.get_logger(__name__)
@@ -349,7 +349,7 @@ def open_hub_detection(
         image_id = int(row.get("image_id", index))
         width, height = row.get("width"), row.get("height")
         if width is None or height is None:
-            width, height = open_image(images(index)).size
+            width, height = upright_size(open_image(images(index)))  # as decoded: EXIF orientation applied
         coco["images"].append({"id": image_id, "file_name": f"row {index}", "width": width, "height": height})
         coco["annotations"] += objects_to_annotations(row[objects_column], image_id)
     names = hub_category_names(dataset, objects_column)

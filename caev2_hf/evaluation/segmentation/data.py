@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 from caev2_hf_cli.errors import UserError
 from caev2_hf_cli.segmentation import DEMO_CLASS_NAMES
 
-from ...data.decoding import ImageLike, decode_rgb_image, open_image
+from ...data.decoding import ImageLike, decode_rgb_image, open_image, upright
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -74,8 +74,9 @@ def pair_image_and_mask_folders(image_dir: str, annotation_dir: str) -> list[dic
 
 
 def read_mask(annotation: ImageLike) -> np.ndarray:
-    """A mask as a 2-D int64 array of class indices; refuses colour masks (they would need a palette mapping)."""
-    mask = open_image(annotation)
+    """A mask as a 2-D int64 array of class indices, upright as its image (`decode_image`); refuses colour masks (they
+    would need a palette mapping)."""
+    mask = upright(open_image(annotation))
     if mask.mode not in ("L", "P", "I", "I;16", "1"):
         raise UserError(
             f"A mask has mode {mask.mode}: masks must hold one channel of class indices (PNG mode L or P), "
@@ -326,6 +327,12 @@ def load_pair(example: dict, reduce_labels: bool, ignore_index: int) -> tuple[Im
         raise UserError(
             f"A mask of {mask.shape[1]}x{mask.shape[0]} px belongs to an image of {image.width}x{image.height} px: "
             "masks must have their image's size."
+            + (
+                " Its sides are the mask's, swapped: an image with an EXIF orientation is decoded upright (as "
+                "datasets and transformers decode it), so its mask must be drawn on the upright image."
+                if mask.shape == (image.width, image.height)
+                else ""
+            )
         )
     return image, reduce_zero_label(mask, ignore_index) if reduce_labels else mask
 

@@ -6,12 +6,12 @@ from collections.abc import Sequence
 
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, SegformerImageProcessor, UperNetConfig, UperNetForSemanticSegmentation
+from transformers import AutoConfig, SegformerImageProcessor, UperNetForSemanticSegmentation
 
 from caev2_hf_cli.errors import UserError
 
-from ...configuration_caev2 import CAEV2_PRESETS, CAEv2Config
-from ...modeling_caev2_backbone import CAEv2Backbone
+from ...configuration_caev2 import CAEV2_PRESETS, CAEv2Config, CAEv2UperNetConfig
+from ...modeling_caev2_backbone import CAEv2Backbone, CAEv2UperNetForSemanticSegmentation
 
 
 NEW_BACKBONE_KEYS = ("fpn", "relative_position_bias_table")  # what an encoder checkpoint cannot hold
@@ -68,8 +68,9 @@ def load_segmentation_model(
     position_table: str = "interpolate",
     ignore_index: int = 255,
     random_encoder_config: CAEv2Config | None = None,
-) -> tuple[UperNetForSemanticSegmentation, str]:
-    """UperNet on a CAE v2 backbone, and a line for the log saying where its weights come from.
+) -> tuple[CAEv2UperNetForSemanticSegmentation, str]:
+    """UperNet on a CAE v2 backbone, and a line for the log saying where its weights come from. The model is
+    `CAEv2UperNetForSemanticSegmentation`, whose saved folder loads with `trust_remote_code=True` without the package.
 
     `model_name_or_path` is a CAE v2 checkpoint of any head (its encoder fills the backbone: see
     `describe_encoder_loading`) or a saved UperNet folder (reloaded whole, e.g. to evaluate it). Without one,
@@ -79,12 +80,17 @@ def load_segmentation_model(
     if model_name_or_path is not None:
         source_config = AutoConfig.from_pretrained(model_name_or_path)
         if source_config.model_type == "upernet":
+            if source_config.backbone_config.model_type != CAEv2Config.model_type:
+                raise UserError(
+                    f"The UperNet at {model_name_or_path} has a {source_config.backbone_config.model_type!r} "
+                    "backbone, not CAE v2: give a CAE v2 checkpoint or a UperNet folder this script saved."
+                )
             if source_config.num_labels != num_labels:
                 raise UserError(
                     f"The UperNet at {model_name_or_path} has {source_config.num_labels} classes but the data has "
                     f"{num_labels}: start from its encoder folder instead, or fix num_labels."
                 )
-            model = UperNetForSemanticSegmentation.from_pretrained(model_name_or_path)
+            model = CAEv2UperNetForSemanticSegmentation.from_pretrained(model_name_or_path)
             return model, f"Whole UperNet model (backbone, neck and heads) reloaded from {model_name_or_path}."
         if source_config.model_type != CAEv2Config.model_type:
             raise UserError(
@@ -111,7 +117,7 @@ def load_segmentation_model(
             f"crop_size={crop_size} is not a multiple of the patch size {backbone_config.patch_size}: use e.g. "
             f"{crop_size // backbone_config.patch_size * backbone_config.patch_size}."
         )
-    upernet_config = UperNetConfig(
+    upernet_config = CAEv2UperNetConfig(
         backbone_config=backbone_config,
         hidden_size=decoder_channels or backbone_config.hidden_size,
         use_auxiliary_head=True,
@@ -122,7 +128,7 @@ def load_segmentation_model(
         id2label=id2label,
         label2id=label2id,
     )
-    model = UperNetForSemanticSegmentation(upernet_config)
+    model = CAEv2UperNetForSemanticSegmentation(upernet_config)
     if model_name_or_path is None:
         return model, (
             "Encoder: RANDOMLY INITIALISED (no pretrained encoder given or found); the mIoU measures the pipeline, "
