@@ -248,7 +248,8 @@ def run_demo(name: str, demo: Demo, args: argparse.Namespace, environment: dict)
     if completed.returncode != 0:
         result["output_tail"] = output[-3000:]
     print(
-        f"{name:18s} exit {completed.returncode}  wall {result['wall_seconds']:7.1f} s  CPU {result['cpu_seconds']:7.1f} s"
+        f"{name:18s} exit {completed.returncode}  wall {result['wall_seconds']:7.1f} s  "
+        f"CPU {result['cpu_seconds']:7.1f} s"
         f"  load {result['load_average_before'][0]:.2f} -> {result['load_average_after'][0]:.2f}  "
         f"{json.dumps(result['figures'])}",
         flush=True,

@@ -68,7 +68,7 @@ REQUIRED_FILES = (
     "modeling_caev2.py",
     "README.md",
 )
-CONVERSION_RECORD = "conversion.json"  # written by the converter: these are the authors' weights (see model_card.py)
+CONVERSION_RECORD = "conversion.json"  # the converter's record of the checkpoint a folder came from
 # What a model repository needs: config, weights (one file or shards), image processor, the model's code, the card,
 # the converter's record, and pictures anywhere. Anything else in a folder to upload is refused unless --include
 # names it: a stray .env, a checkpoint's optimizer state or a forgotten 300 MB file is never sent by accident.
@@ -120,8 +120,8 @@ def format_size(num_bytes: int) -> str:
 
 
 def describe_files(folder: Path, paths: list[str]) -> str:
-    """`.env (19 bytes), checkpoints/ (3 files, 1.2 GB), ...`: files and top folders with their sizes, the first few
-    and how many more."""
+    """`.env (19 bytes), checkpoints/ (3 file(s), 1.2 GB), ...`: files and top folders with their sizes, the first
+    few and how many more."""
     entries: dict[str, list[int]] = {}
     for path in paths:
         name = path.split("/")[0] + "/" if "/" in path else path
@@ -151,7 +151,8 @@ def select_upload_files(
     if refused:
         raise UserError(
             f"{flag} {folder} holds files a model repository does not need: "
-            f"{describe_files(folder, refused)}. Move them out, or name them with --include to upload them too."
+            f"{describe_files(folder, refused)}. Move them out, or name them with --include to upload them too "
+            f"(e.g. --include {refused[0].split('/')[0]})."
         )
     return files
 
@@ -212,7 +213,7 @@ def parse_convert_arguments(argv: list[str] | None = None) -> argparse.Namespace
     parser.add_argument("--to_official", action="store_true", help="Convert our folder back to the official layout.")
     parser.add_argument(
         "--released_by_authors", action="store_true",
-        help="The file is a checkpoint the authors released (e.g. caev2_base.pth): the card quotes the paper's numbers.",
+        help="The file is one the authors released (e.g. caev2_base.pth): the card quotes the paper's numbers.",
     )  # fmt: skip
     parser.add_argument("--push_to_hub", action="store_true", help="Upload the folder (token from HF_TOKEN).")
     parser.add_argument("--hub_model_id", help="Hub repository id, e.g. org/caev2-vit-base (used by the card too).")

@@ -93,8 +93,8 @@ def check_creatable(repo_id: str, user: dict, flag: str) -> None:
     if namespace not in (user["name"], *organisations):
         owners = ", ".join([user["name"], *organisations])
         raise UserError(
-            f"{flag} {repo_id}: {user['name']} cannot create a repository under {namespace!r} (it may under: {owners}). "
-            "Use one of those, or a token of a member of that organisation."
+            f"{flag} {repo_id}: {user['name']} cannot create a repository under {namespace!r} (it may under: "
+            f"{owners}). Use one of those, or a token of a member of that organisation."
         )
 
 

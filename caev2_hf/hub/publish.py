@@ -124,8 +124,8 @@ def prepare_from_weights(
     paragraph, evaluations, base model); a folder without a card gets one that names no pretraining data rather than
     a guessed one. The paper's numbers go into the model-index only for the authors' weights, which the converter's
     record in `weights` identifies (`--released_by_authors`; the record is copied along); any other weights, of
-    whatever shape, get none, and paper numbers an older card held are dropped. Without `model_id` the usage snippets load `output_dir`, where the
-    prepared folder is.
+    whatever shape, get none, and paper numbers an older card held are dropped. Without `model_id` the usage snippets
+    load `output_dir`, where the prepared folder is.
     """
     model = load_caev2_model(weights)
     conversion = read_conversion_record(weights)
