@@ -32,6 +32,7 @@ import signal
 import sys
 import time
 
+from caev2_hf_cli.checks import check_model_path
 from caev2_hf_cli.errors import StoppedBySignal, UserError
 from caev2_hf_cli.parsing import parse_arguments, run_command
 from caev2_hf_cli.pretraining import (
@@ -144,6 +145,14 @@ def build_config(model_args: PretrainingModelArguments) -> CAEv2Config | None:
     except ValueError as error:  # the user's overrides, not a bug
         raise UserError(f"--config_overrides: {error}") from error
     return config
+
+
+def check_teacher_can_load(config: CAEv2Config | None, training_args: PretrainingArguments) -> None:
+    """A fresh run downloads its CLIP teacher after the model is built: a teacher that cannot be fetched (offline and
+    not cached, no network) is refused before that, in one line. A resumed run brings its teacher's weights."""
+    if config is None or config.use_random_teacher or training_args.resume_from_checkpoint:
+        return
+    check_model_path(config.teacher_name_or_path, "the teacher (teacher_name_or_path)")
 
 
 def build_model(
@@ -489,6 +498,7 @@ def main(
     if training_args.torch_num_threads is not None:
         torch.set_num_threads(training_args.torch_num_threads)
     config = build_config(model_args)  # before anything is built or written: a bad override costs a second
+    check_teacher_can_load(config, training_args)
     accelerator = build_logged_accelerator(training_args)
     lock = None
     try:

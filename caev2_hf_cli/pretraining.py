@@ -350,7 +350,8 @@ def check_pretraining_folder(path: str) -> None:
     if not os.path.isdir(path):
         if os.path.exists(path) or path.startswith((".", "/")):
             raise UserError(f"--model_name_or_path {path}: no such folder; {fix}.")
-        return  # a Hub id
+        hub_access.check_hub_model(path, "--model_name_or_path")  # a Hub id: in the cache, or found on the Hub
+        return
     config_file = os.path.join(path, "config.json")
     if not os.path.isfile(config_file):
         resume = (

@@ -158,3 +158,23 @@ def test_a_name_under_an_existing_folder_is_a_local_path(tmp_path, monkeypatch):
         "--model demo_output/fianl: no such folder (demo_output holds checkpoints, final). Give a saved model folder "
         "(with config.json) or a Hub id."
     )
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        ([], "error: the teacher (teacher_name_or_path) openai/clip-vit-base-patch16: no such folder, and HF_HUB_OFFLINE "
+             "is set while the Hub model 'openai/clip-vit-base-patch16' is not in the local cache."),
+        (["--model_name_or_path", "org/caev2-pretraining"],
+         "error: --model_name_or_path org/caev2-pretraining: no such folder, and HF_HUB_OFFLINE is set"),
+    ],
+)  # fmt: skip
+def test_pretraining_refuses_a_teacher_or_start_it_cannot_fetch(situations, tmp_path, arguments, expected):
+    """A fresh run with the real CLIP teacher downloads it once the model is built: offline and not cached, it is
+    refused first, as is a --model_name_or_path Hub id."""
+    config = str(REPO_ROOT / "configs" / "vit-tiny.yaml")
+    command = [str(REPO_ROOT / "run_pretrain.py"), config, "--demo_dir", str(tmp_path / "images"), "--num_demo_images",
+               "8", "--per_device_train_batch_size", "2", "--dataloader_num_workers", "0", "--max_steps", "1",
+               "--output_dir", str(tmp_path / "run"), *arguments]  # fmt: skip
+    assert run(command, situations["offline"], tmp_path).startswith(expected)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "images").exists()
