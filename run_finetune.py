@@ -15,8 +15,8 @@ lightens them (benchmarks/bench_finetune_small_images.py measures both).
 
 An output_dir that holds another run (results.json, a model, checkpoint-N folders) is refused unless the run is
 resumed (--resume_from_checkpoint latest: the folder's newest complete checkpoint-N) or started afresh with
---overwrite_output_dir true, which deletes that run first. Ctrl-C names the checkpoint the same command with
---resume_from_checkpoint latest continues from.
+--overwrite_output_dir true, which deletes that run first; one a live run holds (its lock, output_dir/.run.lock) is
+refused always. Ctrl-C names the checkpoint the same command with --resume_from_checkpoint latest continues from.
 
 The arguments, this script's and every option of transformers' `TrainingArguments`, are parsed once and handed to
 `main`; `--help` lists this script's own options without importing torch. A data source on the command line
@@ -70,8 +70,7 @@ from caev2_hf.evaluation.classification.finetune import (
 )
 from caev2_hf.evaluation.classification.frozen_encoder import read_preprocessing
 from caev2_hf.evaluation.classification.labelled_data import open_labelled_datasets
-from caev2_hf.evaluation.trainer_steps import resolve_max_steps, start_in_output_dir
-from caev2_hf_cli.outputs import resume_hint_on_interrupt
+from caev2_hf.evaluation.trainer_steps import hold_output_dir, resolve_max_steps
 
 
 def main(
@@ -81,26 +80,26 @@ def main(
     output_folder: OutputFolderArguments,
     training_args: TrainingArguments,
 ) -> dict:
-    """Fine-tunes on arguments from `parse_and_check_arguments`; returns what results.json holds."""
-    start_in_output_dir(training_args, output_folder.overwrite_output_dir)
-    set_seed(training_args.seed)
-    train_source, validation_source = data_args.data_sources()
-    train_dataset, validation_dataset, num_examples, class_names = open_labelled_datasets(
-        train_source, validation_source
-    )
-    model = load_finetune_model(model_args, class_names)
-    preprocessing = read_preprocessing(model, model_args.model)
-    if training_args.process_index == 0:
-        warn_if_images_are_small(train_dataset, preprocessing.image_size, augmentation_args)
-    train_transform, eval_transform = build_finetune_transforms(preprocessing, augmentation_args)
-    training_args.max_steps = resolve_max_steps(training_args, num_examples)  # a stream has no length
-    train_stream, eval_stream = build_training_streams(
-        train_dataset, validation_dataset, train_transform, eval_transform, training_args.seed
-    )
-    trainer = build_finetune_trainer(
-        model, training_args, train_stream, eval_stream, model_args.layer_decay, augmentation_args
-    )
-    with resume_hint_on_interrupt(training_args.output_dir, trainer.is_world_process_zero()):
+    """Fine-tunes on arguments from `parse_and_check_arguments`, holding the output folder throughout; returns what
+    results.json holds."""
+    with hold_output_dir(training_args, output_folder.overwrite_output_dir):
+        set_seed(training_args.seed)
+        train_source, validation_source = data_args.data_sources()
+        train_dataset, validation_dataset, num_examples, class_names = open_labelled_datasets(
+            train_source, validation_source
+        )
+        model = load_finetune_model(model_args, class_names)
+        preprocessing = read_preprocessing(model, model_args.model)
+        if training_args.process_index == 0:
+            warn_if_images_are_small(train_dataset, preprocessing.image_size, augmentation_args)
+        train_transform, eval_transform = build_finetune_transforms(preprocessing, augmentation_args)
+        training_args.max_steps = resolve_max_steps(training_args, num_examples)  # a stream has no length
+        train_stream, eval_stream = build_training_streams(
+            train_dataset, validation_dataset, train_transform, eval_transform, training_args.seed
+        )
+        trainer = build_finetune_trainer(
+            model, training_args, train_stream, eval_stream, model_args.layer_decay, augmentation_args
+        )
         result = train_and_evaluate(trainer, len(class_names), num_examples)
     if trainer.is_world_process_zero():
         print(format_finetune_summary(result, model_args.model, training_args.output_dir))

@@ -15,8 +15,8 @@ Writes the detector with its image processor (a folder `pipeline("object-detecti
 
 An output_dir that holds another run (results.json, a model, checkpoint-N folders) is refused unless the run is
 resumed (--resume_from_checkpoint latest: the folder's newest complete checkpoint-N) or started afresh with
---overwrite_output_dir true, which deletes that run first. Ctrl-C names the checkpoint the same command with
---resume_from_checkpoint latest continues from.
+--overwrite_output_dir true, which deletes that run first; one a live run holds (its lock, output_dir/.run.lock) is
+refused always. Ctrl-C names the checkpoint the same command with --resume_from_checkpoint latest continues from.
 
 The arguments, this script's and every option of transformers' `TrainingArguments`, are parsed once and handed to
 `main`; `--help` lists this script's own options without importing torch (`caev2_hf_cli/detection.py`).
@@ -25,7 +25,7 @@ The arguments, this script's and every option of transformers' `TrainingArgument
 import json
 import os
 
-from caev2_hf_cli.detection import DetectionDataArguments, DetectionModelArguments
+from caev2_hf_cli.detection import DetectionDataArguments, DetectionModelArguments, check_demo_encoder
 from caev2_hf_cli.errors import UserError
 from caev2_hf_cli.outputs import OutputFolderArguments
 from caev2_hf_cli.parsing import run_command
@@ -49,11 +49,7 @@ def parse_and_check_arguments(argv: list[str] | None = None) -> tuple:
     (model_args, data_args), output_folder, values = read_trainer_arguments(
         argv, SCRIPT_ARGUMENT_CLASSES, __doc__, TRAINING_ARGUMENTS_HELP
     )
-    if data_args.demo_data and not os.path.isdir(model_args.model) and model_args.model.startswith("demo_output"):
-        raise UserError(
-            f"--model {model_args.model}: no such folder. The demo starts from the demo encoder: run "
-            "python run_pretrain.py --config configs/demo.yaml first (16 s), or give another CAE v2 encoder."
-        )  # before model_args.check(), whose message would not name the demo
+    check_demo_encoder(model_args.model, data_args.demo_data)  # first: model_args.check() would not name the demo
     model_args.check()
     data_args.check()
     return model_args, data_args, output_folder, build_training_arguments(values, output_folder)
@@ -65,13 +61,7 @@ if __name__ == "__main__":  # parsed and checked before the heavy imports below
 import torch
 from transformers import AutoImageProcessor, LwDetrForObjectDetection, TrainingArguments, set_seed
 
-from caev2_hf.evaluation.detection.coco import (
-    CocoFormatError,
-    CocoSplit,
-    load_hub_detection,
-    open_coco_folder,
-)
-from caev2_hf.evaluation.detection.demo import write_demo_coco
+from caev2_hf.evaluation.detection.coco import CocoSplit, open_detection_splits
 from caev2_hf.evaluation.detection.lwdetr import (
     build_lwdetr_from_caev2,
     build_lwdetr_image_processor,
@@ -86,37 +76,7 @@ from caev2_hf.evaluation.detection.training import (
     build_lwdetr_parameter_groups,
     build_train_transform,
 )
-from caev2_hf.evaluation.trainer_steps import resolve_max_steps, start_in_output_dir
-from caev2_hf_cli.outputs import resume_hint_on_interrupt
-
-
-def open_splits(data_args: DetectionDataArguments, seed: int) -> tuple[CocoSplit, CocoSplit]:
-    """(training, held-out) splits from COCO folders, a Hub dataset or the offline demo; bad data as `UserError`."""
-    try:
-        if data_args.demo_data:
-            written = write_demo_coco(
-                data_args.demo_dir, data_args.demo_num_train_images, data_args.demo_num_validation_images,
-                data_args.demo_image_size, seed,
-            )  # fmt: skip
-            return open_coco_folder(*written["train"]), open_coco_folder(*written["validation"])
-        if data_args.dataset_name is not None:
-            return tuple(
-                load_hub_detection(
-                    data_args.dataset_name,
-                    data_args.dataset_config_name,
-                    split,
-                    data_args.dataset_revision,
-                    data_args.image_column,
-                    data_args.objects_column,
-                )  # fmt: skip
-                for split in (data_args.train_split, data_args.validation_split)
-            )
-        return (
-            open_coco_folder(data_args.train_image_dir, data_args.train_annotation_file),
-            open_coco_folder(data_args.validation_image_dir, data_args.validation_annotation_file),
-        )
-    except CocoFormatError as error:
-        raise UserError(str(error)) from None
+from caev2_hf.evaluation.trainer_steps import hold_output_dir, resolve_max_steps
 
 
 def build_model(model_args: DetectionModelArguments, train: CocoSplit, validation: CocoSplit):
@@ -160,54 +120,56 @@ def main(
     output_folder: OutputFolderArguments,
     training_args: TrainingArguments,
 ) -> dict:
-    """Trains and evaluates on arguments from `parse_and_check_arguments`; returns what results.json holds."""
+    """Trains and evaluates on arguments from `parse_and_check_arguments`, holding the output folder throughout;
+    returns what results.json holds."""
     if model_args.torch_num_threads is not None:
         torch.set_num_threads(model_args.torch_num_threads)
-    start_in_output_dir(training_args, output_folder.overwrite_output_dir)
-    set_seed(training_args.seed)
-    train, validation = open_splits(data_args, training_args.seed)
-    model, processor, encoder = build_model(model_args, train, validation)
-    vit = model.config.backbone_config
-    train_dataset = DetectionDataset(
-        train, build_train_transform(model_args.image_size, vit.patch_size * vit.num_windows_side), training_args.seed
-    )
-    eval_dataset = DetectionDataset(validation)
-    training_args.max_steps = resolve_max_steps(training_args, len(train_dataset))
-    training_args.batch_eval_metrics = True  # detections gathered batch by batch, scored once
-    groups = build_lwdetr_parameter_groups(
-        model, training_args.learning_rate, model_args.encoder_learning_rate, training_args.weight_decay,
-        model_args.layer_decay, model_args.component_decay,
-    )  # fmt: skip
-    optimizer = torch.optim.AdamW(
-        groups, betas=(training_args.adam_beta1, training_args.adam_beta2), eps=training_args.adam_epsilon
-    )
-    trainer = LwDetrTrainer(
-        model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-        data_collator=DetectionCollator(processor), processing_class=processor, optimizers=(optimizer, None),
-        compute_metrics=DetrCocoMetrics(processor, validation, model_args.top_k), ema_decay=model_args.ema_decay,
-    )  # fmt: skip
-    with resume_hint_on_interrupt(training_args.output_dir, trainer.is_world_process_zero()):
+    with hold_output_dir(training_args, output_folder.overwrite_output_dir):
+        set_seed(training_args.seed)
+        train, validation = open_detection_splits(data_args, training_args.seed)
+        model, processor, encoder = build_model(model_args, train, validation)
+        vit = model.config.backbone_config
+        train_dataset = DetectionDataset(
+            train,
+            build_train_transform(model_args.image_size, vit.patch_size * vit.num_windows_side),
+            training_args.seed,
+        )
+        eval_dataset = DetectionDataset(validation)
+        training_args.max_steps = resolve_max_steps(training_args, len(train_dataset))
+        training_args.batch_eval_metrics = True  # detections gathered batch by batch, scored once
+        groups = build_lwdetr_parameter_groups(
+            model, training_args.learning_rate, model_args.encoder_learning_rate, training_args.weight_decay,
+            model_args.layer_decay, model_args.component_decay,
+        )  # fmt: skip
+        optimizer = torch.optim.AdamW(
+            groups, betas=(training_args.adam_beta1, training_args.adam_beta2), eps=training_args.adam_epsilon
+        )
+        trainer = LwDetrTrainer(
+            model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+            data_collator=DetectionCollator(processor), processing_class=processor, optimizers=(optimizer, None),
+            compute_metrics=DetrCocoMetrics(processor, validation, model_args.top_k), ema_decay=model_args.ema_decay,
+        )  # fmt: skip
         trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    metrics = trainer.evaluate()  # with the weight average when there is one
-    with trainer.ema_weights():
-        trainer.save_model()  # the averaged weights, as the authors report and release them
-    trainer.save_state()
-    results = {name.removeprefix("eval_"): value for name, value in metrics.items() if name.startswith("eval_map")}
-    results |= {
-        "lwdetr_size": model_args.lwdetr_size, "encoder": encoder, "data": data_args.source_name,
-        "num_train_images": len(train_dataset), "num_eval_images": len(eval_dataset),
-        "num_missing_images": train.num_missing_images + validation.num_missing_images,
-        "max_steps": training_args.max_steps, "ema_decay": model_args.ema_decay,
-    }  # fmt: skip
-    if data_args.random_baseline:
-        baseline = evaluate_coco(validation.ground_truth, random_detections(validation.ground_truth, seed=0))
-        results["random_baseline_map"], results["random_baseline_map_50"] = baseline["map"], baseline["map_50"]
-    if trainer.is_world_process_zero():
-        write_results(training_args.output_dir, results)
-        name = data_args.eval_result_name or data_args.source_name
-        write_detection_card(training_args.output_dir, model_args.lwdetr_size, encoder, name, results)
-    print(summary_line(results, training_args.output_dir), flush=True)
-    return results
+        metrics = trainer.evaluate()  # with the weight average when there is one
+        with trainer.ema_weights():
+            trainer.save_model()  # the averaged weights, as the authors report and release them
+        trainer.save_state()
+        results = {name.removeprefix("eval_"): value for name, value in metrics.items() if name.startswith("eval_map")}
+        results |= {
+            "lwdetr_size": model_args.lwdetr_size, "encoder": encoder, "data": data_args.source_name,
+            "num_train_images": len(train_dataset), "num_eval_images": len(eval_dataset),
+            "num_missing_images": train.num_missing_images + validation.num_missing_images,
+            "max_steps": training_args.max_steps, "ema_decay": model_args.ema_decay,
+        }  # fmt: skip
+        if data_args.random_baseline:
+            baseline = evaluate_coco(validation.ground_truth, random_detections(validation.ground_truth, seed=0))
+            results["random_baseline_map"], results["random_baseline_map_50"] = baseline["map"], baseline["map_50"]
+        if trainer.is_world_process_zero():
+            write_results(training_args.output_dir, results)
+            name = data_args.eval_result_name or data_args.source_name
+            write_detection_card(training_args.output_dir, model_args.lwdetr_size, encoder, name, results)
+        print(summary_line(results, training_args.output_dir), flush=True)
+        return results
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ goes into the folder's model card.
 
 An output_dir that holds another run (results.json, a model, checkpoint-N folders) is refused unless the run is
 resumed (--resume_from_checkpoint latest: the folder's newest complete checkpoint-N) or started afresh with
---overwrite_output_dir true, which deletes that run first. Ctrl-C names the checkpoint the same command with
---resume_from_checkpoint latest continues from.
+--overwrite_output_dir true, which deletes that run first; one a live run holds (its lock, output_dir/.run.lock) is
+refused always. Ctrl-C names the checkpoint the same command with --resume_from_checkpoint latest continues from.
 
 The arguments, this script's and every option of transformers' `TrainingArguments`, are parsed once and handed to
 `main`; `--help` lists this script's own options without importing torch. A data source on the command line
@@ -74,10 +74,9 @@ from caev2_hf.evaluation.segmentation.model import (
     load_segmentation_model,
 )
 from caev2_hf.evaluation.segmentation.trainer import SegmentationTrainer, build_poly_schedule
-from caev2_hf.evaluation.trainer_steps import resolve_max_steps, start_in_output_dir
+from caev2_hf.evaluation.trainer_steps import hold_output_dir, resolve_max_steps
 from caev2_hf.hub.model_card import add_eval_results, build_eval_results
 from caev2_hf.optim import build_layer_decay_optimizer
-from caev2_hf_cli.outputs import resume_hint_on_interrupt
 
 
 def main(
@@ -86,94 +85,96 @@ def main(
     output_folder: OutputFolderArguments,
     training_args: TrainingArguments,
 ) -> dict:
-    """Trains and evaluates on arguments from `parse_and_check_arguments`; returns what results.json holds."""
+    """Trains and evaluates on arguments from `parse_and_check_arguments`, holding the output folder throughout;
+    returns what results.json holds."""
     if model_args.torch_num_threads is not None:
         torch.set_num_threads(model_args.torch_num_threads)
-    start_in_output_dir(training_args, output_folder.overwrite_output_dir)
-    set_seed(training_args.seed)
-    model_source = model_args.resolve_model()
-    random_config = None
-    if model_source is None:
-        random_config = build_random_encoder_config(model_args.model_preset, model_args.config_overrides)
-    model, encoder_source = load_segmentation_model(
-        model_source, data_args.num_labels, data_args.id2label, data_args.crop_size, model_args.drop_path_rate,
-        model_args.out_indices, model_args.decoder_channels, model_args.auxiliary_channels,
-        model_args.auxiliary_loss_weight, model_args.relative_position_bias, model_args.position_table,
-        data_args.ignore_index, random_config,
-    )  # fmt: skip
-    if model_args.model is not None and model_source is None:
-        encoder_source = f"{model_args.model} not found. {encoder_source}"
-    print(encoder_source, flush=True)
-    add_classifier_dropout(model, model_args.classifier_dropout)
-    if training_args.world_size > 1:  # the authors' SyncBN in the neck and heads
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    with hold_output_dir(training_args, output_folder.overwrite_output_dir):
+        set_seed(training_args.seed)
+        model_source = model_args.resolve_model()
+        random_config = None
+        if model_source is None:
+            random_config = build_random_encoder_config(model_args.model_preset, model_args.config_overrides)
+        model, encoder_source = load_segmentation_model(
+            model_source, data_args.num_labels, data_args.id2label, data_args.crop_size, model_args.drop_path_rate,
+            model_args.out_indices, model_args.decoder_channels, model_args.auxiliary_channels,
+            model_args.auxiliary_loss_weight, model_args.relative_position_bias, model_args.position_table,
+            data_args.ignore_index, random_config,
+        )  # fmt: skip
+        if model_args.model is not None and model_source is None:
+            encoder_source = f"{model_args.model} not found. {encoder_source}"
+        print(encoder_source, flush=True)
+        add_classifier_dropout(model, model_args.classifier_dropout)
+        if training_args.world_size > 1:  # the authors' SyncBN in the neck and heads
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
-    train_rows, eval_rows = open_segmentation_splits(data_args, training_args.seed)
-    backbone_config = model.config.backbone_config
-    train_dataset = SegmentationDataset(
-        train_rows,
-        SegmentationTrainTransform(
-            data_args.crop_size, data_args.resize_scale, data_args.ratio_range, backbone_config.image_mean,
-            backbone_config.image_std, data_args.cat_max_ratio, True, data_args.photometric_distortion,
-            data_args.reduce_labels, data_args.ignore_index,
-        ),
-    )  # fmt: skip
-    eval_dataset = SegmentationDataset(
-        eval_rows,
-        SegmentationEvalTransform(
-            data_args.resize_scale, backbone_config.image_mean, backbone_config.image_std, data_args.reduce_labels,
-            data_args.ignore_index,
-        ),
-    )  # fmt: skip
-    training_args.max_steps = resolve_max_steps(training_args, len(train_dataset))
-    training_args.batch_eval_metrics = True  # confusion matrices summed batch by batch
-    # The authors' groups (docs/segmentation.md): unlike fine-tuning's, [CLS] and the bias tables decay too.
-    optimizer = build_layer_decay_optimizer(
-        model, training_args.learning_rate, training_args.weight_decay, model_args.layer_decay,
-        backbone_config.num_hidden_layers, betas=(training_args.adam_beta1, training_args.adam_beta2),
-        eps=training_args.adam_epsilon,
-    )  # fmt: skip
-    scheduler = build_poly_schedule(
-        optimizer, training_args.get_warmup_steps(training_args.max_steps), training_args.max_steps
-    )
-    metrics = MeanIoUAccumulator(data_args.num_labels, data_args.ignore_index)
-    trainer = SegmentationTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        data_collator=collate_segmentation_batch,
-        processing_class=build_segmentation_image_processor(model, data_args.crop_size, data_args.reduce_labels),
-        optimizers=(optimizer, scheduler),
-        compute_metrics=metrics,
-        num_labels=data_args.num_labels,
-        crop_size=data_args.crop_size,
-        eval_stride=data_args.eval_stride,
-        eval_mode=data_args.eval_mode,
-        loss_normalization=model_args.loss_normalization,
-        ignore_index=data_args.ignore_index,
-    )
-    with resume_hint_on_interrupt(training_args.output_dir, trainer.is_world_process_zero()):
+        train_rows, eval_rows = open_segmentation_splits(data_args, training_args.seed)
+        backbone_config = model.config.backbone_config
+        train_dataset = SegmentationDataset(
+            train_rows,
+            SegmentationTrainTransform(
+                data_args.crop_size, data_args.resize_scale, data_args.ratio_range, backbone_config.image_mean,
+                backbone_config.image_std, data_args.cat_max_ratio, True, data_args.photometric_distortion,
+                data_args.reduce_labels, data_args.ignore_index,
+            ),
+        )  # fmt: skip
+        eval_dataset = SegmentationDataset(
+            eval_rows,
+            SegmentationEvalTransform(
+                data_args.resize_scale, backbone_config.image_mean, backbone_config.image_std, data_args.reduce_labels,
+                data_args.ignore_index,
+            ),
+        )  # fmt: skip
+        training_args.max_steps = resolve_max_steps(training_args, len(train_dataset))
+        training_args.batch_eval_metrics = True  # confusion matrices summed batch by batch
+        # The authors' groups (docs/segmentation.md): unlike fine-tuning's, [CLS] and the bias tables decay too.
+        optimizer = build_layer_decay_optimizer(
+            model, training_args.learning_rate, training_args.weight_decay, model_args.layer_decay,
+            backbone_config.num_hidden_layers, betas=(training_args.adam_beta1, training_args.adam_beta2),
+            eps=training_args.adam_epsilon,
+        )  # fmt: skip
+        scheduler = build_poly_schedule(
+            optimizer, training_args.get_warmup_steps(training_args.max_steps), training_args.max_steps
+        )
+        metrics = MeanIoUAccumulator(data_args.num_labels, data_args.ignore_index)
+        trainer = SegmentationTrainer(
+            model=model,
+            args=training_args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            data_collator=collate_segmentation_batch,
+            processing_class=build_segmentation_image_processor(model, data_args.crop_size, data_args.reduce_labels),
+            optimizers=(optimizer, scheduler),
+            compute_metrics=metrics,
+            num_labels=data_args.num_labels,
+            crop_size=data_args.crop_size,
+            eval_stride=data_args.eval_stride,
+            eval_mode=data_args.eval_mode,
+            loss_normalization=model_args.loss_normalization,
+            ignore_index=data_args.ignore_index,
+        )
         trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.evaluate()
-    trainer.save_model()
-    trainer.save_state()
-    results = summarize_results(
-        metrics.last_result, data_args, training_args, encoder_source, len(train_dataset), len(eval_dataset)
-    )
-    if trainer.is_world_process_zero():
-        with open(os.path.join(training_args.output_dir, "results.json"), "w") as file:
-            json.dump(results, file, indent=2)
-        if data_args.eval_result_name:
-            entries = build_eval_results({data_args.eval_result_name: round(100 * results["mean_iou"], 2)}, None, None)
-            add_eval_results(training_args.output_dir, entries)
-    print(
-        f"mIoU {100 * results['mean_iou']:.2f} on {results['num_eval_images']} images "
-        f"(pixel accuracy {100 * results['overall_accuracy']:.2f}); model and results.json in "
-        f"{training_args.output_dir}",
-        flush=True,
-    )
-    return results
+        trainer.evaluate()
+        trainer.save_model()
+        trainer.save_state()
+        results = summarize_results(
+            metrics.last_result, data_args, training_args, encoder_source, len(train_dataset), len(eval_dataset)
+        )
+        if trainer.is_world_process_zero():
+            with open(os.path.join(training_args.output_dir, "results.json"), "w") as file:
+                json.dump(results, file, indent=2)
+            if data_args.eval_result_name:
+                entries = build_eval_results(
+                    {data_args.eval_result_name: round(100 * results["mean_iou"], 2)}, None, None
+                )
+                add_eval_results(training_args.output_dir, entries)
+        print(
+            f"mIoU {100 * results['mean_iou']:.2f} on {results['num_eval_images']} images "
+            f"(pixel accuracy {100 * results['overall_accuracy']:.2f}); model and results.json in "
+            f"{training_args.output_dir}",
+            flush=True,
+        )
+        return results
 
 
 def summarize_results(

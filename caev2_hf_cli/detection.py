@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from .checks import check_decay, check_model_path, check_positive, parse_json_mapping
 from .errors import UserError
-from .parsing import ALTERNATIVES, MERGED_MAPPING
+from .parsing import ALTERNATIVES, MERGED_MAPPING, PART_OF
 
 
 LWDETR_SIZE_NAMES = ("tiny", "small", "medium", "large", "xlarge")  # caev2_hf.evaluation.detection.lwdetr's sizes
@@ -18,6 +18,15 @@ SOURCE = "data source"
 def check_lwdetr_size(size: str) -> None:
     if size not in LWDETR_SIZE_NAMES:
         raise UserError(f"--lwdetr_size {size!r}: choose one of {', '.join(LWDETR_SIZE_NAMES)}.")
+
+
+def check_demo_encoder(model: str, demo_data: bool) -> None:
+    """The demos start from the demo pretraining's encoder: when it is missing, say which command makes it."""
+    if demo_data and not os.path.isdir(model) and model.startswith("demo_output"):
+        raise UserError(
+            f"--model {model}: no such folder. The demo starts from the demo encoder: run python run_pretrain.py "
+            "--config configs/demo.yaml first (16 s), or give another CAE v2 encoder."
+        )
 
 
 @dataclass
@@ -88,15 +97,21 @@ class DetectionDataArguments:
         default=None, metadata={"help": "COCO-format data: the training images.", ALTERNATIVES: SOURCE}
     )
     train_annotation_file: str | None = field(
-        default=None, metadata={"help": "Their instances JSON (boxes, categories; masks optional)."}
+        default=None, metadata={"help": "Their instances JSON (boxes, categories; masks optional).", PART_OF: SOURCE}
     )
-    validation_image_dir: str | None = field(default=None, metadata={"help": "The held-out images."})
-    validation_annotation_file: str | None = field(default=None, metadata={"help": "Their instances JSON."})
+    validation_image_dir: str | None = field(default=None, metadata={"help": "The held-out images.", PART_OF: SOURCE})
+    validation_annotation_file: str | None = field(
+        default=None, metadata={"help": "Their instances JSON.", PART_OF: SOURCE}
+    )
     dataset_name: str | None = field(
         default=None, metadata={"help": "Hub dataset with objects in the cppe-5 layout.", ALTERNATIVES: SOURCE}
     )
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of the Hub dataset."})
-    dataset_revision: str | None = field(default=None, metadata={"help": "Revision of the Hub dataset."})
+    dataset_config_name: str | None = field(
+        default=None, metadata={"help": "Configuration of the Hub dataset.", PART_OF: SOURCE}
+    )
+    dataset_revision: str | None = field(
+        default=None, metadata={"help": "Revision of the Hub dataset.", PART_OF: SOURCE}
+    )
     train_split: str = field(default="train", metadata={"help": "Training split of the Hub dataset."})
     validation_split: str = field(default="test", metadata={"help": "Held-out split of the Hub dataset."})
     image_column: str = field(default="image", metadata={"help": "Image column of the Hub dataset."})
@@ -109,7 +124,8 @@ class DetectionDataArguments:
     demo_num_validation_images: int = field(default=32, metadata={"help": "Demo held-out images."})
     demo_image_size: int = field(default=128, metadata={"help": "Side of the demo images."})
     random_baseline: bool = field(
-        default=False, metadata={"help": "Also score boxes drawn at random: a baseline that cannot have learned."}
+        default=False,
+        metadata={"help": "Also score boxes (and masks: the boxes) drawn at random, a baseline that cannot learn."},
     )
     eval_result_name: str | None = field(
         default=None, metadata={"help": "Dataset name for the mAP in the output's model card (default: the source)."}

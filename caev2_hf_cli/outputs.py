@@ -1,8 +1,8 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
 """One output folder, one run: what counts as a run's outputs, the refusal to write over another run, the checkpoint
 `--resume_from_checkpoint latest` means, and the hint an interrupted run leaves. Shared by the Trainer scripts
-(`run_finetune.py`, `run_semantic_segmentation.py`, `run_object_detection.py`) and the linear probe; `run_pretrain.py`
-keeps its own layout (`checkpoints/`, `final/`)."""
+(`run_finetune.py`, `run_semantic_segmentation.py`, `run_object_detection.py`, `run_instance_segmentation.py`) and
+the linear probe; `run_pretrain.py` keeps its own layout (`checkpoints/`, `final/`)."""
 
 import contextlib
 import fnmatch

@@ -1,8 +1,9 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
 """The transformers `TrainingArguments` of the Trainer scripts (`run_finetune.py`, `run_semantic_segmentation.py`,
-`run_object_detection.py`): read in the same parse as the script's own arguments, their values checked before the
-class is built (it accepts a batch size of 0 or a negative learning rate, and the run then fails with a traceback or
-trains on nonsense), and the output folder checked after."""
+`run_object_detection.py`, `run_instance_segmentation.py`): read in the same parse as the script's own arguments,
+their values checked before the class is built (it accepts a batch size of 0 or a negative learning rate, and the run
+then fails with a traceback or trains on nonsense; it refuses bf16 without a GPU in a line that names no flag), and
+the output folder checked after."""
 
 import dataclasses
 import sys
@@ -36,7 +37,9 @@ def build_training_arguments(values: dict, output_folder: OutputFolderArguments)
     the newest complete checkpoint-N of output_dir). Raises `UserError`."""
     from transformers import TrainingArguments
 
-    check_training_values(effective_values(TrainingArguments, values))
+    effective = effective_values(TrainingArguments, values)
+    check_training_values(effective)
+    check_bf16_support(effective)
     try:
         training_args = build_arguments(TrainingArguments, values)
     except ValueError as error:  # TrainingArguments' own checks (strategies, precision on this machine, ...)
@@ -83,3 +86,21 @@ def check_training_values(values: dict) -> None:
     for name in ("adam_beta1", "adam_beta2", "label_smoothing_factor"):
         if not 0 <= values[name] < 1:
             raise UserError(f"--{name} {values[name]}: must lie in [0, 1).")
+
+
+def check_bf16_support(values: dict) -> None:
+    """Refuses `--bf16 true` (or `--bf16_full_eval`) where nothing computes in bfloat16, as TrainingArguments does
+    (the COCO recipes set it for their GPUs), but naming the flag and the way out."""
+    from transformers.utils import is_torch_bf16_gpu_available, is_torch_cuda_available, is_torch_xla_available
+
+    asked = [name for name in ("bf16", "bf16_full_eval") if values[name]]
+    if not asked or values["use_cpu"] or is_torch_bf16_gpu_available() or is_torch_xla_available():
+        return
+    cuda = is_torch_cuda_available()
+    machine = (
+        "this machine's GPU does not compute in bfloat16 (Ampere or newer does)" if cuda else "this machine has no GPU"
+    )
+    raise UserError(
+        f"--{asked[0]} true: {machine}. Give --{asked[0]} false to run in float32, or --use_cpu true for bfloat16 on "
+        "the CPU."
+    )

@@ -1,7 +1,12 @@
 """Shared fixtures: tiny CAE v2 configs and a tiny random CLIP teacher, so every test runs offline on CPU."""
 
+import json
 import os
+import socket
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +18,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from caev2_hf import CAEv2Config  # noqa: E402
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 # Put first in a script run in a fresh process, to show it works where caev2_hf cannot be imported (remote code).
@@ -118,3 +126,41 @@ def fresh_accelerate_state():
     yield
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+# ---- The detection scripts' data and command line
+
+
+def edited_demo_coco(folder: Path, edit) -> list[str]:
+    """The detection demo's data (8 training and 4 held-out images of 64 px) as COCO folders in `folder`, the
+    training annotations passed through `edit`; returns the command line's four data arguments."""
+    from caev2_hf.evaluation.detection.demo import write_demo_coco
+
+    written = write_demo_coco(str(folder / "coco"), 8, 4, image_size=64, seed=0)
+    content = json.loads(Path(written["train"][1]).read_text())
+    edit(content)
+    Path(written["train"][1]).write_text(json.dumps(content))
+    (image_dir, annotations), (validation_dir, validation_annotations) = written["train"], written["validation"]
+    return ["--train_image_dir", image_dir, "--train_annotation_file", annotations, "--validation_image_dir",
+            validation_dir, "--validation_annotation_file", validation_annotations]  # fmt: skip
+
+
+def without_demo_data(arguments: list[str]) -> list[str]:
+    index = arguments.index("--demo_data")
+    return arguments[:index] + arguments[index + 2 :]
+
+
+def run_script_process(script: str, *arguments: str) -> subprocess.CompletedProcess:
+    """`python SCRIPT ARGUMENTS` in a fresh process, from the repository's root, with this checkout's package."""
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / script), *arguments], capture_output=True, text=True, env=environment,
+        timeout=120, cwd=REPO_ROOT,
+    )  # fmt: skip
+
+
+def find_free_port() -> int:
+    """A local TCP port no one listens on, for a test's torch.distributed rendezvous."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import transformers.utils
 from PIL import Image
 from transformers import TrainingArguments
 
@@ -23,7 +24,7 @@ from caev2_hf_cli.checks import (
 from caev2_hf_cli.classification import ImageDataArguments, ProbeArguments, ProbeModelArguments
 from caev2_hf_cli.errors import UserError
 from caev2_hf_cli.parsing import parse_arguments, run_command
-from caev2_hf_cli.trainer_arguments import check_training_values, effective_values
+from caev2_hf_cli.trainer_arguments import check_bf16_support, check_training_values, effective_values
 
 
 @dataclass
@@ -236,6 +237,30 @@ def test_training_arguments_defaults_and_usual_values_pass():
     assert (
         values["learning_rate"] == 1e-3 and values["per_device_train_batch_size"] == 8 and "not_a_field" not in values
     )
+
+
+@pytest.mark.parametrize(
+    ("given", "cuda", "bf16_gpu", "message"),
+    [
+        ({"bf16": True}, False, False, "--bf16 true: this machine has no GPU. Give --bf16 false to run in float32"),
+        ({"bf16_full_eval": True}, False, False, "--bf16_full_eval true: this machine has no GPU"),
+        ({"bf16": True}, True, False, r"--bf16 true: this machine's GPU does not compute in bfloat16 \(Ampere"),
+        ({"bf16": True}, True, True, None),  # a GPU that computes in bfloat16
+        ({"bf16": True, "use_cpu": True}, False, False, None),  # the CPU's bfloat16 autocast, asked for
+        ({}, False, False, None),
+    ],
+)
+def test_bf16_is_refused_in_one_line_where_nothing_computes_in_it(monkeypatch, given, cuda, bf16_gpu, message):
+    """TrainingArguments' own refusal ("Your setup doesn't support bf16/gpu") names no flag; the check comes first."""
+    monkeypatch.setattr(transformers.utils, "is_torch_cuda_available", lambda: cuda)
+    monkeypatch.setattr(transformers.utils, "is_torch_bf16_gpu_available", lambda: bf16_gpu)
+    monkeypatch.setattr(transformers.utils, "is_torch_xla_available", lambda: False)
+    values = effective_values(TrainingArguments, given)
+    if message is None:
+        check_bf16_support(values)
+    else:
+        with pytest.raises(UserError, match=message):
+            check_bf16_support(values)
 
 
 def test_rates_and_decays_keep_to_their_ranges():

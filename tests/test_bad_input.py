@@ -18,6 +18,7 @@ PROBE = [str(REPO_ROOT / "run_linear_probe.py")]
 FINETUNE = [str(REPO_ROOT / "run_finetune.py")]
 SEGMENTATION = [str(REPO_ROOT / "run_semantic_segmentation.py")]
 DETECTION = [str(REPO_ROOT / "run_object_detection.py")]
+INSTANCE_SEGMENTATION = [str(REPO_ROOT / "run_instance_segmentation.py")]
 
 
 def console_command(function: str) -> list[str]:
@@ -165,6 +166,9 @@ def trainer_script_cases() -> list[tuple[str, list[str], list[str]]]:
     segmentation_out = [*segmentation, "--output_dir", "{root}/segmentation_out"]
     detection = [*DETECTION, "--model", "{root}/encoder", "--demo_data", "true", "--demo_dir", "{root}/demo_detection"]
     detection_out = [*detection, "--output_dir", "{root}/detection_out"]
+    instances = [*INSTANCE_SEGMENTATION, "--model", "{root}/encoder", "--demo_data", "true", "--demo_dir",
+                 "{root}/demo_instances"]  # fmt: skip
+    instances_out = [*instances, "--output_dir", "{root}/instances_out"]
     probe = [*PROBE, "--train_dir", "{root}/good", "--validation_dir", "{root}/good"]
     return [
         # TrainingArguments' values, the same check in each Trainer script
@@ -189,6 +193,9 @@ def trainer_script_cases() -> list[tuple[str, list[str], list[str]]]:
         ("detection-negative-learning-rate", [*detection_out, "--learning_rate", "-1"],
          ["--learning_rate -1", "greater than 0"]),
         ("detection-adam-beta-of-1", [*detection_out, "--adam_beta2", "1"], ["--adam_beta2 1", "[0, 1)"]),
+        ("instance-segmentation-zero-batch", [*instances_out, "--per_device_train_batch_size", "0"],
+         ["--per_device_train_batch_size 0", "greater than 0"]),
+        ("instance-segmentation-zero-max-steps", [*instances_out, "--max_steps", "0"], ["--max_steps 0", "1 or more"]),
         # the scripts' own values
         ("finetune-drop-path-2", [*finetune_out, "--drop_path_rate", "2"], ["--drop_path_rate 2", "[0, 1)"]),
         ("finetune-layer-decay-0", [*finetune_out, "--layer_decay", "0"], ["--layer_decay 0", "(0, 1]"]),
@@ -204,6 +211,8 @@ def trainer_script_cases() -> list[tuple[str, list[str], list[str]]]:
         ("detection-layer-decay-2", [*detection_out, "--layer_decay", "2"], ["--layer_decay 2", "(0, 1]"]),
         ("detection-zero-demo-images", [*detection_out, "--demo_num_validation_images", "0"],
          ["--demo_num_validation_images 0", "greater than 0"]),
+        ("instance-segmentation-min-size-above-max", [*instances_out, "--min_size", "900", "--max_size", "800"],
+         ["--min_size [900]", "none above --max_size 800"]),
         # a folder that holds no CAE v2 encoder
         ("finetune-from-a-segmentation-output", [*FINETUNE, "--model", "{root}/segmentation", "--train_dir",
                                                  "{root}/good", "--validation_dir", "{root}/good", "--output_dir",
@@ -229,6 +238,10 @@ def trainer_script_cases() -> list[tuple[str, list[str], list[str]]]:
          ["holds another run (results.json, model.safetensors)", "--overwrite_output_dir true"]),
         ("detection-over-a-finished-run", [*detection, "--output_dir", "{root}/finished_run"],
          ["holds another run (results.json, model.safetensors)", "--overwrite_output_dir true"]),
+        ("instance-segmentation-over-a-finished-run", [*instances, "--output_dir", "{root}/finished_run"],
+         ["holds another run (results.json, model.safetensors)", "--overwrite_output_dir true"]),
+        ("instance-segmentation-over-an-interrupted-run", [*instances, "--output_dir", "{root}/interrupted_run"],
+         ["holds another run (checkpoint-5/)", "--resume_from_checkpoint latest", "--overwrite_output_dir true"]),
         ("probe-over-a-finished-run", [*probe, "--model", "{root}/encoder", "--output_dir", "{root}/finished_run"],
          ["holds another run (results.json, model.safetensors)", "Start afresh with --overwrite_output_dir true"]),
         ("finetune-output-dir-is-a-file", [*finetune, "--output_dir", "{root}/notes.txt"],
@@ -239,8 +252,8 @@ def trainer_script_cases() -> list[tuple[str, list[str], list[str]]]:
 CASES = pretrain_probe_and_convert_cases() + trainer_script_cases()
 
 
-def run_command(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+def run_command(command: list[str], cwd: Path, **environment: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", **environment}
     return subprocess.run(
         [sys.executable, *command], cwd=cwd, env=environment, capture_output=True, text=True, timeout=300, check=False
     )
@@ -249,13 +262,36 @@ def run_command(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(("command", "key_words"), [case[1:] for case in CASES], ids=[case[0] for case in CASES])
 def test_bad_input_ends_in_one_clear_line_and_exit_status_2(inputs: Path, tmp_path: Path, command, key_words):
     command = [part.replace("{root}", str(inputs)) for part in command]
-    result = run_command(command, cwd=tmp_path)
+    assert_one_error_line(run_command(command, cwd=tmp_path), key_words)
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess, key_words: list[str]) -> None:
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr + result.stdout
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
     for word in key_words:
         assert word in lines[0], (word, lines[0])
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [*FINETUNE, "configs/finetune-vit-base.yaml", "--train_dir", "{root}/good", "--validation_dir", "{root}/good"],
+        [*SEGMENTATION, "configs/demo-segmentation.yaml", "--bf16", "true"],
+        [*DETECTION, "configs/demo-detection.yaml", "--bf16", "true"],
+        [*INSTANCE_SEGMENTATION, "configs/maskrcnn-vit-small-1x.yaml", "--demo_data", "true"],
+    ],
+    ids=["finetune", "segmentation", "detection", "instance-segmentation"],
+)
+def test_bf16_without_a_gpu_is_one_line_in_every_trainer_script(inputs: Path, tmp_path: Path, command: list[str]):
+    """The recipes ask for bf16 (their GPUs compute in it); where no GPU does, TrainingArguments' own refusal named
+    no flag, and run_instance_segmentation.py's ended in its traceback."""
+    command = [str(REPO_ROOT / part) if part.startswith("configs/") else part for part in command]
+    command = [*command, "--model", str(inputs / "encoder"), "--output_dir", str(tmp_path / "out")]
+    result = run_command([part.replace("{root}", str(inputs)) for part in command], tmp_path, CUDA_VISIBLE_DEVICES="")
+    assert_one_error_line(result, ["--bf16 true: this machine has no GPU", "--bf16 false", "--use_cpu true"])
+    assert not (tmp_path / "out").exists()
 
 
 def test_demo_config_never_writes_into_a_folder_it_was_not_asked_for(inputs: Path, tmp_path: Path):
@@ -300,6 +336,7 @@ def test_a_bug_keeps_its_traceback(tmp_path: Path):
         (PROBE, ["--overwrite_output_dir", "--fast_base_learning_rates"]),
         (SEGMENTATION, ["--overwrite_output_dir", "--crop_size"]),
         (DETECTION, ["--overwrite_output_dir", "--lwdetr_size"]),
+        (INSTANCE_SEGMENTATION, ["--overwrite_output_dir", "--fpn_channels", "--detr_crop_size"]),
         (PRETRAIN, ["--overwrite_output_dir", "--crop_min_scale"]),
     ],
 )

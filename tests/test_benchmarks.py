@@ -172,7 +172,7 @@ def test_bench_help_covers_every_script_and_console_command(tmp_path: Path):
     assert len(entry_points) == 5 and bench_help.CONSOLE_COMMANDS == entry_points
     assert all(callable(getattr(caev2_hf_commands, function)) for function in entry_points.values())
     scripts = {path.name for path in root.glob("run_*.py")}
-    assert len(scripts) == 5 and set(bench_help.COMMANDS) == scripts | set(entry_points)
+    assert len(scripts) == 6 and set(bench_help.COMMANDS) == scripts | set(entry_points)
     result = bench_help.main(
         ["--repeats", "1", "--only", "caev2-model-cards", "--output_json", str(tmp_path / "h.json")]
     )

@@ -318,9 +318,9 @@ def test_coco_configs_build_the_authors_detector(size, drop_path_rate):
     accepted = set(inspect.signature(build_mask_rcnn).parameters) - {"encoder"}
     settings = {key: config[key] for key in accepted if key in config}
     assert settings["min_size"] == list(range(480, 801, 32)) and settings["max_size"] == 1333
-    assert settings["drop_path_rate"] == drop_path_rate and settings["num_classes"] == 81
+    assert settings["drop_path_rate"] == drop_path_rate and "num_classes" not in settings  # from the data: 81
     encoder = build_tiny_config(num_hidden_layers=12, patch_size=16, image_size=224)
-    model = build_mask_rcnn(encoder, **settings)
+    model = build_mask_rcnn(encoder, num_classes=81, **settings)
     assert model.encoder.config.out_indices == [4, 6, 8, 12]
     assert model.roi_heads.box_loss == "giou" and not model.encoder.config.backbone_relative_position_bias
     assert (config["learning_rate"], config["layer_decay"], config["weight_decay"]) == (3e-4, 0.75, 0.05)

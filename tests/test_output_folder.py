@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 from transformers import TrainingArguments
 
-from caev2_hf.evaluation.trainer_steps import start_in_output_dir
+from caev2_hf.evaluation.trainer_steps import hold_output_dir, start_in_output_dir
+from caev2_hf.run_lock import RunLock
 from caev2_hf_cli.errors import UserError
 from caev2_hf_cli.outputs import (
     check_output_dir,
@@ -139,3 +140,23 @@ def test_a_trainer_job_clears_the_folder_only_when_overwriting_and_not_resuming(
     assert (run_folder / "results.json").is_file() and (run_folder / "checkpoint-10").is_dir()
     start_in_output_dir(arguments(), overwrite_output_dir=True)
     assert find_previous_run(str(run_folder)) == [] and (run_folder / "notes.txt").is_file()
+
+
+def test_a_trainer_run_holds_its_folder_and_a_live_runs_folder_is_left_untouched(
+    run_folder: Path, capsys: pytest.CaptureFixture
+):
+    """hold_output_dir, which every Trainer script runs in: a folder another run holds is refused before anything
+    in it is deleted; while held, a second run is refused; Ctrl-C names the checkpoint; the lock goes with the run."""
+    arguments = TrainingArguments(output_dir=str(run_folder), report_to="none", use_cpu=True)
+    other_run = RunLock(str(run_folder)).acquire()
+    with pytest.raises(UserError, match="is in use by another run"), hold_output_dir(arguments, True):
+        pass
+    assert (run_folder / "results.json").is_file() and (run_folder / "checkpoint-10").is_dir()
+    other_run.release()
+    with pytest.raises(KeyboardInterrupt), hold_output_dir(arguments, overwrite_output_dir=False):
+        assert "is in use by another run" in RunLock(str(run_folder)).try_acquire()
+        raise KeyboardInterrupt
+    assert f"Interrupted: the last checkpoint is {run_folder / 'checkpoint-10'}." in capsys.readouterr().err
+    with hold_output_dir(arguments, overwrite_output_dir=True):  # the interrupted run let the folder go
+        assert find_previous_run(str(run_folder)) == []
+    assert RunLock(str(run_folder)).try_acquire() is None

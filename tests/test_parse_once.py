@@ -135,6 +135,20 @@ def test_detection_script_parses_once_and_hands_the_result_to_main(
     )
 
 
+def test_instance_segmentation_script_parses_once_and_hands_the_result_to_main(
+    monkeypatch, tmp_path: Path, parses: list[str], stopped_mains: list[tuple]
+):
+    CAEv2Model(build_tiny_config(image_size=64, num_hidden_layers=4)).save_pretrained(tmp_path / "encoder")
+    argv = [str(REPO_ROOT / "configs" / "demo-instance-segmentation.yaml"), "--model", str(tmp_path / "encoder"),
+            "--output_dir", str(tmp_path / "out"), "--max_steps", "5", "--min_size", "64"]  # fmt: skip
+    run_script(monkeypatch, "run_instance_segmentation.py", argv)
+    assert parses == ["run_instance_segmentation.py"]
+    ((model_args, augmentation_args, data_args, output_folder, training_args),) = stopped_mains
+    assert data_args.demo_data and training_args.max_steps == 5 and model_args.min_size == [64]
+    assert not output_folder.overwrite_output_dir
+    assert augmentation_args.detr_crop_size == [61, 96] and model_args.fpn_channels == 32
+
+
 @pytest.fixture
 def tiny_folders(tmp_path: Path) -> dict[str, Path]:
     torch.manual_seed(0)
@@ -209,6 +223,7 @@ def test_the_converter_parses_once(monkeypatch, tmp_path: Path, parses: list[str
         ("run_finetune.py", ["--model", "./nothere", "--train_dir", "a", "--validation_dir", "b"]),
         ("run_semantic_segmentation.py", ["--model", "./nothere", "--demo_data", "true"]),
         ("run_object_detection.py", ["--model", "./nothere", "--demo_data", "true"]),
+        ("run_instance_segmentation.py", ["--model", "./nothere", "--demo_data", "true"]),
     ],
 )
 def test_trainer_scripts_check_their_own_arguments_before_building_training_arguments(

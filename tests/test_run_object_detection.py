@@ -4,14 +4,12 @@ the folder in pipeline("object-detection"), resuming from the latest checkpoint,
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import build_tiny_config
+from conftest import build_tiny_config, edited_demo_coco, run_script_process, without_demo_data
 from huggingface_hub import ModelCard
 from test_detection_lwdetr import SMALL_DECODER, tiny_vit
 from transformers import pipeline
@@ -95,24 +93,6 @@ def test_resume_from_latest_continues_the_checkpoint(encoder_folder, tmp_path):
     assert (tmp_path / "out" / "checkpoint-4" / "ema.safetensors").is_file()
 
 
-def coco_files(tmp_path: Path, edit) -> list[str]:
-    """The demo's data as COCO folders, the training annotations passed through `edit`."""
-    from caev2_hf.evaluation.detection.demo import write_demo_coco
-
-    written = write_demo_coco(str(tmp_path / "coco"), 8, 4, image_size=64, seed=0)
-    content = json.loads(Path(written["train"][1]).read_text())
-    edit(content)
-    Path(written["train"][1]).write_text(json.dumps(content))
-    (image_dir, annotations), (validation_dir, validation_annotations) = written["train"], written["validation"]
-    return ["--train_image_dir", image_dir, "--train_annotation_file", annotations, "--validation_image_dir",
-            validation_dir, "--validation_annotation_file", validation_annotations]  # fmt: skip
-
-
-def without_demo_data(arguments: list[str]) -> list[str]:
-    index = arguments.index("--demo_data")
-    return arguments[:index] + arguments[index + 2 :]
-
-
 def bad_box(content):
     content["annotations"][0]["bbox"] = [50, 50, 30, 30]
 
@@ -131,23 +111,15 @@ def unknown_category(content):
 def test_bad_annotations_end_in_one_line_naming_the_entry(encoder_folder, tmp_path, edit, message):
     arguments = without_demo_data(tiny_run_arguments(encoder_folder, tmp_path))
     with pytest.raises(UserError, match=message):
-        detect([*arguments, *coco_files(tmp_path, edit)])
+        detect([*arguments, *edited_demo_coco(tmp_path, edit)])
 
 
 def test_images_named_but_absent_are_counted_not_fatal(encoder_folder, tmp_path):
     arguments = without_demo_data(tiny_run_arguments(encoder_folder, tmp_path))
-    data = coco_files(tmp_path, lambda content: None)
+    data = edited_demo_coco(tmp_path, lambda content: None)
     os.remove(os.path.join(data[1], "00003.jpg"))
     results = detect([*arguments, *data, "--max_steps", "1", "--save_strategy", "no"])
     assert results["num_missing_images"] == 1 and results["num_train_images"] == 7
-
-
-def run_script(*arguments: str) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *arguments], capture_output=True, text=True, env=environment, timeout=120,
-        cwd=REPO_ROOT,
-    )  # fmt: skip
 
 
 def test_the_command_ends_bad_input_in_one_line_and_status_2(encoder_folder, tmp_path):
@@ -157,7 +129,9 @@ def test_the_command_ends_bad_input_in_one_line_and_status_2(encoder_folder, tmp
         (["--train_annotation_file", str(tmp_path / "missing.json")], "--train_annotation_file", "no such file"),
         (["--train_annotation_file", str(tmp_path / "broken.json")], "broken.json is not valid JSON", "line 1"),
     ]
-    completed = run_script("configs/demo-detection.yaml", "--model", "demo_output/missing")
+    completed = run_script_process(
+        "run_object_detection.py", "configs/demo-detection.yaml", "--model", "demo_output/missing"
+    )
     assert completed.returncode == 2 and completed.stderr.strip().splitlines() == [
         "error: --model demo_output/missing: no such folder. The demo starts from the demo encoder: run python "
         "run_pretrain.py --config configs/demo.yaml first (16 s), or give another CAE v2 encoder."
@@ -166,7 +140,7 @@ def test_the_command_ends_bad_input_in_one_line_and_status_2(encoder_folder, tmp
         data = ["--train_image_dir", str(tmp_path / "images"), "--train_annotation_file", str(tmp_path / "x.json"),
                 "--validation_image_dir", str(tmp_path / "images"), "--validation_annotation_file",
                 str(tmp_path / "broken.json"), *swap, "--output_dir", str(tmp_path / "out")]  # fmt: skip
-        completed = run_script("--model", encoder_folder, *data)
+        completed = run_script_process("run_object_detection.py", "--model", encoder_folder, *data)
         lines = completed.stderr.strip().splitlines()
         assert completed.returncode == 2, completed.stderr
         assert len(lines) == 1 and lines[0].startswith("error: ") and all(word in lines[0] for word in words), lines

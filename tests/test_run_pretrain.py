@@ -5,7 +5,6 @@ import io
 import itertools
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from conftest import build_tiny_config
+from conftest import build_tiny_config, find_free_port
 from fake_hub import FakeHfApi, install_fake_hub
 from PIL import Image
 from safetensors.torch import load_file
@@ -187,12 +186,6 @@ def test_resume_matches_uninterrupted_run(
         ("shards", 2): {"epoch": 1, "lanes": [{"epoch": 1, "start": 4, "end": 8, "end_of_epoch": False}] * 2},
     }[source, num_workers]
     assert positions == [{**expected, "batches": 12}]
-
-
-def find_free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class ConcatenatedStreams:

@@ -21,7 +21,11 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from transformers.utils import logging
 
+from caev2_hf_cli.detection import DetectionDataArguments
+from caev2_hf_cli.errors import UserError
+
 from ...data.decoding import ImageLike, open_image, upright_size
+from .demo import write_demo_coco
 
 
 logger = logging.get_logger(__name__)
@@ -29,8 +33,9 @@ logger = logging.get_logger(__name__)
 BOX_TOLERANCE = 1.0  # pixels a box may pass an image edge by (rounding in exported files); clipped to the image
 
 
-class CocoFormatError(ValueError):
-    """COCO-format input that cannot be used; the message names the file, the entry and the fix."""
+class CocoFormatError(UserError):
+    """COCO-format input that cannot be used; the message names the file, the entry and the fix (a command shows
+    it as one line, `error: ...`)."""
 
 
 @dataclass
@@ -239,6 +244,18 @@ def annotation_masks(annotations: list[dict], height: int, width: int) -> np.nda
     return np.stack(masks) if masks else np.zeros((0, height, width), dtype=np.uint8)
 
 
+def check_instance_masks(split: CocoSplit, source: str) -> None:
+    """Every annotation of the split carries a segmentation, as instance segmentation trains on and scores masks."""
+    for annotation in split.ground_truth.dataset["annotations"]:
+        if "segmentation" not in annotation:
+            image = split.ground_truth.imgs[annotation["image_id"]]
+            raise CocoFormatError(
+                f"{source}: annotation {annotation['id']} (image {image['file_name']!r}) has no segmentation: "
+                "instance segmentation needs a mask (polygons or RLE) on every annotation; for boxes alone, use "
+                "run_object_detection.py."
+            )
+
+
 def number_annotations(annotations: list[dict]) -> None:
     """Gives annotations without an `id` unused positive ids (pycocotools needs one each)."""
     taken = {annotation["id"] for annotation in annotations if "id" in annotation}
@@ -385,3 +402,30 @@ def load_hub_detection(
 
     dataset = datasets.load_dataset(dataset_name, config_name, split=split, revision=revision)
     return open_hub_detection(dataset, f"{dataset_name} ({split})", image_column, objects_column)
+
+
+def open_detection_splits(data_args: DetectionDataArguments, seed: int) -> tuple[CocoSplit, CocoSplit]:
+    """(training, held-out) splits of a detection command's data: COCO folders, a Hub dataset or the offline demo
+    (written into `demo_dir` first)."""
+    if data_args.demo_data:
+        written = write_demo_coco(
+            data_args.demo_dir, data_args.demo_num_train_images, data_args.demo_num_validation_images,
+            data_args.demo_image_size, seed,
+        )  # fmt: skip
+        return open_coco_folder(*written["train"]), open_coco_folder(*written["validation"])
+    if data_args.dataset_name is not None:
+        return tuple(
+            load_hub_detection(
+                data_args.dataset_name,
+                data_args.dataset_config_name,
+                split,
+                data_args.dataset_revision,
+                data_args.image_column,
+                data_args.objects_column,
+            )  # fmt: skip
+            for split in (data_args.train_split, data_args.validation_split)
+        )
+    return (
+        open_coco_folder(data_args.train_image_dir, data_args.train_annotation_file),
+        open_coco_folder(data_args.validation_image_dir, data_args.validation_annotation_file),
+    )

@@ -4,12 +4,14 @@ in its wheel) around `CAEv2Backbone`, with the authors' mmdetection settings whe
 (docs/detection.md#mask-r-cnn). The model and the 1x step schedule; its layer-decay AdamW is
 `caev2_hf.optim.build_layer_decay_optimizer`, whose layer rule reads torchvision's `backbone.body.` names."""
 
+import json
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection._utils import BoxCoder  # the coder of every torchvision detector, not exported
@@ -19,7 +21,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_loss
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign, generalized_box_iou_loss, roi_align
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
-from transformers.utils import logging
+from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_NAME, cached_file, logging
 
 from ...configuration_caev2 import CAEv2Config
 from ...modeling_caev2_backbone import CAEv2Backbone
@@ -179,7 +181,9 @@ class CAEv2MaskRCNN(MaskRCNN):
     torchvision's `MaskRCNN` on a CAE v2 encoder: `CAEv2Backbone` (its 4-scale neck) -> FPN with a stride-64 level ->
     RPN (anchors 32 to 512, ratios 0.5, 1, 2) -> RoI heads (box head of 4 convolutions with BatchNorm and one
     1024-wide layer, mask head of 4 convolutions), as the authors' `mask_rcnn_vit_fpn` with their
-    `giou_4conv1f` box head; `fpn_channels` (256) sets the FPN and head widths. Build it with `build_mask_rcnn`.
+    `giou_4conv1f` box head; `fpn_channels` (256) sets the FPN and head widths and `box_batch_size_per_image`
+    (512) the RoIs sampled per training image, both smaller only for tests and demos. Build it with
+    `build_mask_rcnn`; save it with `write_mask_rcnn_config` beside its weights, reload it with `load_mask_rcnn`.
 
     `forward(images, targets=None)` is torchvision's: a list of `(3, H, W)` float images in [0, 1] of any sizes
     (resized so the shorter side is a `min_size`, normalised with the encoder's mean and std, padded to a multiple of
@@ -197,6 +201,7 @@ class CAEv2MaskRCNN(MaskRCNN):
         max_size: int = MAX_SIZE,
         box_loss: str = "giou",
         fpn_channels: int = 256,
+        box_batch_size_per_image: int = 512,
     ) -> None:
         check_detector_settings(num_classes, min_size, max_size, box_loss, encoder.config.out_indices)
         width = fpn_channels
@@ -223,7 +228,7 @@ class CAEv2MaskRCNN(MaskRCNN):
             **heads,
             fg_iou_thresh=0.5,
             bg_iou_thresh=0.5,
-            batch_size_per_image=512,
+            batch_size_per_image=box_batch_size_per_image,
             positive_fraction=0.25,
             bbox_reg_weights=None,  # (10, 10, 5, 5); the coder is replaced below
             score_thresh=0.05,
@@ -233,6 +238,11 @@ class CAEv2MaskRCNN(MaskRCNN):
         )
         self.rpn.box_coder = Float32BoxCoder((1.0, 1.0, 1.0, 1.0))
         self.roi_heads.box_coder = Float32BoxCoder((10.0, 10.0, 5.0, 5.0))  # mmdet's target_stds (0.1, 0.1, 0.2, 0.2)
+        # What `write_mask_rcnn_config` saves and `load_mask_rcnn` rebuilds the detector from, beside the encoder's.
+        self.settings = {
+            "num_classes": num_classes, "min_size": list(min_size), "max_size": max_size, "box_loss": box_loss,
+            "fpn_channels": fpn_channels, "box_batch_size_per_image": box_batch_size_per_image,
+        }  # fmt: skip
 
     @property
     def encoder(self) -> CAEv2Backbone:
@@ -302,7 +312,12 @@ def load_encoder(
     config.backbone_image_size = image_size // config.patch_size * config.patch_size
     if isinstance(encoder, CAEv2Config):
         return CAEv2Backbone(config), "Encoder: RANDOMLY INITIALISED (a config, no checkpoint, was given)."
-    backbone, info = CAEv2Backbone.from_pretrained(encoder, config=config, output_loading_info=True)
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # transformers' table of the new neck tensors: the line below says it, and checks
+    try:
+        backbone, info = CAEv2Backbone.from_pretrained(encoder, config=config, output_loading_info=True)
+    finally:
+        logging.set_verbosity(verbosity)
     return backbone, describe_encoder_loading(str(encoder), backbone, info)
 
 
@@ -341,6 +356,7 @@ def build_mask_rcnn(
     out_indices: Sequence[int] | None = None,
     box_loss: str = "giou",
     fpn_channels: int = 256,
+    box_batch_size_per_image: int = 512,
 ) -> CAEv2MaskRCNN:
     """Mask R-CNN on a CAE v2 encoder (a checkpoint folder or Hub id, or a `CAEv2Config` for a random one).
 
@@ -354,11 +370,58 @@ def build_mask_rcnn(
         out_indices: The 4 encoder stages the neck reads (1-based blocks; default blocks L/3, L/2, 2L/3, L).
         box_loss: `"giou"` (the authors') or `"smooth_l1"` (torchvision's).
         fpn_channels: Width of the FPN and of the box and mask heads' convolutions (256; smaller for tests).
+        box_batch_size_per_image: RoIs sampled per training image for the box and mask heads (the authors: 512).
     """
     check_detector_settings(num_classes, min_size, max_size, box_loss, out_indices)
     backbone, message = load_encoder(encoder, drop_path_rate, relative_position_bias, out_indices, max(min_size))
     logger.info(message)
-    return CAEv2MaskRCNN(backbone, num_classes, min_size, max_size, box_loss, fpn_channels)
+    return CAEv2MaskRCNN(backbone, num_classes, min_size, max_size, box_loss, fpn_channels, box_batch_size_per_image)
+
+
+# ---- A trained detector's folder
+
+MASK_RCNN_KEY = "mask_rcnn"  # the detector's settings and class names in its config.json
+
+
+def write_mask_rcnn_config(model: CAEv2MaskRCNN, folder: str | os.PathLike, class_names: Sequence[str]) -> str:
+    """`config.json` of a detector folder, whose `model.safetensors` holds the detector's state dict: the encoder's
+    `CAEv2Config` as the backbone was built, plus the detector's settings and its class names (model label `i + 1`
+    is `class_names[i]`) under `mask_rcnn`. Written whole or not at all."""
+    content = {
+        **model.encoder.config.to_dict(),
+        "architectures": [type(model).__name__],
+        MASK_RCNN_KEY: {**model.settings, "class_names": list(class_names)},
+    }
+    path = os.path.join(folder, CONFIG_NAME)
+    with open(path + ".tmp", "w", encoding="utf-8") as file:
+        json.dump(content, file, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def is_mask_rcnn_folder(path: str | os.PathLike) -> bool:
+    config = os.path.join(path, CONFIG_NAME)
+    if not os.path.isfile(config):
+        return False
+    with open(config, encoding="utf-8") as file:
+        return MASK_RCNN_KEY in json.load(file)
+
+
+def load_mask_rcnn(folder: str | os.PathLike) -> tuple[CAEv2MaskRCNN, list[str]]:
+    """The detector of a folder `write_mask_rcnn_config` described (a local folder or a Hub id), in evaluation mode,
+    and its class names. Every tensor must load."""
+    with open(cached_file(str(folder), CONFIG_NAME), encoding="utf-8") as file:
+        content = json.load(file)
+    settings = content.pop(MASK_RCNN_KEY, None)
+    if settings is None:
+        raise ValueError(
+            f"{folder} holds no Mask R-CNN (its config.json has no '{MASK_RCNN_KEY}' entry): give a folder that "
+            "run_instance_segmentation.py wrote."
+        )
+    class_names = settings.pop("class_names")
+    model = CAEv2MaskRCNN(CAEv2Backbone(CAEv2Config.from_dict(content)), **settings)
+    model.load_state_dict(load_file(cached_file(str(folder), SAFE_WEIGHTS_NAME)))
+    return model.eval(), class_names
 
 
 # ---- The 1x schedule

@@ -19,6 +19,7 @@ from .coco import build_ground_truth
 # 32^2, between 32^2 and 96^2, above 96^2 pixels. -1 where the ground truth has no object of that kind.
 COCO_METRIC_NAMES = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large")
 IOU_TYPES = ("bbox", "segm")
+MASK_THRESHOLD = 0.5  # a pixel belongs to a predicted instance when its mask probability is above this
 
 
 def evaluate_coco(ground_truth: COCO, predictions: list[dict], iou_type: str = "bbox") -> dict[str, float]:
@@ -84,6 +85,19 @@ def masks_to_rles(masks: torch.Tensor | np.ndarray) -> list[dict]:
     return rles
 
 
+def instances_to_coco(image_id: int, detections: dict, label_to_category_id: list[int]) -> list[dict]:
+    """One image's output of a torchvision Mask R-CNN (`boxes`, `labels` counting the background as 0, `scores`,
+    `masks` as `(N, 1, H, W)` probabilities) as COCO results with boxes and RLE masks, the masks thresholded at
+    `MASK_THRESHOLD` as the authors' mmdetection does."""
+    results = detections_to_coco(
+        image_id, detections["scores"], detections["labels"] - 1, detections["boxes"], label_to_category_id
+    )
+    if results:
+        for result, rle in zip(results, masks_to_rles(detections["masks"][:, 0] > MASK_THRESHOLD), strict=True):
+            result["segmentation"] = rle
+    return results
+
+
 class CocoEvaluator:
     """Gathers COCO results batch by batch and scores them once: for `Trainer(compute_metrics=...)` with
     `batch_eval_metrics=True`, which keeps no model outputs for the whole evaluation set.
@@ -112,9 +126,10 @@ class CocoEvaluator:
         return metrics
 
 
-def random_detections(ground_truth: COCO, per_image: int = 100, seed: int = 0) -> list[dict]:
+def random_detections(ground_truth: COCO, per_image: int = 100, seed: int = 0, with_masks: bool = False) -> list[dict]:
     """Boxes, categories and scores drawn uniformly at random for every image: the score of a detector that has
-    learned nothing, to set a trained one against."""
+    learned nothing, to set a trained one against. `with_masks` gives each detection its box as its mask, for mask
+    AP."""
     generator = np.random.default_rng(seed)
     category_ids = sorted(ground_truth.cats)
     detections = []
@@ -131,4 +146,7 @@ def random_detections(ground_truth: COCO, per_image: int = 100, seed: int = 0) -
                     "score": float(score),
                 }
             )
+            if with_masks:
+                (rle,) = mask_utils.frPyObjects(np.array([detections[-1]["bbox"]]), height, width)
+                detections[-1]["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
     return detections

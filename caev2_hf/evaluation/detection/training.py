@@ -23,7 +23,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from transformers.utils import SAFE_WEIGHTS_NAME, logging
 
 from ...data.decoding import decode_rgb_image
-from .coco import CocoFormatError, CocoSplit
+from .coco import CocoFormatError, CocoSplit, annotation_masks
 from .lwdetr import SIZE_MULTIPLE, square_sizes
 from .metrics import CocoEvaluator, detections_to_coco
 
@@ -92,21 +92,45 @@ class DetectionDataset(torch.utils.data.Dataset):
     checkpoint that records the global state); `LwDetrTrainer` sets the epoch.
 
     An image that cannot be decoded, or whose size differs from its annotation's, gives None: the collator drops it
-    and the log names it, once per reading.
+    and the log names it, once per reading. With `only_annotated_images`, images without any annotation are left out
+    (mmdetection's `filter_empty_gt`, which the Mask R-CNN recipe trains with).
     """
 
-    def __init__(self, split: CocoSplit, transform: v2.Transform | None = None, seed: int = 0) -> None:
+    with_masks = False  # subclasses that train on instance masks carry them through the augmentation
+
+    def __init__(
+        self,
+        split: CocoSplit,
+        transform: v2.Transform | None = None,
+        seed: int = 0,
+        only_annotated_images: bool = False,
+    ) -> None:
         self.examples, self.transform, self.seed, self.epoch = split.examples, transform, seed, 0
         self.labels = {category_id: label for label, category_id in enumerate(split.label_to_category_id)}
+        annotated = split.ground_truth.imgToAnns
+        self.positions = [  # the examples this dataset reads, by their position in the split
+            position
+            for position, image in enumerate(split.examples.images)
+            if annotated.get(image["id"]) or not only_annotated_images
+        ]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.examples)
+        return len(self.positions)
 
     def __getitem__(self, index: int) -> dict | None:
-        example = self.examples[index]
+        sample = self.read(index)
+        if sample is None:
+            return None
+        image_id, pixels, target = sample
+        return {"image": pixels, "target": coco_target(image_id, target), "augmented": self.transform is not None}
+
+    def read(self, index: int) -> tuple[int, torch.Tensor, dict] | None:
+        """(image id, uint8 pixels, `{"boxes": BoundingBoxes, "labels"[, "masks": Mask]}`) after the augmentation,
+        or None for an image that cannot be used."""
+        example = self.examples[self.positions[index]]
         image, reason = decode_rgb_image(example["image"])
         if image is None or image.size != (example["width"], example["height"]):
             reason = reason or f"{image.width}x{image.height} px, annotated as {example['width']}x{example['height']}"
@@ -117,15 +141,15 @@ class DetectionDataset(torch.utils.data.Dataset):
         boxes = tv_tensors.BoundingBoxes(boxes, format="XYWH", canvas_size=(image.height, image.width))
         labels = torch.tensor([self.labels[item["category_id"]] for item in annotations], dtype=torch.int64)
         pixels, target = tv_tensors.Image(tvF.pil_to_tensor(image)), {"boxes": boxes, "labels": labels}
+        if self.with_masks:
+            target["masks"] = tv_tensors.Mask(
+                torch.from_numpy(annotation_masks(annotations, image.height, image.width))
+            )
         if self.transform is not None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0]))
                 pixels, target = self.transform(pixels, target)
-        return {
-            "image": pixels.as_subclass(torch.Tensor),
-            "target": coco_target(example["image_id"], target),
-            "augmented": self.transform is not None,
-        }
+        return example["image_id"], pixels.as_subclass(torch.Tensor), target
 
 
 def coco_target(image_id: int, target: dict) -> dict:
@@ -144,6 +168,14 @@ def describe_image(image) -> str:
     return image if isinstance(image, str) else type(image).__name__
 
 
+def readable_examples(examples: list[dict | None]) -> list[dict]:
+    """A batch's examples without the unreadable images (`None`, named in the log); a batch of none is an error."""
+    examples = [example for example in examples if example is not None]
+    if not examples:
+        raise CocoFormatError("Every image of a batch was unreadable (see the warnings above): fix or remove them.")
+    return examples
+
+
 class DetectionCollator:
     """Batches through the image processor: rescaling and normalisation, boxes to normalised (cx, cy, w, h), padding
     to the batch's largest image with a `pixel_mask`. Augmented (training) images keep their size; the others
@@ -154,11 +186,7 @@ class DetectionCollator:
         self.image_processor = image_processor
 
     def __call__(self, examples: list[dict | None]) -> dict:
-        examples = [example for example in examples if example is not None]
-        if not examples:
-            raise CocoFormatError(
-                "Every image of a batch was unreadable (see the warnings above): fix or remove them."
-            )
+        examples = readable_examples(examples)
         batch = self.image_processor(
             images=[example["image"] for example in examples],
             annotations=[example["target"] for example in examples],
