@@ -48,9 +48,9 @@ def parse_and_check_arguments(argv: list[str] | None = None) -> tuple:
     (model_args, augmentation_args, data_args), output_folder, values = read_trainer_arguments(
         argv, SCRIPT_ARGUMENT_CLASSES, __doc__, TRAINING_ARGUMENTS_HELP
     )
+    check_demo_encoder(model_args.model, data_args.demo_data)  # first: model_args.check() would not name the demo
     model_args.check()
     data_args.check()
-    check_demo_encoder(model_args.model, data_args.demo_data)
     training_args = build_training_arguments(values, output_folder)
     return model_args, augmentation_args, data_args, output_folder, training_args
 

@@ -32,6 +32,7 @@ import signal
 import sys
 import time
 
+from caev2_hf_cli.checks import check_model_path
 from caev2_hf_cli.errors import StoppedBySignal, UserError
 from caev2_hf_cli.parsing import parse_arguments, run_command
 from caev2_hf_cli.pretraining import (
@@ -73,11 +74,18 @@ from caev2_hf.plots import TrainingCurves
 from caev2_hf.pretraining.checkpointing import (
     list_checkpoints,
     load_checkpoint,
+    read_training_state,
     resolve_resume_checkpoint,
     save_checkpoint,
     set_aside_checkpoints,
 )
-from caev2_hf.pretraining.export import describe_training, export_final_model, preset_of, push_to_hub_in_background
+from caev2_hf.pretraining.export import (
+    describe_data_source,
+    describe_training,
+    export_final_model,
+    preset_of,
+    push_to_hub_in_background,
+)
 from caev2_hf.pretraining.preemption import StopRequests
 from caev2_hf.pretraining.schedule import (
     SCHEDULE_KEY,
@@ -144,6 +152,14 @@ def build_config(model_args: PretrainingModelArguments) -> CAEv2Config | None:
     except ValueError as error:  # the user's overrides, not a bug
         raise UserError(f"--config_overrides: {error}") from error
     return config
+
+
+def check_teacher_can_load(config: CAEv2Config | None, training_args: PretrainingArguments) -> None:
+    """A fresh run downloads its CLIP teacher after the model is built: a teacher that cannot be fetched (offline and
+    not cached, no network) is refused before that, in one line. A resumed run brings its teacher's weights."""
+    if config is None or config.use_random_teacher or training_args.resume_from_checkpoint:
+        return
+    check_model_path(config.teacher_name_or_path, "the teacher (teacher_name_or_path)")
 
 
 def build_model(
@@ -277,17 +293,36 @@ def resume(
     peak_learning_rates = list(lr_scheduler.base_lrs)  # this run's, before the checkpoint's replace them
     state = load_checkpoint(accelerator, checkpoint)
     logger.info(f"Resumed from {checkpoint} at update {state['step']}, data position {state['data_position']}.")
-    if saved_schedule(state) != schedule.to_dict():
+    report = accelerator.is_main_process  # once, not once per process
+    if saved_schedule(state) != schedule.to_dict() and report:
         logger.warning(
             f"The run's schedule changed since the checkpoint: {saved_schedule(state)} -> {schedule.to_dict()}."
         )
     if lr_scheduler.base_lrs != peak_learning_rates:
-        logger.warning(
-            f"The peak learning rate changed since the checkpoint ({lr_scheduler.base_lrs[0]:.4g} -> "
-            f"{peak_learning_rates[0]:.4g}): the schedule continues from update {state['step']} with the new peak."
-        )
+        if report:
+            logger.warning(
+                f"The peak learning rate changed since the checkpoint ({lr_scheduler.base_lrs[0]:.4g} -> "
+                f"{peak_learning_rates[0]:.4g}): the schedule continues from update {state['step']} with the new peak."
+            )
         set_peak_learning_rates(lr_scheduler, peak_learning_rates)
     return state
+
+
+def check_checkpoint_within_run(checkpoint: str | None, schedule: TrainingSchedule) -> None:
+    """A checkpoint past the run's last update is refused: its weights are not those of a run of max_steps updates,
+    and re-exporting them under that length would be silently wrong. One at the last update has nothing left to
+    train: final/ is written from it again, and the log says so."""
+    if checkpoint is None:
+        return
+    step = read_training_state(checkpoint)["step"]
+    if step > schedule.max_steps:
+        raise UserError(
+            f"{checkpoint} is at update {step}, past this run's {schedule.max_steps} updates: nothing was trained or "
+            f"written. Resume with --max_steps {step} or more to continue it (or --max_steps {step} to export it "
+            "again), or start afresh in another --output_dir."
+        )
+    if step == schedule.max_steps:
+        logger.info(f"{checkpoint} is at the run's last update ({step}): nothing to train; final/ is written from it.")
 
 
 def log_window(
@@ -440,10 +475,9 @@ def finish(
 ) -> None:
     """Exports final/ (+ pretraining/), starts the Hub upload in the background, says where everything is."""
     output_dir, preset = arguments["output_dir"], arguments["model_preset"]
-    data_source = (
-        arguments["dataset_name"] or arguments["train_dir"] or arguments["demo_dir"]
-        or ", ".join(arguments["data_files"] or [])
-    )  # fmt: skip
+    data_source = describe_data_source(
+        arguments["dataset_name"], arguments["train_dir"], arguments["data_files"], arguments["demo_dir"]
+    )
     config = accelerator.unwrap_model(model).config
     size = preset_of(config, preset)  # named in the card only when the architecture is exactly the preset's
     details = describe_training(size, schedule.to_dict(), final_loss, data_source, config.use_random_teacher)
@@ -454,7 +488,9 @@ def finish(
     )
     upload = None
     if arguments["push_to_hub"] and accelerator.is_main_process:
-        upload = push_to_hub_in_background(final_dir, arguments["hub_model_id"], arguments["hub_private_repo"])
+        upload = push_to_hub_in_background(
+            final_dir, arguments["hub_model_id"], arguments["hub_private_repo"], arguments["hub_include_pretraining"]
+        )
     loss = "not logged" if final_loss is None else f"{final_loss:.4f}"
     logger.info(
         f"Done. Final loss {loss}.\n  checkpoints: {checkpoints_dir(output_dir)}\n"
@@ -462,7 +498,15 @@ def finish(
         f"  final model: {final_dir} (encoder + image processor + card; pretraining/ holds regressor and head)"
     )
     if upload is not None:
-        logger.info(f"Uploaded to https://huggingface.co/{arguments['hub_model_id']}: {upload.result()}")
+        try:
+            logger.info(f"Uploaded to https://huggingface.co/{arguments['hub_model_id']}: {upload.result()}")
+        except UserError as error:  # the run's work is safe in final_dir: say how to send it
+            include = " --include pretraining" if arguments["hub_include_pretraining"] else ""
+            public = "" if arguments["hub_private_repo"] else " --public"
+            raise UserError(
+                f"{error} The run is complete and final/ is written: upload it with `caev2-hub push --folder "
+                f"{final_dir} --repo_id {arguments['hub_model_id']}{include}{public}`."
+            ) from None
 
 
 def lock_output_dir(accelerator: Accelerator, output_dir: str) -> RunLock | None:
@@ -500,7 +544,10 @@ def main(
 ) -> None:
     """Pretrains on arguments from `parse_and_check_arguments`, holding the output folder's lock throughout and
     turning SIGTERM / SIGUSR1 into a checkpoint and a stop (`StopRequests`)."""
+    if training_args.torch_num_threads is not None:
+        torch.set_num_threads(training_args.torch_num_threads)
     config = build_config(model_args)  # before anything is built or written: a bad override costs a second
+    check_teacher_can_load(config, training_args)
     accelerator = build_logged_accelerator(training_args)
     lock = None
     try:
@@ -543,6 +590,7 @@ def run_training(
     checkpoint = resolve_resume_checkpoint(
         training_args.resume_from_checkpoint, checkpoints_dir(training_args.output_dir)
     )
+    check_checkpoint_within_run(checkpoint, schedule)
     model = build_model(model_args, config, accelerator, training_args.seed, resuming=checkpoint is not None)
     config = model.config
     if model_args.model_name_or_path:

@@ -104,14 +104,18 @@ SAVED_MODEL = "the folder a model was saved to (save_pretrained, run_pretrain.py
 
 
 def check_model_path(model: str, flag: str = "--model", expected: str = SAVED_MODEL, hub_ids: bool = True) -> None:
-    """The check that a model folder holds a saved model (its config.json), for every command and loader: a local
-    folder must hold one, with a pointer when it is a run_pretrain.py output folder (the model is in its final/) or
-    holds weights alone (a training checkpoint). A Hub id (`org/name`) passes when `hub_ids`: it is checked when
-    loaded. A name counts as local when it exists, starts with `.`, `/` or `~`, or has more than one `/`.
+    """The one check that a model can be loaded, for every command and loader, in one line when it cannot: a local
+    folder must hold a saved model (its config.json), with a pointer when it is a run_pretrain.py output folder (the
+    model is in its final/) or holds weights alone (a training checkpoint). With `hub_ids`, any other name is a Hub id,
+    which must be in the local cache or, unless `HF_HUB_OFFLINE` is set, found on the Hub
+    (`hub_access.check_hub_model`: one request).
 
-    `flag` names the argument in the message (empty: the path alone); `expected` says what to give instead.
+    A name counts as local when it exists, starts with `.`, `/` or `~`, has more than one `/`, or starts with a folder
+    that exists here (`demo_output/fianl`: a typo, shown beside what that folder holds). `flag` names the argument in
+    the message (empty: the path alone); `expected` says what to give instead.
     """
     path, subject = os.path.expanduser(model), f"{flag} {model}".strip()
+    or_hub_id = " or a Hub id" if hub_ids else ""
     if os.path.isdir(path):
         if os.path.isfile(os.path.join(path, CONFIG_NAME)):
             return
@@ -123,9 +127,23 @@ def check_model_path(model: str, flag: str = "--model", expected: str = SAVED_MO
             hint = ""
         raise UserError(f"{subject} holds no {CONFIG_NAME}{hint}: give {expected}.")
     if os.path.exists(path):
-        raise UserError(f"{subject} is a file: give the folder that holds {CONFIG_NAME} (or a Hub id).")
-    if not hub_ids or model.startswith((".", "/", "~")) or model.count("/") > 1:
-        raise UserError(f"{subject}: no such folder. Give {expected}{' or a Hub id' if hub_ids else ''}.")
+        raise UserError(f"{subject} is a file: give the folder that holds {CONFIG_NAME}{or_hub_id}.")
+    parent = os.path.dirname(path)
+    if not hub_ids or model.startswith((".", "/", "~")) or model.count("/") > 1 or (parent and os.path.isdir(parent)):
+        raise UserError(f"{subject}: no such folder{describe_folder(parent)}. Give {expected}{or_hub_id}.")
+    from .hub_access import check_hub_model  # imports huggingface_hub: only for a name that is no local path
+
+    check_hub_model(model, flag, expected)
+
+
+def describe_folder(folder: str, shown: int = 8) -> str:
+    """` (runs holds final, pretraining, ...)`: what an existing folder holds, for a path mistyped under it."""
+    if not folder or not os.path.isdir(folder):
+        return ""
+    names = sorted(name for name in os.listdir(folder) if not name.startswith("."))
+    if not names:
+        return ""
+    return f" ({folder} holds {', '.join(names[:shown])}{', ...' if len(names) > shown else ''})"
 
 
 CAEV2_MODEL_TYPE = "caev2"

@@ -12,6 +12,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from . import hub_access
 from .checks import CONFIG_NAME, check_image_folder, check_model_path, check_positive, check_preset, parse_json_mapping
 from .errors import UserError
 from .parsing import ALTERNATIVES, MERGED_MAPPING, PART_OF
@@ -222,9 +223,33 @@ class PretrainingArguments:
     report_to: str = field(
         default="tensorboard", metadata={"help": "Accelerate tracker ('tensorboard', 'none', ...)."}
     )
-    push_to_hub: bool = field(default=False, metadata={"help": "Upload final/ to hub_model_id (token: HF_TOKEN)."})
+    torch_num_threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "torch's intra-op threads in each process (torch.set_num_threads); unset: torch's default (the "
+            "core count, or OMP_NUM_THREADS). The CPU demo sets 1: its small ops gain nothing from a second thread, "
+            "which waits whenever another process holds a core (BENCHMARKS.md#offline-demos)."
+        },
+    )
+    push_to_hub: bool = field(
+        default=False,
+        metadata={
+            "help": "Upload final/ (the encoder, processor and card) to hub_model_id at the end. The token (HF_TOKEN "
+            "or `hf auth login`), the network and the right to write the repository are checked before training."
+        },
+    )
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repository, e.g. my-org/caev2-vit-base."})
-    hub_private_repo: bool = field(default=False, metadata={"help": "Create the Hub repository as private."})
+    hub_private_repo: bool = field(
+        default=True,
+        metadata={
+            "help": "Create the Hub repository as private (the default: the upload happens unattended, at the end of "
+            "a run); false makes a new repository public. An existing repository keeps its visibility."
+        },
+    )
+    hub_include_pretraining: bool = field(
+        default=False,
+        metadata={"help": "Also upload final/pretraining/ (regressor, head and the frozen CLIP teacher's weights)."},
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={
@@ -263,6 +288,8 @@ class PretrainingArguments:
         for name in ("min_learning_rate", "weight_decay", "max_grad_norm", "warmup_steps", "warmup_epochs"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise UserError(f"--{name} {getattr(self, name)}: must be 0 or more.")
+        if self.torch_num_threads is not None and self.torch_num_threads < 1:
+            raise UserError(f"--torch_num_threads {self.torch_num_threads}: give 1 or more, or leave it unset.")
         for name in ("logging_steps", "save_steps", "save_total_limit", "max_consecutive_skipped_steps"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name} {getattr(self, name)}: must be at least 1.")
@@ -356,7 +383,7 @@ def check_pretraining_folder(path: str) -> None:
     fix = "a saved CAEv2ForPreTraining, e.g. a previous run's final/pretraining"
     check_model_path(path, "--model_name_or_path", expected=fix)
     if not os.path.isdir(path):
-        return  # a Hub id
+        return  # a Hub id, in the cache or found on the Hub
     with open(os.path.join(path, CONFIG_NAME)) as file:
         architectures = json.load(file).get("architectures") or []
     if architectures and "CAEv2ForPreTraining" not in architectures:
@@ -372,8 +399,9 @@ def check_pretraining_arguments(
     training_args: PretrainingArguments,
     num_processes: int | None = None,
 ) -> None:
-    """What can be checked before torch is imported: the data source, the sizes and the output folder (the model
-    config is checked at the start of `run_pretrain.main`, with the model code).
+    """What can be checked before torch is imported: the data source, the sizes, the output folder and, with
+    --push_to_hub, the upload (token, network, repository: asked of the Hub by the first process only); the model
+    config is checked at the start of `run_pretrain.main`, with the model code.
 
     `num_processes` defaults to the launcher's WORLD_SIZE (what the Accelerator will join). Raises `UserError`.
     """
@@ -404,3 +432,7 @@ def check_pretraining_arguments(
             " Continue it with --resume_from_checkpoint latest, start afresh with --overwrite_output_dir, or choose "
             "another --output_dir."
         )
+    if training_args.push_to_hub:
+        first_process = os.environ.get("RANK", "0") == "0"
+        later = ", or leave out --push_to_hub and upload final/ after the run with `caev2-hub push`"
+        hub_access.check_hub_upload(training_args.hub_model_id, "--hub_model_id", first_process, later)

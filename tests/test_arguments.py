@@ -133,8 +133,9 @@ def test_check_image_folder_counts_up_to_what_is_needed_and_verifies_on_request(
         check_image_folder(str(tmp_path / "file.png"), "--train_dir")
 
 
-def test_check_model_path_lets_hub_ids_through_and_refuses_missing_folders(tmp_path: Path):
-    check_model_path("org/caev2-vit-base")  # a Hub id: checked when loaded
+def test_check_model_path_refuses_missing_folders_and_hub_ids_it_cannot_load(tmp_path: Path):
+    with pytest.raises(UserError, match="HF_HUB_OFFLINE is set while the Hub model 'org/caev2-vit-base' is not in"):
+        check_model_path("org/caev2-vit-base")  # the tests run offline (conftest); tests/test_hub_access.py: online
     with pytest.raises(UserError, match="no such folder"):
         check_model_path(str(tmp_path / "outputs" / "final"))
     with pytest.raises(UserError, match="holds no config.json"):

@@ -5,6 +5,7 @@ Nothing here asserts a speed: timings belong to BENCHMARKS.md, not to tests.
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS_DIR))
 
 import bench_data  # noqa: E402
+import bench_demos  # noqa: E402
 import bench_end_to_end  # noqa: E402
 import bench_help  # noqa: E402
 import bench_pretrain  # noqa: E402
@@ -239,3 +241,35 @@ def test_bench_pretrain_ab_row_puts_back_the_teachers_conv2d(tmp_path: Path):
 )
 def test_profile_sorts_kernels_into_families(name: str, family: str):
     assert bench_pretrain.kernel_family(name) == family
+
+
+def test_bench_demos_runs_each_command_and_records_its_conditions(tmp_path: Path, monkeypatch):
+    """The harness, on a stand-in command (the real demos take minutes): wall and CPU time, threads, load, figures."""
+    demo = bench_demos.Demo(["-c", "print('Done. Final loss 0.1610.')"], "python run_pretrain.py ...",
+                            bench_demos.pretraining_figures, takes_threads=False)  # fmt: skip
+    monkeypatch.setitem(bench_demos.DEMOS, "pretrain", demo)
+    output = tmp_path / "demos.json"
+    arguments = ["--demos", "pretrain", "--work_dir", str(tmp_path / "work"), "--output_json", str(output)]
+    result = bench_demos.main([*arguments, "--omp_num_threads", "1"])
+    assert json.loads(output.read_text()) == result and result["omp_num_threads"] == 1
+    assert result["machine"]["cpu_count"] == os.cpu_count() and result["machine"]["torch_threads_by_default"] == 1
+    measured = result["demos"]["pretrain"]
+    assert measured["returncode"] == 0 and measured["figures"] == {"final_loss": 0.161}
+    assert measured["wall_seconds"] >= 0 and measured["cpu_seconds"] >= 0
+    assert len(measured["load_average_before"]) == 3 and measured["torch_num_threads"] is None
+
+
+def test_bench_demos_reads_the_figures_the_demos_print():
+    line = "pictures/china.png: mask 16/64 patches, cosine to the teacher: visible 0.9370, masked 0.2900, [CLS] 0.5100"
+    assert bench_demos.visualize_figures(line) == {"visible": 0.937, "masked": 0.29, "cls": 0.51}
+    # 64 held-out images of the segmentation demo, all background predicted: its pixel share over 4 classes
+    assert 0.15 < bench_demos.best_constant_miou(seed=1_000_003) < 0.25
+
+
+def test_the_readme_commands_are_the_benchmarked_ones():
+    """The demos' figures in README.md come from these commands; the probes' commands are in BENCHMARKS.md."""
+    readme, benchmarks = ((BENCHMARKS_DIR.parent / name).read_text() for name in ("README.md", "BENCHMARKS.md"))
+    in_readme = ("pretrain", "visualize", "segmentation", "detection", "study")
+    assert [name for name in in_readme if bench_demos.DEMOS[name].readme not in readme] == []
+    in_benchmarks = ("probe_fast", "probe_official")
+    assert [name for name in in_benchmarks if bench_demos.DEMOS[name].readme not in benchmarks] == []

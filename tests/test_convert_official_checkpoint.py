@@ -1,13 +1,16 @@
 """Tests for caev2_hf/convert_official_checkpoint.py on fake official state dicts built from the key list in docs/method.md#checkpoint-keys-of-the-authors-code."""
 
 import argparse
+import hashlib
 import json
 import math
 from pathlib import Path
-from unittest import mock
 
+import huggingface_hub
 import pytest
 import torch
+from fake_hub import install_fake_hub
+from huggingface_hub import ModelCard
 
 from caev2_hf import CAEv2Config, CAEv2ForPreTraining, CAEv2Model
 from caev2_hf.hub.convert_official_checkpoint import (
@@ -18,8 +21,9 @@ from caev2_hf.hub.convert_official_checkpoint import (
     load_official_state_dict,
     main,
 )
-from caev2_hf.hub.publish import REQUIRED_FILES
-from caev2_hf_cli.hub import parse_convert_arguments
+from caev2_hf.hub.publish import main as hub_main
+from caev2_hf_cli.errors import UserError
+from caev2_hf_cli.hub import CONVERSION_RECORD, REQUIRED_FILES, parse_convert_arguments, parse_publish_arguments
 
 
 def convert(argv: list[str]) -> None:
@@ -412,7 +416,7 @@ def test_cli_writes_an_encoder_folder_that_auto_model_loads(tiny_full_checkpoint
     path, official = tiny_full_checkpoint
     convert(["--checkpoint", str(path), "--size", "tiny", "--output_dir", str(tmp_path / "out")])
     files = sorted(item.name for item in (tmp_path / "out").iterdir())
-    assert files == sorted(REQUIRED_FILES)
+    assert files == sorted([*REQUIRED_FILES, CONVERSION_RECORD])
     assert json.loads((tmp_path / "out" / "config.json").read_text())["architectures"] == ["CAEv2Model"]
     model = CAEv2Model.from_pretrained(tmp_path / "out").eval()
     pixel_values = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(2))
@@ -422,6 +426,39 @@ def test_cli_writes_an_encoder_folder_that_auto_model_loads(tiny_full_checkpoint
     torch.testing.assert_close(
         ours, compute_official_encoder_output(official, config, pixel_values), atol=1e-5, rtol=1e-5
     )
+
+
+PAPER_TINY = {"Top-1 (LIN)": 69.3, "Top-1 (FT)": 77.8, "mIoU": 44.7}  # docs/method.md#paper-results
+
+
+def model_index(folder: Path) -> dict[str, float]:
+    results = ModelCard.load(folder / "README.md").data.eval_results or []
+    return {result.metric_name: result.metric_value for result in results}
+
+
+@pytest.mark.parametrize("released", [True, False])
+def test_paper_numbers_only_for_a_checkpoint_the_authors_released(tiny_full_checkpoint, tmp_path, released):
+    """Issue 22 #10: the converter records the file it read; only `--released_by_authors` makes its card (and a card
+    `caev2-hub prepare` writes from the folder) quote the paper's numbers as these weights'."""
+    path, _ = tiny_full_checkpoint
+    flags = ["--released_by_authors"] if released else []
+    convert(["--checkpoint", str(path), "--size", "tiny", "--output_dir", str(tmp_path / "out"), *flags])
+    record = json.loads((tmp_path / "out" / CONVERSION_RECORD).read_text())
+    assert record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert (record["checkpoint_file"], record["size"], record["released_by_authors"]) == (
+        "checkpoint-299.pth",
+        "tiny",
+        released,
+    )
+    assert record["relative_difference"] < 1e-4
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert f"It was converted from `checkpoint-299.pth` (sha256 `{record['sha256']}`)" in card
+    assert model_index(tmp_path / "out") == (PAPER_TINY if released else {})
+    hub_main(
+        parse_publish_arguments(["prepare", "--weights", str(tmp_path / "out"), "--output_dir", str(tmp_path / "hub")])
+    )
+    assert json.loads((tmp_path / "hub" / CONVERSION_RECORD).read_text()) == record
+    assert model_index(tmp_path / "hub") == (PAPER_TINY if released else {})
 
 
 def test_cli_pretraining_folder_goes_back_to_the_official_file(tmp_path):
@@ -449,18 +486,23 @@ def test_cli_pretraining_folder_goes_back_to_the_official_file(tmp_path):
 
 
 def test_cli_push_to_hub_uploads_the_converted_folder(tiny_full_checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
-    with mock.patch("caev2_hf.hub.publish.HfApi") as api_class:
-        arguments = [
-            "--checkpoint",
-            str(tiny_full_checkpoint[0]),
-            "--size",
-            "tiny",
-            "--output_dir",
-            str(tmp_path / "out"),
-        ]
-        convert([*arguments, "--push_to_hub", "--hub_model_id", "my-org/caev2-vit-tiny"])
-    api_class.assert_called_once_with(token="hf_test_token")
-    upload = api_class.return_value.upload_folder.call_args.kwargs
-    assert (upload["folder_path"], upload["repo_id"]) == (str(tmp_path / "out"), "my-org/caev2-vit-tiny")
+    hub = install_fake_hub(monkeypatch)
+    arguments = ["--checkpoint", str(tiny_full_checkpoint[0]), "--size", "tiny", "--output_dir", str(tmp_path / "out")]
+    convert([*arguments, "--push_to_hub", "--hub_model_id", "my-org/caev2-vit-tiny"])
+    assert [call for call, _ in hub.calls][:3] == ["init", "whoami", "auth_check"]  # checked before converting
+    (create,) = hub.named("create_repo")
+    assert (create["repo_id"], create["private"]) == ("my-org/caev2-vit-tiny", True)
+    (upload,) = hub.named("upload_folder")
+    assert upload["folder_path"] == str(tmp_path / "out") and upload["repo_id"] == "my-org/caev2-vit-tiny"
+    assert upload["files"] == sorted([*REQUIRED_FILES, CONVERSION_RECORD])
     assert 'from_pretrained("my-org/caev2-vit-tiny")' in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_cli_push_to_hub_refuses_before_converting_without_a_token(tiny_full_checkpoint, tmp_path, monkeypatch):
+    hub = install_fake_hub(monkeypatch)
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    arguments = ["--checkpoint", str(tiny_full_checkpoint[0]), "--size", "tiny", "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(UserError, match="--hub_model_id me/x: no Hugging Face token to upload with; set HF_TOKEN"):
+        convert([*arguments, "--push_to_hub", "--hub_model_id", "me/x"])
+    assert not (tmp_path / "out").exists() and hub.calls == []

@@ -3,21 +3,25 @@
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
+import huggingface_hub
 import numpy as np
 import pytest
 import torch
 import yaml
+from fake_hub import FakeHfApi, install_fake_hub
 from huggingface_hub import EvalResult, ModelCard
+from PIL import Image
 from transformers import AutoImageProcessor
 
 from caev2_hf import CAEv2Config, CAEv2Model
 from caev2_hf.hub.model_card import add_eval_results, render_model_card, write_size_cards
 from caev2_hf.hub.publish import list_folder_files, main, prepare_from_weights, push_folder
+from caev2_hf_cli.errors import UserError
 from caev2_hf_cli.hub import parse_publish_arguments
 
 
@@ -50,9 +54,14 @@ def yaml_header(text: str) -> dict:
     return yaml.safe_load(text.split("\n---\n", 1)[0].removeprefix("---\n"))
 
 
+def authors_card(size: str, **kwargs) -> ModelCard:
+    """The card of the authors' released weights of `size` (what the per-size cards and the converter write)."""
+    return render_model_card(CAEv2Config.from_preset(size), size=size, authors_weights=True, **kwargs)
+
+
 @pytest.mark.parametrize("size", SIZES)
 def test_card_metadata_parses_as_hub_yaml(size):
-    card = render_model_card(CAEv2Config.from_preset(size), size=size, model_id=f"my-org/caev2-vit-{size}")
+    card = authors_card(size, model_id=f"my-org/caev2-vit-{size}")
     metadata = yaml_header(str(card))
     assert metadata["library_name"] == "transformers"
     assert metadata["pipeline_tag"] == "image-feature-extraction"
@@ -64,7 +73,7 @@ def test_card_metadata_parses_as_hub_yaml(size):
 
 @pytest.mark.parametrize("size", SIZES)
 def test_card_model_index_holds_the_paper_numbers_marked_as_reported(size):
-    card = ModelCard(str(render_model_card(CAEv2Config.from_preset(size), size=size)))
+    card = ModelCard(str(authors_card(size)))
     results = card.data.eval_results
     assert {result.metric_name: result.metric_value for result in results} == PAPER_RESULTS[size]
     assert all(result.source_url == "https://arxiv.org/abs/2211.09799" for result in results)
@@ -73,7 +82,7 @@ def test_card_model_index_holds_the_paper_numbers_marked_as_reported(size):
 
 @pytest.mark.parametrize("size", SIZES)
 def test_card_body_shows_the_paper_tables_as_reported_not_reproduced(size):
-    text = str(render_model_card(CAEv2Config.from_preset(size), size=size, model_id=f"my-org/caev2-vit-{size}"))
+    text = str(authors_card(size, model_id=f"my-org/caev2-vit-{size}"))
     assert "**Reported by the paper, not reproduced by this repository**" in text
     assert (PAPER_VISIBLE_ONLY.get(size, "visible-only") in text) == (size != "large")
     assert f'AutoModel.from_pretrained("my-org/caev2-vit-{size}", trust_remote_code=True)' in text
@@ -83,6 +92,19 @@ def test_card_body_shows_the_paper_tables_as_reported_not_reproduced(size):
         "base": "98 of 196 patches (50%)",
     }
     assert f"block-wise, {masking.get(size, '98 of 196 patches (50%)')}" in text  # docs/method.md#encoder, #masking
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_other_weights_of_an_official_shape_get_no_paper_numbers_in_the_model_index(size):
+    """Issue 22 #10: a Base-shaped run of ours is not the paper's Base; the table stays, as a reference only."""
+    text = str(render_model_card(CAEv2Config.from_preset(size), size=size, model_id=f"me/caev2-vit-{size}"))
+    metadata = yaml_header(text)
+    assert "model-index" not in metadata and "No evaluation yet." in text
+    capitalized = size.capitalize()
+    assert f"**Reported by the paper for the authors' ViT-{capitalized} weights, not for these**" in text
+    assert "which the model-index of this card does not hold" in text
+    assert "not reproduced by this repository**" not in text and "Converted official weights" not in text
+    assert f"| {PAPER_RESULTS[size]['Top-1 (LIN)']} |" in text  # the reference table itself
 
 
 def test_card_counts_the_spec_encoder_parameters():
@@ -163,6 +185,26 @@ def test_prepare_dry_run_lists_the_same_files_and_writes_nothing(tiny_weights, t
     assert not (tmp_path / "out").exists()
 
 
+def test_prepare_size_names_the_architecture_but_puts_no_paper_number_on_other_weights(prepared_folder):
+    """Issue 22 #10: `prepare --size` on weights that are not the authors' (no converter record saying so)."""
+    text = (prepared_folder / "README.md").read_text()
+    assert "# CAE v2 ViT-Tiny" in text and "model-index" not in yaml_header(text)
+    assert "**Reported by the paper for the authors' ViT-Tiny weights, not for these**" in text
+
+
+def test_prepare_drops_paper_numbers_an_older_card_put_on_other_weights(tiny_weights, tmp_path):
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny_weights, weights)
+    authors_card("tiny").save(weights / "README.md")  # as `prepare --size tiny` wrote it before
+    own = EvalResult(task_type="image-classification", task_name="Linear probing", dataset_type="digits",
+                     dataset_name="digits", metric_type="accuracy", metric_name="Top-1 (LIN)",
+                     metric_value=50.0)  # fmt: skip
+    add_eval_results(weights, [own])
+    hub(["prepare", "--size", "tiny", "--weights", str(weights), "--output_dir", str(tmp_path / "out")])
+    results = ModelCard.load(tmp_path / "out" / "README.md").data.eval_results
+    assert [(result.dataset_name, result.metric_value) for result in results] == [("digits", 50.0)]
+
+
 def test_prepare_refuses_weights_of_another_size(tiny_weights, tmp_path):
     with pytest.raises(ValueError, match=r"not CAE v2 ViT-base: hidden_size=192 \(preset 768\)"):
         hub(["prepare", "--size", "base", "--weights", str(tiny_weights), "--output_dir", str(tmp_path / "out")])
@@ -220,40 +262,129 @@ def test_prepared_folder_loads_with_remote_code_where_the_package_is_missing(pre
     torch.testing.assert_close(remote["last_hidden_state"], local, atol=1e-6, rtol=1e-6)
 
 
-class RecordingHfApi:
-    """Stands in for `huggingface_hub.HfApi`: records calls and what the folder held at upload time."""
-
-    calls: list = []
-
-    def __init__(self, token: str | None = None) -> None:
-        self.calls.append(("init", {"token": token}))
-
-    def create_repo(self, **kwargs) -> None:
-        self.calls.append(("create_repo", kwargs))
-
-    def upload_folder(self, **kwargs) -> SimpleNamespace:
-        self.calls.append(("upload_folder", {**kwargs, "files": list_folder_files(kwargs["folder_path"])}))
-        return SimpleNamespace(commit_url=f"https://huggingface.co/{kwargs['repo_id']}/commit/0")
+@pytest.fixture
+def fake_hub(monkeypatch) -> type[FakeHfApi]:
+    return install_fake_hub(monkeypatch)
 
 
-def test_push_uploads_exactly_the_prepared_folder(prepared_folder, monkeypatch):
-    monkeypatch.setattr("caev2_hf.hub.publish.HfApi", RecordingHfApi)
-    monkeypatch.setattr(RecordingHfApi, "calls", [])
-    monkeypatch.setenv("HF_TOKEN", "hf_from_environment")
+def stray_files(folder: Path) -> None:
+    """What issue 21 found uploaded with a folder: a secret, a big stray file, a checkpoint's optimizer state."""
+    (folder / ".env").write_text("HF_TOKEN=hf_secret\n")
+    with open(folder / "scratch.bin", "wb") as file:
+        file.truncate(300_000_000)  # 300 MB, sparse: no disk used
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / "optimizer.bin").write_bytes(b"0" * 1000)
+
+
+@pytest.fixture
+def folder_with_strays(prepared_folder, tmp_path) -> Path:
+    folder = tmp_path / "to_push"
+    shutil.copytree(prepared_folder, folder)
+    stray_files(folder)
+    (folder / "pictures").mkdir()
+    Image.new("RGB", (8, 8)).save(folder / "pictures" / "china.png")  # a picture the card may show
+    return folder
+
+
+def test_push_sends_only_the_model_files_to_a_private_repository(prepared_folder, fake_hub):
     hub(["push", "--folder", str(prepared_folder), "--repo_id", "my-org/caev2-vit-tiny"])
-    (_, init), (_, create), (_, upload) = RecordingHfApi.calls
-    assert init == {"token": "hf_from_environment"}
-    assert create == {"repo_id": "my-org/caev2-vit-tiny", "repo_type": "model", "private": False, "exist_ok": True}
+    assert [call for call, _ in fake_hub.calls] == [
+        "init",
+        "whoami",
+        "auth_check",
+        "init",
+        "create_repo",
+        "upload_folder",
+    ]
+    assert fake_hub.calls[0][1] == {"token": None} and fake_hub.calls[3][1] == {"token": "hf_from_environment"}
+    (create,) = fake_hub.named("create_repo")
+    assert create == {"repo_id": "my-org/caev2-vit-tiny", "repo_type": "model", "private": True, "exist_ok": True}
+    (upload,) = fake_hub.named("upload_folder")
     assert upload["folder_path"] == str(prepared_folder) and upload["repo_id"] == "my-org/caev2-vit-tiny"
     assert upload["files"] == PREPARED_FILES and upload["repo_type"] == "model"
 
 
-def test_push_refuses_a_folder_that_is_not_prepared(tiny_weights, monkeypatch):
-    monkeypatch.setattr("caev2_hf.hub.publish.HfApi", RecordingHfApi)
-    monkeypatch.setattr(RecordingHfApi, "calls", [])
+def test_push_public_only_when_asked(prepared_folder, fake_hub):
+    hub(["push", "--folder", str(prepared_folder), "--repo_id", "me/caev2-vit-tiny", "--public"])
+    (create,) = fake_hub.named("create_repo")
+    assert create["private"] is False
+
+
+def test_push_refuses_stray_files_in_one_line_and_sends_nothing(folder_with_strays, fake_hub):
+    """Issue 21 #7: a .env with a secret, a 300 MB file and checkpoints/optimizer.bin are listed, never sent."""
+    with pytest.raises(UserError) as refused:
+        hub(["push", "--folder", str(folder_with_strays), "--repo_id", "me/caev2-vit-tiny"])
+    assert str(refused.value) == (
+        f"--folder {folder_with_strays} holds files a model repository does not need: .env (19 bytes), "
+        "checkpoints/ (1 file(s), 1.0 kB), scratch.bin (300.0 MB). Move them out, or name them with --include to "
+        "upload them too (e.g. --include .env)."
+    )
+    assert fake_hub.calls == []  # refused before the Hub is asked anything
+
+
+def test_push_include_adds_exactly_the_named_files(folder_with_strays, fake_hub):
+    arguments = ["push", "--folder", str(folder_with_strays), "--repo_id", "me/caev2-vit-tiny"]
+    hub([*arguments, "--include", "checkpoints", "scratch.bin", ".env"])
+    (upload,) = fake_hub.named("upload_folder")
+    expected = [".env", "checkpoints/optimizer.bin", "pictures/china.png", "scratch.bin", *PREPARED_FILES]
+    assert upload["files"] == sorted(expected)
+    with pytest.raises(UserError, match=r"--include checkpoint: no file of .* matches it"):
+        hub([*arguments, "--include", "checkpoint"])
+
+
+def test_push_of_a_run_final_folder_leaves_pretraining_out_unless_included(demo_final_folder, fake_hub):
+    arguments = ["push", "--folder", str(demo_final_folder), "--repo_id", "me/caev2-demo"]
+    with pytest.raises(UserError, match=r"need: pretraining/ \(5 file\(s\), [0-9.]+ kB\)\. .*--include pretraining\)"):
+        hub(arguments)
+    hub([*arguments, "--include", "pretraining"])
+    (upload,) = fake_hub.named("upload_folder")
+    assert {"pretraining/config.json", "pretraining/model.safetensors"} <= set(upload["files"])
+
+
+@pytest.mark.parametrize(
+    ("situation", "message"),
+    [
+        ("no token", "--repo_id other/caev2: no Hugging Face token to upload with; set HF_TOKEN=hf_..."),
+        ("read-only token", "--repo_id other/caev2: the token of me is read-only; set HF_TOKEN=hf_..."),
+        ("foreign namespace", "--repo_id other/caev2: me cannot create a repository under 'other' (it may under: "
+                              "me, my-org)"),
+        ("existing, not writable", "Cannot upload to other/caev2: the token may not do this"),
+        ("bad id", "--repo_id other/caev2//x is not a Hub repository id"),
+    ],
+)  # fmt: skip
+def test_push_checks_the_token_and_the_repository_before_sending(
+    prepared_folder, fake_hub, monkeypatch, situation, message
+):
+    repo_id = "other/caev2//x" if situation == "bad id" else "other/caev2"
+    if situation == "no token":
+        monkeypatch.delenv("HF_TOKEN")
+        monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)  # and no saved login
+    fake_hub.role = "read" if situation == "read-only token" else "write"
+    if situation == "existing, not writable":
+        fake_hub.existing = {"other/caev2": False}
+    with pytest.raises(UserError) as refused:
+        hub(["push", "--folder", str(prepared_folder), "--repo_id", repo_id])
+    assert str(refused.value).startswith(message), str(refused.value)
+    assert fake_hub.named("create_repo") == [] and fake_hub.named("upload_folder") == []
+
+
+def test_push_into_an_existing_writable_repository(prepared_folder, fake_hub):
+    fake_hub.existing = {"other/caev2": True}
+    hub(["push", "--folder", str(prepared_folder), "--repo_id", "other/caev2"])
+    assert fake_hub.named("auth_check") == [{"repo_id": "other/caev2", "write": True}]
+    assert len(fake_hub.named("upload_folder")) == 1
+
+
+def test_a_failed_upload_is_one_line_naming_the_network(prepared_folder, fake_hub):
+    fake_hub.upload_error = ConnectionError("Connection reset by peer")
+    with pytest.raises(UserError, match=r"^Cannot upload .* to me/x: the Hub cannot be reached \(ConnectionError: "):
+        hub(["push", "--folder", str(prepared_folder), "--repo_id", "me/x"])
+
+
+def test_push_refuses_a_folder_that_is_not_prepared(tiny_weights, fake_hub):
     with pytest.raises(ValueError, match="not a prepared CAE v2 folder; missing README.md"):
         push_folder(tiny_weights, "my-org/caev2-vit-tiny")
-    assert RecordingHfApi.calls == []
+    assert fake_hub.calls == []
 
 
 def test_card_of_a_demo_run_says_the_teacher_was_random_and_the_data_local():

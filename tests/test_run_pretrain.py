@@ -18,12 +18,12 @@ import pytest
 import torch
 import yaml
 from conftest import build_tiny_config, find_free_port
+from fake_hub import FakeHfApi, install_fake_hub
 from PIL import Image
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoImageProcessor, AutoModel
 
-import caev2_hf.hub.publish
 from caev2_hf import CAEv2Config, CAEv2ForPreTraining, CAEv2Model
 from caev2_hf.data.demo import write_demo_image_folder
 from caev2_hf.pretraining.checkpointing import read_training_state
@@ -510,38 +510,87 @@ def test_resume_from_a_missing_checkpoint_is_reported(tmp_path: Path, demo_image
         pretrain(["--config", config, "--resume_from_checkpoint", str(tmp_path / "no-such-checkpoint")])
 
 
-class RecordingHfApi:
-    """Stands in for huggingface_hub.HfApi inside caev2_hf.hub.publish: records the repo and the files of each upload."""
-
-    instances: list["RecordingHfApi"] = []
-
-    def __init__(self, token: str | None = None) -> None:
-        self.token, self.created, self.uploaded = token, None, None
-        RecordingHfApi.instances.append(self)
-
-    def create_repo(self, repo_id: str, repo_type: str, private: bool, exist_ok: bool) -> None:
-        self.created = {"repo_id": repo_id, "private": private}
-
-    def upload_folder(self, folder_path: str, repo_id: str, repo_type: str, commit_message: str) -> str:
-        self.uploaded = sorted(
-            str(path.relative_to(folder_path)) for path in Path(folder_path).rglob("*") if path.is_file()
-        )
-        return f"https://huggingface.co/{repo_id}/commit/0"
+@pytest.fixture
+def fake_hub(monkeypatch) -> type[FakeHfApi]:
+    return install_fake_hub(monkeypatch)
 
 
-def test_push_to_hub_uploads_the_final_folder_with_the_token_from_the_environment(
-    tmp_path: Path, demo_image_folder: str, monkeypatch
+ENCODER_FILES = ["README.md", "config.json", "configuration_caev2.py", "model.safetensors", "modeling_caev2.py",
+                 "preprocessor_config.json"]  # fmt: skip
+
+
+def test_push_to_hub_sends_the_encoder_folder_to_a_private_repository(
+    tmp_path: Path, demo_image_folder: str, fake_hub
 ) -> None:
-    monkeypatch.setenv("HF_TOKEN", "hf_from_environment")
-    monkeypatch.setattr(caev2_hf.hub.publish, "HfApi", RecordingHfApi)
-    RecordingHfApi.instances.clear()
+    """Issue 21 #7: private by default, final/pretraining/ (with the CLIP teacher) left out, and a card that names the
+    data without the machine's absolute path."""
     config = write_config(tmp_path, train_dir=demo_image_folder, max_steps=1)
-    pretrain(["--config", config, "--push_to_hub", "--hub_model_id", "me/caev2-test", "--hub_private_repo"])
-    (api,) = RecordingHfApi.instances
-    assert api.token == "hf_from_environment" and api.created == {"repo_id": "me/caev2-test", "private": True}
-    assert {"README.md", "config.json", "model.safetensors", "preprocessor_config.json", "modeling_caev2.py",
-            "pretraining/model.safetensors", "pretraining/config.json"} <= set(api.uploaded)  # fmt: skip
-    assert not any("checkpoint" in name or "logs" in name for name in api.uploaded)
+    pretrain(["--config", config, "--push_to_hub", "--hub_model_id", "me/caev2-test"])
+    assert [call for call, _ in fake_hub.calls][:3] == ["init", "whoami", "auth_check"]  # asked before training
+    (create,) = fake_hub.named("create_repo")
+    assert (create["repo_id"], create["private"]) == ("me/caev2-test", True)
+    (upload,) = fake_hub.named("upload_folder")
+    assert upload["files"] == ENCODER_FILES
+    card = (tmp_path / "config" / "final" / "README.md").read_text()
+    folder_name = os.path.basename(demo_image_folder)
+    assert f"on a local image folder (`{folder_name}`): 1 updates" in card and demo_image_folder not in card
+
+
+def test_push_to_hub_public_with_the_pretraining_model_only_when_asked(
+    tmp_path: Path, demo_image_folder: str, fake_hub
+) -> None:
+    config = write_config(tmp_path, train_dir=demo_image_folder, max_steps=1)
+    pretrain(["--config", config, "--push_to_hub", "--hub_model_id", "me/caev2-test", "--hub_private_repo", "false",
+              "--hub_include_pretraining", "true"])  # fmt: skip
+    (create,) = fake_hub.named("create_repo")
+    (upload,) = fake_hub.named("upload_folder")
+    assert create["private"] is False
+    assert {"pretraining/config.json", "pretraining/model.safetensors", *ENCODER_FILES} <= set(upload["files"])
+
+
+def test_a_failed_upload_after_training_says_how_to_send_final(
+    tmp_path: Path, demo_image_folder: str, fake_hub
+) -> None:
+    fake_hub.upload_error = TimeoutError("timed out")
+    config = write_config(tmp_path, train_dir=demo_image_folder, max_steps=1)
+    with pytest.raises(UserError) as failed:
+        pretrain(["--config", config, "--push_to_hub", "--hub_model_id", "me/caev2-test"])
+    final_dir = str(tmp_path / "config" / "final")
+    assert str(failed.value).startswith(f"Cannot upload {final_dir} to me/caev2-test: the Hub cannot be reached")
+    assert str(failed.value).endswith(
+        f"final/ is written: upload it with `caev2-hub push --folder {final_dir} --repo_id me/caev2-test`."
+    )
+    assert (Path(final_dir) / "model.safetensors").is_file()
+
+
+def test_resume_past_max_steps_is_refused_and_at_max_steps_exports_again(
+    tmp_path: Path, demo_image_folder: str, caplog
+) -> None:
+    """Issue 22 #10: a checkpoint past --max_steps is not exported as a shorter run, and nothing is overwritten."""
+    config = write_config(tmp_path, train_dir=demo_image_folder, max_steps=2, save_steps=2)
+    pretrain(["--config", config])
+    final = tmp_path / "config" / "final" / "model.safetensors"
+    written = final.stat().st_mtime_ns
+    with pytest.raises(UserError, match=r"checkpoint-00000002 is at update 2, past this run's 1 updates: nothing was"):
+        pretrain(["--config", config, "--resume_from_checkpoint", "latest", "--max_steps", "1"])
+    assert final.stat().st_mtime_ns == written
+    with caplog.at_level("INFO", logger="run_pretrain"):
+        pretrain(["--config", config, "--resume_from_checkpoint", "latest"])
+    assert "is at the run's last update (2): nothing to train; final/ is written from it." in caplog.text
+
+
+def test_a_changed_schedule_is_reported_once_by_two_processes(tmp_path: Path, demo_image_folder: str) -> None:
+    """Issue 22 #10: the warning came once per process."""
+    config = write_config(tmp_path, train_dir=demo_image_folder, per_device_train_batch_size=2, max_steps=1)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(find_free_port()), str(REPO_ROOT / "run_pretrain.py"), "--config", config]  # fmt: skip
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    first = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-4000:]
+    resumed = [*command, "--resume_from_checkpoint", "latest", "--max_steps", "2"]
+    second = subprocess.run(resumed, env=environment, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-4000:]
+    assert second.stderr.count("The run's schedule changed since the checkpoint") == 1
 
 
 def test_model_name_or_path_starts_from_saved_weights(tmp_path: Path, demo_image_folder: str) -> None:

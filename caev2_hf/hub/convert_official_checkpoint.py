@@ -6,6 +6,7 @@ the tensor conversions and a check against the authors' own computation
 """
 
 import argparse
+import hashlib
 import logging
 import pickle
 import zipfile
@@ -386,9 +387,17 @@ def build_converted_model(
 
 
 def convert_official_checkpoint(
-    checkpoint: str | Path, size: str, output_dir: str | Path, pretraining: bool = False, model_id: str | None = None
+    checkpoint: str | Path,
+    size: str,
+    output_dir: str | Path,
+    pretraining: bool = False,
+    model_id: str | None = None,
+    released_by_authors: bool = False,
 ) -> PreTrainedModel:
-    """Official `.pth` -> a folder `from_pretrained` loads (weights, config, image processor, code, card)."""
+    """Official `.pth` -> a folder `from_pretrained` loads (weights, config, image processor, code, card), with the
+    converter's record `conversion.json` (the file, its sha256, the check's difference). Only for a file the authors
+    released (`released_by_authors`, the user's word: nothing in a file tells the authors' training from another
+    run of their code) does the card quote the paper's numbers as these weights'."""
     official = load_official_state_dict(checkpoint)
     config = CAEv2Config.from_preset(size)
     if not pretraining:
@@ -397,8 +406,24 @@ def convert_official_checkpoint(
     model = build_converted_model(convert_official_state_dict(official, config, pretraining), config, pretraining)
     difference = check_encoder_matches_official(model, official, config)
     logger.info("Converted encoder matches the official computation (relative difference %.2e).", difference)
-    prepare_folder(model.to(dtype), output_dir, size=size, model_id=model_id)
+    record = {
+        "checkpoint_file": Path(checkpoint).name,
+        "sha256": hash_file(checkpoint),
+        "size": size,
+        "pretraining": pretraining,
+        "released_by_authors": released_by_authors,
+        "relative_difference": difference,
+    }
+    prepare_folder(model.to(dtype), output_dir, size=size, model_id=model_id, conversion=record)
     return model
+
+
+def hash_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def export_official_checkpoint(folder: str | Path, output_dir: str | Path) -> Path:
@@ -420,10 +445,18 @@ def main(args: argparse.Namespace) -> None:
     if args.to_official:
         logger.info("Wrote %s", export_official_checkpoint(args.checkpoint, args.output_dir))
         return
-    convert_official_checkpoint(args.checkpoint, args.size, args.output_dir, args.pretraining, args.hub_model_id)
+    convert_official_checkpoint(
+        args.checkpoint, args.size, args.output_dir, args.pretraining, args.hub_model_id, args.released_by_authors
+    )
     logger.info("Wrote %s", args.output_dir)
     if args.push_to_hub:
-        push_folder(args.output_dir, args.hub_model_id)
+        try:
+            push_folder(args.output_dir, args.hub_model_id, private=not args.public)
+        except UserError as error:
+            raise UserError(
+                f"{error} The converted folder {args.output_dir} is complete: upload it with `caev2-hub push --folder "
+                f"{args.output_dir} --repo_id {args.hub_model_id}`{' --public' if args.public else ''}."
+            ) from None
 
 
 if __name__ == "__main__":  # the command `caev2-convert-checkpoint`, which starts faster (it parses before torch)

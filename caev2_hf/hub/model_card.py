@@ -141,12 +141,15 @@ def render_model_card(
     usage_path: str | None = None,
     picture: str | None = None,
     mask_strategy: str = "block",
+    authors_weights: bool = False,
+    conversion: dict | None = None,
 ) -> ModelCard:
     """The card of one checkpoint, from the single template.
 
     Args:
         config: The checkpoint's configuration (architecture, mask count, teacher).
-        size: Official preset the checkpoint follows (`tiny|small|base|large`); adds the paper's results.
+        size: Official preset the checkpoint follows (`tiny|small|base|large`): names it, and shows the paper's
+            results for the authors' weights of that size as a reference.
         model_id: Hub id used in the usage snippets; defaults to `caev2-vit-{size}`.
         results: Our own evaluations (keys of `RESULT_FIELDS`, values in %); they replace the paper's numbers in the
             model-index, whose every entry names its source.
@@ -160,6 +163,10 @@ def render_model_card(
         picture: Path (relative to the card) or URL of a PNG from `caev2-visualize`, shown under the
             introduction; none by default.
         mask_strategy: How pretraining laid out its masks (`run_pretrain.py --mask_strategy`; the paper's: block).
+        authors_weights: These are the authors' released weights of `size` (the converter's output): only then does
+            the model-index hold the paper's numbers, named as their source. Other weights of the same shape
+            (a run of run_pretrain.py, say) get the paper's table as a reference for the architecture only.
+        conversion: The converter's record (`conversion.json`: the authors' file and its sha256), quoted in the card.
     """
     if size is not None and size not in CAEV2_PRESETS:
         raise ValueError(f"Unknown size {size!r}: choose one of {sorted(CAEV2_PRESETS)}.")
@@ -168,8 +175,10 @@ def render_model_card(
         eval_results = list(eval_results)
     elif results:
         eval_results = build_eval_results(results, None, None)
-    else:
+    elif authors_weights:
         eval_results = build_eval_results(PAPER_RESULTS.get(size, {}), PAPER_SOURCE, PAPER_URL)
+    else:
+        eval_results = []
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag="image-feature-extraction",
@@ -199,6 +208,8 @@ def render_model_card(
         training_details=training_details,
         paper_url=PAPER_URL,
         picture=picture,
+        authors_weights=authors_weights,
+        conversion=conversion,
     )
 
 
@@ -265,13 +276,15 @@ def add_eval_results(folder: str | Path, eval_results: list[EvalResult]) -> Path
 
 
 def write_size_cards(output_dir: str | Path, namespace: str | None = None) -> list[Path]:
-    """One card per official size, `caev2-vit-{size}.md`, with ids `{namespace}/caev2-vit-{size}`."""
+    """One card per official size, `caev2-vit-{size}.md`, with ids `{namespace}/caev2-vit-{size}`: the cards of the
+    authors' weights, so their model-index holds the paper's numbers."""
     paths = []
     for size in CAEV2_PRESETS:
         model_id = f"{namespace}/caev2-vit-{size}" if namespace else f"caev2-vit-{size}"
         path = Path(output_dir) / f"caev2-vit-{size}.md"
         path.parent.mkdir(parents=True, exist_ok=True)
-        render_model_card(CAEv2Config.from_preset(size), size=size, model_id=model_id).save(path)
+        config = CAEv2Config.from_preset(size)
+        render_model_card(config, size=size, model_id=model_id, authors_weights=True).save(path)
         paths.append(path)
     return paths
 

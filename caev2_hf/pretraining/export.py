@@ -1,7 +1,7 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
 """The end of a pretraining run: `final/` (encoder, image processor, model card; never the teacher) with
 `final/pretraining/` (the full CAEv2ForPreTraining with its teacher, to continue pretraining without a download),
-and its upload to the Hub in the background."""
+and its upload to the Hub in the background: the encoder folder only (pretraining/ when asked), private unless told."""
 
 import os
 import shutil
@@ -23,6 +23,21 @@ RANDOM_TEACHER_WARNING = (
     "**Trained against a randomly initialised teacher** (`use_random_teacher=True`, e.g. the offline demo): the "
     "targets carry no knowledge, so these features are not useful. This checkpoint only shows that the pipeline runs."
 )
+
+
+def describe_data_source(
+    dataset_name: str | None, train_dir: str | None, data_files: list[str] | None, demo_dir: str | None
+) -> str:
+    """The pretraining data as a card may name them: a Hub id, or what kind of local data (a folder's base name at
+    most), never a local path, which says nothing to a reader and may say too much about the machine."""
+    if dataset_name:
+        return f"`{dataset_name}`"
+    if demo_dir:
+        return "the offline demo's images (crops of the two sample photos scikit-learn ships)"
+    if train_dir:
+        return f"a local image folder (`{os.path.basename(os.path.normpath(train_dir))}`)"
+    count = len(data_files or [])
+    return f"local shards ({count} file{'s' if count != 1 else ''})"
 
 
 def describe_training(
@@ -97,11 +112,14 @@ def export_final_model(
     return final_dir
 
 
-def push_to_hub_in_background(folder: str, repo_id: str, private: bool) -> Future:
-    """Starts the upload of `folder` (with its `pretraining/`) on a background thread and returns its Future.
+def push_to_hub_in_background(folder: str, repo_id: str, private: bool, include_pretraining: bool = False) -> Future:
+    """Starts the upload of `folder` on a background thread and returns its Future: the encoder folder, and its
+    `pretraining/` (regressor, head and the frozen CLIP teacher) only with `include_pretraining`.
 
-    The token comes from the environment (`HF_TOKEN`) or a saved `huggingface-cli login`, never from an argument.
+    The token comes from the environment (`HF_TOKEN`) or a saved `hf auth login`, never from an argument.
     """
+    part = (PRETRAINING_SUBFOLDER,)
     return HfApi().run_as_future(
-        push_folder, folder, repo_id, private=private, commit_message="Upload CAE v2 pretrained with run_pretrain.py"
-    )
+        push_folder, folder, repo_id, private=private, include=part if include_pretraining else (),
+        leave_out=() if include_pretraining else part, commit_message="Upload CAE v2 pretrained with run_pretrain.py",
+    )  # fmt: skip

@@ -25,8 +25,9 @@ MODEL_INPUTS = ("pixel_values", "bool_masked_pos")  # what goes to the device; l
 
 def build_accelerator(training_args: PretrainingArguments) -> Accelerator:
     """Devices, precision, accumulation, compilation and TensorBoard; unset options come from `accelerate launch`."""
-    # Accelerate joins CPU processes into one group only when told (`accelerate launch --cpu`); without this,
-    # `torchrun` on a machine without GPUs starts independent runs that overwrite each other's checkpoints.
+    # Accelerate joins CPU processes into one group only when told (cpu=True); without this, `torchrun` on a machine
+    # without GPUs starts independent runs that overwrite each other's checkpoints. (`accelerate launch --cpu
+    # --num_processes N` starts one process, not N: torchrun is the CPU launcher.)
     launched_processes = int(os.environ.get("WORLD_SIZE", "1"))
     accelerator = Accelerator(
         cpu=launched_processes > 1 and not torch.cuda.is_available(),
@@ -44,7 +45,8 @@ def build_accelerator(training_args: PretrainingArguments) -> Accelerator:
     if accelerator.num_processes != launched_processes:
         raise RuntimeError(
             f"The launcher started {launched_processes} processes but Accelerate joined {accelerator.num_processes}: "
-            "on a machine without CUDA, launch with `accelerate launch --cpu` (or set ACCELERATE_USE_CPU=1)."
+            "on a machine without CUDA, launch with `torchrun --nproc_per_node N run_pretrain.py ...` (`accelerate "
+            "launch --cpu --num_processes N` starts only one process)."
         )
     return accelerator
 
