@@ -127,6 +127,15 @@ def fresh_accelerate_state():
     GradientState._reset_state()
 
 
+@pytest.fixture(autouse=True)
+def torch_threads_kept():
+    """A script's `main` run here sets torch's thread count for the process (`--torch_num_threads`): every test
+    ends with the count it started with, so no test computes on a count an earlier one left."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 # ---- The detection scripts' data and command line
 
 
