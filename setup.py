@@ -46,6 +46,10 @@ setup(
         "pyyaml>=6.0,<7",
         "tqdm>=4.70,<5",
         "tensorboard>=2.21,<3",
+        # detection and instance segmentation: COCO's evaluator and mask encoding, and the Hungarian matching that
+        # transformers' LW-DETR loss needs
+        "pycocotools>=2.0.11,<3",
+        "scipy>=1.17,<2",
     ],
     extras_require={
         # pytest 9.2 is what a fresh install gets (its approx() refuses nested dicts; the tests allow for it)
