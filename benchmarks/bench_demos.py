@@ -15,8 +15,8 @@ repository root:
 
 `torch_num_threads` in the results is what the command sets (its flag or its config), null for torch's default
 (the machine's cores, `torch_threads_by_default`). Figures read back: the pretraining demo's final loss, the
-picture's cosine similarities, the segmentation and detection demos' held-out scores (with their chance baselines),
-the probes' top-1 and their own `runtime_seconds`.
+picture's cosine similarities, the segmentation, detection and instance-segmentation demos' held-out scores (with
+their chance baselines), the probes' top-1 and their own `runtime_seconds`.
 """
 
 import argparse
@@ -78,6 +78,12 @@ def segmentation_figures(output: str) -> dict:
 def detection_figures(output: str) -> dict:
     results = read_json("demo_output/detection/results.json")
     keys = ("map", "map_50", "random_baseline_map", "random_baseline_map_50")
+    return {key: results[key] for key in keys if key in results}
+
+
+def instance_segmentation_figures(output: str) -> dict:
+    results = read_json("demo_output/instance-segmentation/results.json")
+    keys = ("map", "segm_map", "map_50", "segm_map_50", "random_baseline_map", "random_baseline_segm_map")
     return {key: results[key] for key in keys if key in results}
 
 
@@ -159,6 +165,12 @@ DEMOS = {
         ["run_object_detection.py", "configs/demo-detection.yaml"],
         "python run_object_detection.py configs/demo-detection.yaml",
         detection_figures,
+        takes_threads=True,
+    ),
+    "instance_segmentation": Demo(
+        ["run_instance_segmentation.py", "configs/demo-instance-segmentation.yaml"],
+        "python run_instance_segmentation.py configs/demo-instance-segmentation.yaml",
+        instance_segmentation_figures,
         takes_threads=True,
     ),
     "probe_fast": Demo(
