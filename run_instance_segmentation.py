@@ -75,9 +75,9 @@ from caev2_hf.evaluation.trainer_steps import hold_output_dir
 from caev2_hf.optim import build_layer_decay_optimizer
 
 
-def open_splits(data_args: DetectionDataArguments, seed: int) -> tuple[CocoSplit, CocoSplit]:
+def open_splits(data_args: DetectionDataArguments, seed: int, write_demo: bool) -> tuple[CocoSplit, CocoSplit]:
     """The data's (training, held-out) splits, both with the same categories and a mask on every annotation."""
-    train, validation = open_detection_splits(data_args, seed)
+    train, validation = open_detection_splits(data_args, seed, write_demo)
     names = [[category["name"] for category in split.categories] for split in (train, validation)]
     if names[0] != names[1]:
         raise UserError(
@@ -128,7 +128,8 @@ def main(
         torch.set_num_threads(model_args.torch_num_threads)
     with hold_output_dir(training_args, output_folder.overwrite_output_dir):
         set_seed(training_args.seed)
-        train, validation = open_splits(data_args, training_args.seed)
+        with training_args.main_process_first(desc="writing the demo data"):  # one writer a node, then the others
+            train, validation = open_splits(data_args, training_args.seed, training_args.local_process_index == 0)
         class_names = list(train.id2label.values())
         model, encoder = build_model(model_args, class_names)
         if training_args.world_size > 1 and training_args.device.type != "cpu":  # the authors' SyncBN (neck, box head)

@@ -126,7 +126,10 @@ def main(
         torch.set_num_threads(model_args.torch_num_threads)
     with hold_output_dir(training_args, output_folder.overwrite_output_dir):
         set_seed(training_args.seed)
-        train, validation = open_detection_splits(data_args, training_args.seed)
+        with training_args.main_process_first(desc="writing the demo data"):  # one writer a node, then the others
+            train, validation = open_detection_splits(
+                data_args, training_args.seed, write_demo=training_args.local_process_index == 0
+            )
         model, processor, encoder = build_model(model_args, train, validation)
         vit = model.config.backbone_config
         train_dataset = DetectionDataset(

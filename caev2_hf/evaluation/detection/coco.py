@@ -25,7 +25,7 @@ from caev2_hf_cli.detection import DetectionDataArguments
 from caev2_hf_cli.errors import UserError
 
 from ...data.decoding import ImageLike, open_image, upright_size
-from .demo import write_demo_coco
+from .demo import demo_coco_paths, write_demo_coco
 
 
 logger = logging.get_logger(__name__)
@@ -404,14 +404,20 @@ def load_hub_detection(
     return open_hub_detection(dataset, f"{dataset_name} ({split})", image_column, objects_column)
 
 
-def open_detection_splits(data_args: DetectionDataArguments, seed: int) -> tuple[CocoSplit, CocoSplit]:
+def open_detection_splits(
+    data_args: DetectionDataArguments, seed: int, write_demo: bool = True
+) -> tuple[CocoSplit, CocoSplit]:
     """(training, held-out) splits of a detection command's data: COCO folders, a Hub dataset or the offline demo
-    (written into `demo_dir` first)."""
+    (written into `demo_dir` first, unless `write_demo` is false: one process of a node writes it, the others read
+    what it wrote)."""
     if data_args.demo_data:
-        written = write_demo_coco(
-            data_args.demo_dir, data_args.demo_num_train_images, data_args.demo_num_validation_images,
-            data_args.demo_image_size, seed,
-        )  # fmt: skip
+        if write_demo:
+            written = write_demo_coco(
+                data_args.demo_dir, data_args.demo_num_train_images, data_args.demo_num_validation_images,
+                data_args.demo_image_size, seed,
+            )  # fmt: skip
+        else:
+            written = demo_coco_paths(data_args.demo_dir)
         return open_coco_folder(*written["train"]), open_coco_folder(*written["validation"])
     if data_args.dataset_name is not None:
         return tuple(

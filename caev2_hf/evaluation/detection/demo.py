@@ -6,6 +6,9 @@ import colorsys
 import json
 import math
 import os
+import socket
+from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -81,6 +84,14 @@ def make_demo_image(
     return image, annotations
 
 
+def demo_coco_paths(output_dir: str) -> dict[str, tuple[str, str]]:
+    """`{split: (image folder, annotation file)}` of the demo data `write_demo_coco` writes into `output_dir`."""
+    return {
+        split: (os.path.join(output_dir, split), os.path.join(output_dir, "annotations", f"instances_{split}.json"))
+        for split in DEMO_SPLITS
+    }
+
+
 def write_demo_coco(
     output_dir: str, num_train_images: int = 64, num_validation_images: int = 16, image_size: int = 128, seed: int = 0
 ) -> dict[str, tuple[str, str]]:
@@ -92,29 +103,34 @@ def write_demo_coco(
     photos = list(load_sample_photos().values())
     counts = {"train": num_train_images, "validation": num_validation_images}
     seeds = {"train": seed, "validation": seed + 1_000_003}
+    written = demo_coco_paths(output_dir)
     os.makedirs(os.path.join(output_dir, "annotations"), exist_ok=True)
-    written = {}
-    for split in DEMO_SPLITS:
-        rng, image_dir = np.random.default_rng(seeds[split]), os.path.join(output_dir, split)
+    for split, (image_dir, annotation_file) in written.items():
+        rng = np.random.default_rng(seeds[split])
         os.makedirs(image_dir, exist_ok=True)
         images, annotations = [], []
         for index in range(counts[split]):
             image, image_annotations = make_demo_image(index + 1, image_size, photos, rng)
             file_name = f"{index:05d}.jpg"
-            image.save(os.path.join(image_dir, file_name), quality=95)
+            write_atomically(os.path.join(image_dir, file_name), partial(image.save, format="JPEG", quality=95))
             images.append({"id": index + 1, "file_name": file_name, "width": image_size, "height": image_size})
             annotations += image_annotations
         for number, annotation in enumerate(annotations, start=1):
             annotation["id"] = number
         categories = [{"id": label + 1, "name": name} for label, name in enumerate(DEMO_CATEGORIES)]
-        annotation_file = os.path.join(output_dir, "annotations", f"instances_{split}.json")
-        write_json(annotation_file, {"images": images, "annotations": annotations, "categories": categories})
-        written[split] = (image_dir, annotation_file)
+        content = {"images": images, "annotations": annotations, "categories": categories}
+        write_atomically(annotation_file, partial(write_json, content=content))
     return written
 
 
+def write_atomically(path: str, write: Callable[[str], None]) -> None:
+    """Written whole or not at all, under a name of this process's own: a run stopped midway leaves no truncated
+    file, and processes on several nodes writing the same demo into a shared folder never read each other's half."""
+    temporary = f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"
+    write(temporary)
+    os.replace(temporary, path)
+
+
 def write_json(path: str, content: dict) -> None:
-    """Written whole or not at all: a run stopped midway leaves no truncated annotation file."""
-    with open(path + ".tmp", "w", encoding="utf-8") as file:
+    with open(path, "w", encoding="utf-8") as file:
         json.dump(content, file)
-    os.replace(path + ".tmp", path)
