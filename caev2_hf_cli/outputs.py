@@ -160,5 +160,5 @@ def resume_hint_on_interrupt(output_dir: str, is_main_process: bool = True) -> I
                 )
             else:
                 hint = "no checkpoint was written yet (--save_strategy / --save_steps say when); rerun to start again."
-            print(f"Interrupted: {hint}", file=sys.stderr, flush=True)
+            print(f"\nInterrupted: {hint}", file=sys.stderr, flush=True)  # a progress bar may hold the line
         raise

@@ -119,8 +119,8 @@ def test_latest_is_the_newest_complete_checkpoint_of_the_folder(run_folder: Path
 def test_an_interrupt_names_the_checkpoint_to_resume_and_goes_on(run_folder: Path, capsys: pytest.CaptureFixture):
     with pytest.raises(KeyboardInterrupt), resume_hint_on_interrupt(str(run_folder)):
         raise KeyboardInterrupt
-    assert capsys.readouterr().err == (
-        f"Interrupted: the last checkpoint is {run_folder / 'checkpoint-10'}. The same command with "
+    assert capsys.readouterr().err == (  # on a line of its own, after whatever a progress bar left on the line
+        f"\nInterrupted: the last checkpoint is {run_folder / 'checkpoint-10'}. The same command with "
         "--resume_from_checkpoint latest continues from it.\n"
     )
     with pytest.raises(KeyboardInterrupt), resume_hint_on_interrupt(str(run_folder / "new")):
