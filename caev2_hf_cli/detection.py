@@ -25,7 +25,7 @@ def check_demo_encoder(model: str, demo_data: bool) -> None:
     if demo_data and not os.path.isdir(model) and model.startswith("demo_output"):
         raise UserError(
             f"--model {model}: no such folder. The demo starts from the demo encoder: run python run_pretrain.py "
-            "--config configs/demo.yaml first (16 s), or give another CAE v2 encoder."
+            "--config configs/demo.yaml first (15-21 CPU s), or give another CAE v2 encoder."
         )
 
 
