@@ -364,5 +364,5 @@ def test_the_command_ends_bad_coco_files_in_one_line_and_status_2(encoder_folder
     )
     assert completed.returncode == 2 and completed.stderr.strip().splitlines() == [
         "error: --model demo_output/missing: no such folder. The demo starts from the demo encoder: run python "
-        "run_pretrain.py --config configs/demo.yaml first (16 s), or give another CAE v2 encoder."
+        "run_pretrain.py --config configs/demo.yaml first (15-21 CPU s), or give another CAE v2 encoder."
     ]

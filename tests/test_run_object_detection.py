@@ -134,7 +134,7 @@ def test_the_command_ends_bad_input_in_one_line_and_status_2(encoder_folder, tmp
     )
     assert completed.returncode == 2 and completed.stderr.strip().splitlines() == [
         "error: --model demo_output/missing: no such folder. The demo starts from the demo encoder: run python "
-        "run_pretrain.py --config configs/demo.yaml first (16 s), or give another CAE v2 encoder."
+        "run_pretrain.py --config configs/demo.yaml first (15-21 CPU s), or give another CAE v2 encoder."
     ]
     for swap, *words in cases:
         data = ["--train_image_dir", str(tmp_path / "images"), "--train_annotation_file", str(tmp_path / "x.json"),
