@@ -22,7 +22,6 @@ The arguments, this script's and every option of transformers' `TrainingArgument
 replaces the YAML file's (`caev2_hf_cli/segmentation.py`).
 """
 
-import json
 import os
 
 from caev2_hf_cli.outputs import OutputFolderArguments
@@ -75,6 +74,7 @@ from caev2_hf.evaluation.segmentation.model import (
 )
 from caev2_hf.evaluation.segmentation.trainer import SegmentationTrainer, build_poly_schedule
 from caev2_hf.evaluation.trainer_steps import hold_output_dir, resolve_max_steps
+from caev2_hf.files import write_json
 from caev2_hf.hub.model_card import add_eval_results, build_eval_results
 from caev2_hf.optim import build_layer_decay_optimizer
 
@@ -161,8 +161,7 @@ def main(
             metrics.last_result, data_args, training_args, encoder_source, len(train_dataset), len(eval_dataset)
         )
         if trainer.is_world_process_zero():
-            with open(os.path.join(training_args.output_dir, "results.json"), "w") as file:
-                json.dump(results, file, indent=2)
+            write_json(os.path.join(training_args.output_dir, "results.json"), results, indent=2)
             if data_args.eval_result_name:
                 entries = build_eval_results(
                     {data_args.eval_result_name: round(100 * results["mean_iou"], 2)}, None, None

@@ -10,7 +10,10 @@ import logging
 import math
 import os
 from collections.abc import Mapping
+from functools import partial
 from types import ModuleType
+
+from .files import write_atomically, write_json
 
 
 logger = logging.getLogger(__name__)
@@ -103,9 +106,7 @@ class TrainingCurves:
             {"step": step, "metrics": row} for step, row in zip(self.history.steps, self.history.rows, strict=True)
         ]
         os.makedirs(os.path.dirname(os.path.abspath(self.history_path)), exist_ok=True)
-        with open(f"{self.history_path}.incomplete", "w") as file:
-            json.dump(rows, file)
-        os.replace(f"{self.history_path}.incomplete", self.history_path)
+        write_json(self.history_path, rows)
         if import_pyplot() is None:
             if not self._told:
                 warn_missing_matplotlib(self.picture_name, self.log)
@@ -121,12 +122,11 @@ class TrainingCurves:
 def save_figure(pyplot: ModuleType, figure, path: str) -> str:
     """Writes `figure` to `path` (through a temporary name, so a reader never sees half a PNG) and closes it."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    temporary = f"{path}.incomplete.png"
+    image_format = os.path.splitext(path)[1].lstrip(".") or "png"  # the temporary name's suffix says nothing
     try:
-        figure.savefig(temporary, dpi=DPI)
+        write_atomically(path, partial(figure.savefig, dpi=DPI, format=image_format))
     finally:
         pyplot.close(figure)  # also when the write failed: an open figure would stay in memory
-    os.replace(temporary, path)
     return path
 
 

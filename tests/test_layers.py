@@ -1,5 +1,5 @@
 """The package's layers (docs/design.md#layers): command line (caev2_hf_cli) <- model <- shared (data, optim, hub,
-plots, run_lock) <- jobs (pretraining, evaluation, visualize, study) <- scripts. A module may import from its own
+plots, files, run_lock) <- jobs (pretraining, evaluation, visualize, study) <- scripts. A module may import from its own
 layer or a lower one; two job packages never import each other, so each job can be read (and changed) alone; the
 command-line package imports nothing of caev2_hf (nor torch: tests/test_parsing.py), so a command answers `--help`
 before torch loads."""
@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIR = ROOT / "caev2_hf"
 CLI_DIR = ROOT / "caev2_hf_cli"
 MODEL_MODULES = {"__init__", "configuration_caev2", "modeling_caev2", "modeling_caev2_backbone"}
-SHARED = {"data", "optim", "hub", "plots", "run_lock"}
+SHARED = {"data", "optim", "hub", "plots", "files", "run_lock"}
 JOBS = {"pretraining", "evaluation", "visualize", "study"}
 PACKAGES = ("caev2_hf", "caev2_hf_cli")
 

@@ -7,6 +7,7 @@ import json
 import math
 import os
 
+from ..files import write_text
 from ..plots import PANEL_INCHES, import_pyplot, missing_matplotlib_message, save_figure
 from .definition import Row, Study
 from .state import DONE, FAILED, NOT_STARTED, UNAVAILABLE, RunStatus, StepState, pretraining_summary, read_results
@@ -197,7 +198,5 @@ def write_report(study: Study, statuses: list[RunStatus], output_dir: str, repor
     if figure:
         paths["figure"] = figure
     for key, text in (("json", json.dumps(report, indent=2)), ("markdown", format_markdown(report, figure))):
-        with open(f"{paths[key]}.incomplete", "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(f"{paths[key]}.incomplete", paths[key])
+        write_text(paths[key], text)
     return paths

@@ -2,7 +2,6 @@
 """Running a study: every step not done yet, in order (a run's pretraining, then its evaluations), each as its own
 script in a subprocess; or, for a cluster scheduler, the commands that would run them."""
 
-import json
 import logging
 import os
 import shlex
@@ -13,6 +12,7 @@ from typing import BinaryIO
 
 from caev2_hf_cli.errors import UserError
 
+from ..files import write_json
 from .commands import FINAL_FOLDER, PRETRAINING, RunPlan, Step, resume_arguments
 from .state import (
     DONE,
@@ -44,13 +44,6 @@ class Launch:
         return [*self.command, step.script, *step.arguments, *resume_arguments(step)]
 
 
-def write_json(path: str, value: dict) -> None:
-    """Writes through a temporary name, so a reader never sees half a file."""
-    with open(f"{path}.incomplete", "w", encoding="utf-8") as file:
-        json.dump(value, file, indent=2)
-    os.replace(f"{path}.incomplete", path)
-
-
 def stream_process(command: list[str], launch: Launch, log: BinaryIO) -> int:
     """Runs `command`, its output copied as it comes to the log (and to `launch.echo`); returns its exit status.
     Ctrl-C reaches the script too (same process group): it is given the time to stop cleanly, then re-raised."""
@@ -80,7 +73,7 @@ def run_step(step: Step, launch: Launch) -> StepState:
             "--output_dir, or remove that folder to start the step again."
         )
     os.makedirs(step.folder, exist_ok=True)
-    write_json(os.path.join(step.folder, STEP_FILE), {"setting": step.setting})
+    write_json(os.path.join(step.folder, STEP_FILE), {"setting": step.setting}, indent=2)
     failed_file = os.path.join(step.folder, FAILED_FILE)
     if os.path.exists(failed_file):
         os.remove(failed_file)
@@ -96,7 +89,9 @@ def run_step(step: Step, launch: Launch) -> StepState:
     reason = (
         "" if returncode else f"exited 0 without writing {'final/' if step.name == PRETRAINING else 'results.json'}"
     )
-    write_json(failed_file, {"returncode": returncode, "reason": reason, "command": command, "log": log_path})
+    write_json(
+        failed_file, {"returncode": returncode, "reason": reason, "command": command, "log": log_path}, indent=2
+    )
     return step_state(step)
 
 

@@ -21,6 +21,7 @@ from caev2_hf_cli.classification import ProbeArguments
 from caev2_hf_cli.errors import UserError
 
 from ...data.transforms import build_eval_transform
+from ...files import write_atomically
 from .frozen_encoder import EncoderPreprocessing, FrozenEncoder, extract_features
 from .labelled_data import build_eval_loader, describe_data_source, open_labelled_dataset, read_label_names
 
@@ -102,9 +103,8 @@ def load_cached_features(
 def save_cached_features(path: str, features: torch.Tensor, labels: torch.Tensor, metadata: dict[str, str]) -> None:
     """Written under a temporary name, then renamed: an interrupted run never leaves a half-written cache."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    temporary_path = f"{path}.{os.getpid()}.tmp"
-    save_file({"features": features.contiguous(), "labels": labels.contiguous()}, temporary_path, metadata=metadata)
-    os.replace(temporary_path, path)
+    tensors = {"features": features.contiguous(), "labels": labels.contiguous()}
+    write_atomically(path, lambda temporary: save_file(tensors, temporary, metadata=metadata))
 
 
 def extract_dataset_features(

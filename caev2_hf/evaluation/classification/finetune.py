@@ -1,7 +1,6 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
 """Fine-tuning through the transformers `Trainer` (docs/method.md#recipes): layer-wise lr decay, mixup / cutmix, top-k metrics."""
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -20,6 +19,7 @@ from caev2_hf_cli.errors import UserError
 from ...data.decoding import decode_rgb_image
 from ...data.loader import LabelledImageStream
 from ...data.transforms import build_eval_transform
+from ...files import write_json
 from ...modeling_caev2 import CAEv2ForImageClassification
 from ...optim import build_layer_decay_optimizer
 from .frozen_encoder import EncoderPreprocessing
@@ -302,8 +302,7 @@ def train_and_evaluate(trainer: Trainer, num_classes: int, num_train_examples: i
         max_steps=args.max_steps,
     )
     if trainer.is_world_process_zero():
-        with open(results_file(args.output_dir), "w") as file:
-            json.dump(result.to_json(), file, indent=2)
+        write_json(results_file(args.output_dir), result.to_json(), indent=2)
     return result
 
 

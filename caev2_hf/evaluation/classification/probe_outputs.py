@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import PreTrainedModel
 
+from ...files import write_json
 from ...hub.model_card import build_eval_results
 from ...modeling_caev2 import CAEv2ForImageClassification, CAEv2Model
 from .labelled_data import build_label_mappings
@@ -48,8 +49,7 @@ def save_probe_outputs(output_dir: str, encoder: PreTrainedModel, result: ProbeR
     another one) holding `result`'s head."""
     os.makedirs(output_dir, exist_ok=True)
     outputs = ProbeOutputs(os.path.join(output_dir, "results.json"), model_dir=None, head_file=None)
-    with open(outputs.results_file, "w") as file:
-        json.dump(results, file, indent=2)
+    write_json(outputs.results_file, results, indent=2)
     if isinstance(encoder, CAEv2Model):
         build_probe_classifier(encoder, result.head.cpu(), result.class_names).save_pretrained(output_dir)
         outputs.model_dir = output_dir

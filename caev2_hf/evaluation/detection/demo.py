@@ -3,11 +3,8 @@
 and polygon masks (docs/detection.md#the-offline-demo). No download; the same files for the same seed."""
 
 import colorsys
-import json
 import math
 import os
-import socket
-from collections.abc import Callable
 from functools import partial
 
 import numpy as np
@@ -15,6 +12,7 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
 from ...data.demo import load_sample_photos, random_square_crop
+from ...files import write_atomically, write_json
 
 
 DEMO_CATEGORIES = ("ellipse", "rectangle", "triangle")
@@ -118,19 +116,5 @@ def write_demo_coco(
         for number, annotation in enumerate(annotations, start=1):
             annotation["id"] = number
         categories = [{"id": label + 1, "name": name} for label, name in enumerate(DEMO_CATEGORIES)]
-        content = {"images": images, "annotations": annotations, "categories": categories}
-        write_atomically(annotation_file, partial(write_json, content=content))
+        write_json(annotation_file, {"images": images, "annotations": annotations, "categories": categories})
     return written
-
-
-def write_atomically(path: str, write: Callable[[str], None]) -> None:
-    """Written whole or not at all, under a name of this process's own: a run stopped midway leaves no truncated
-    file, and processes on several nodes writing the same demo into a shared folder never read each other's half."""
-    temporary = f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"
-    write(temporary)
-    os.replace(temporary, path)
-
-
-def write_json(path: str, content: dict) -> None:
-    with open(path, "w", encoding="utf-8") as file:
-        json.dump(content, file)

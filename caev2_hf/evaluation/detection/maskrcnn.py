@@ -24,6 +24,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_NAME, cached_file, logging
 
 from ...configuration_caev2 import CAEv2Config
+from ...files import write_json
 from ...modeling_caev2_backbone import CAEv2Backbone
 
 
@@ -392,11 +393,7 @@ def write_mask_rcnn_config(model: CAEv2MaskRCNN, folder: str | os.PathLike, clas
         "architectures": [type(model).__name__],
         MASK_RCNN_KEY: {**model.settings, "class_names": list(class_names)},
     }
-    path = os.path.join(folder, CONFIG_NAME)
-    with open(path + ".tmp", "w", encoding="utf-8") as file:
-        json.dump(content, file, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
-    return path
+    return write_json(os.path.join(folder, CONFIG_NAME), content, indent=2, sort_keys=True)
 
 
 def is_mask_rcnn_folder(path: str | os.PathLike) -> bool:

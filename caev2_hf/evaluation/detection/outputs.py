@@ -1,11 +1,11 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
 """What a detection run leaves beside its model: `results.json` and a model card whose model-index holds the mAP."""
 
-import json
 import os
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ...files import write_json
 from ...hub.model_card import add_eval_results
 from .metrics import COCO_METRIC_NAMES
 
@@ -15,11 +15,7 @@ CARD_METRICS = {"map": "mAP@[.5:.95]", "map_50": "AP50", "map_75": "AP75"}
 
 def write_results(output_dir: str, results: dict) -> str:
     """`results.json`, written whole (a temporary file renamed), so a stopped run never leaves half a file."""
-    path = os.path.join(output_dir, "results.json")
-    with open(path + ".tmp", "w", encoding="utf-8") as file:
-        json.dump(results, file, indent=2)
-    os.replace(path + ".tmp", path)
-    return path
+    return write_json(os.path.join(output_dir, "results.json"), results, indent=2)
 
 
 def describe_detector(size: str, encoder: str, data_name: str, results: dict) -> str:

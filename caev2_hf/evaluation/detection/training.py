@@ -9,6 +9,7 @@ The recipe, from Atten4Vis/LW-DETR (`datasets/coco.py` `make_coco_transforms_squ
 
 import contextlib
 import os
+from functools import partial
 from types import SimpleNamespace
 
 import numpy as np
@@ -23,6 +24,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from transformers.utils import SAFE_WEIGHTS_NAME, logging
 
 from ...data.decoding import decode_rgb_image
+from ...files import write_atomically
 from .coco import CocoFormatError, CocoSplit, annotation_masks
 from .lwdetr import SIZE_MULTIPLE, square_sizes
 from .metrics import CocoEvaluator, detections_to_coco
@@ -269,8 +271,7 @@ class ModelEma:
             model.load_state_dict(own)
 
     def save(self, path: str) -> None:
-        save_file({name: tensor.contiguous() for name, tensor in self.shadow.items()}, path + ".tmp")
-        os.replace(path + ".tmp", path)  # a run stopped while writing leaves the previous file whole
+        write_atomically(path, partial(save_file, {name: tensor.contiguous() for name, tensor in self.shadow.items()}))
 
     def load(self, path: str) -> None:
         loaded = load_file(path)
