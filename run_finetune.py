@@ -82,7 +82,7 @@ def main(
 ) -> dict:
     """Fine-tunes on arguments from `parse_and_check_arguments`, holding the output folder throughout; returns what
     results.json holds."""
-    with hold_output_dir(training_args, output_folder.overwrite_output_dir):
+    with hold_output_dir(training_args, output_folder.overwrite_output_dir) as interrupts:
         set_seed(training_args.seed)
         train_source, validation_source = data_args.data_sources()
         train_dataset, validation_dataset, num_examples, class_names = open_labelled_datasets(
@@ -100,6 +100,7 @@ def main(
         trainer = build_finetune_trainer(
             model, training_args, train_stream, eval_stream, model_args.layer_decay, augmentation_args
         )
+        trainer.add_callback(interrupts)
         result = train_and_evaluate(trainer, len(class_names), num_examples)
     if trainer.is_world_process_zero():
         print(format_finetune_summary(result, model_args.model, training_args.output_dir))

@@ -126,7 +126,7 @@ def main(
     returns what results.json holds."""
     if model_args.torch_num_threads is not None:
         torch.set_num_threads(model_args.torch_num_threads)
-    with hold_output_dir(training_args, output_folder.overwrite_output_dir):
+    with hold_output_dir(training_args, output_folder.overwrite_output_dir) as interrupts:
         set_seed(training_args.seed)
         with training_args.main_process_first(desc="writing the demo data"):  # one writer a node, then the others
             train, validation = open_splits(data_args, training_args.seed, training_args.local_process_index == 0)
@@ -152,6 +152,7 @@ def main(
             lr_drop_epochs=model_args.lr_drop_epochs, lr_drop_factor=model_args.lr_drop_factor,
             warmup_start_factor=model_args.warmup_start_factor,
         )  # fmt: skip
+        trainer.add_callback(interrupts)
         trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         metrics = trainer.evaluate()
         trainer.save_model()

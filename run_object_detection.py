@@ -124,7 +124,7 @@ def main(
     returns what results.json holds."""
     if model_args.torch_num_threads is not None:
         torch.set_num_threads(model_args.torch_num_threads)
-    with hold_output_dir(training_args, output_folder.overwrite_output_dir):
+    with hold_output_dir(training_args, output_folder.overwrite_output_dir) as interrupts:
         set_seed(training_args.seed)
         with training_args.main_process_first(desc="writing the demo data"):  # one writer a node, then the others
             train, validation = open_detection_splits(
@@ -152,6 +152,7 @@ def main(
             data_collator=DetectionCollator(processor), processing_class=processor, optimizers=(optimizer, None),
             compute_metrics=DetrCocoMetrics(processor, validation, model_args.top_k), ema_decay=model_args.ema_decay,
         )  # fmt: skip
+        trainer.add_callback(interrupts)
         trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         metrics = trainer.evaluate()  # with the weight average when there is one
         with trainer.ema_weights():

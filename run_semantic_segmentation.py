@@ -89,7 +89,7 @@ def main(
     returns what results.json holds."""
     if model_args.torch_num_threads is not None:
         torch.set_num_threads(model_args.torch_num_threads)
-    with hold_output_dir(training_args, output_folder.overwrite_output_dir):
+    with hold_output_dir(training_args, output_folder.overwrite_output_dir) as interrupts:
         set_seed(training_args.seed)
         model_source = model_args.resolve_model()
         random_config = None
@@ -153,6 +153,7 @@ def main(
             loss_normalization=model_args.loss_normalization,
             ignore_index=data_args.ignore_index,
         )
+        trainer.add_callback(interrupts)
         trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         trainer.evaluate()
         trainer.save_model()

@@ -1,10 +1,11 @@
 """caev2_hf_cli.outputs: what counts as another run in an output folder, what --overwrite_output_dir deletes, which
 checkpoint `latest` is, and the hint an interrupted run leaves (issue 22). Through the scripts: test_bad_input.py."""
 
+import signal
 from pathlib import Path
 
 import pytest
-from transformers import TrainingArguments
+from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from caev2_hf.evaluation.trainer_steps import hold_output_dir, start_in_output_dir
 from caev2_hf.run_lock import RunLock
@@ -160,3 +161,27 @@ def test_a_trainer_run_holds_its_folder_and_a_live_runs_folder_is_left_untouched
     with hold_output_dir(arguments, overwrite_output_dir=True):  # the interrupted run let the folder go
         assert find_previous_run(str(run_folder)) == []
     assert RunLock(str(run_folder)).try_acquire() is None
+
+
+class RaisesSigintWhenCollected:
+    """SIGINT arriving while a finaliser runs, as it may while a checkpoint is being saved."""
+
+    def __del__(self) -> None:
+        signal.raise_signal(signal.SIGINT)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # pytest reports what Python drops
+def test_a_ctrl_c_python_drops_in_a_finaliser_still_stops_the_run_at_the_next_step(tmp_path: Path):
+    """Python prints a KeyboardInterrupt raised inside `__del__` as "Exception ignored" and goes on, so a Trainer
+    run went on after Ctrl-C; under hold_output_dir the next step raises it again, and SIGINT is Python's again
+    after the run."""
+    arguments = TrainingArguments(output_dir=str(tmp_path / "run"), report_to="none", use_cpu=True)
+    went_on = False
+    with pytest.raises(KeyboardInterrupt), hold_output_dir(arguments, overwrite_output_dir=False) as interrupts:
+        RaisesSigintWhenCollected()  # collected at once: the interrupt is raised in __del__ and dropped
+        went_on = True
+        interrupts.on_step_end(arguments, TrainerState(), TrainerControl())
+    assert went_on and interrupts.interrupted  # the first KeyboardInterrupt was dropped, the step raised it
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with hold_output_dir(arguments, overwrite_output_dir=False) as quiet:  # no Ctrl-C: the steps go on
+        quiet.on_step_end(arguments, TrainerState(), TrainerControl())

@@ -194,7 +194,11 @@ def test_ctrl_c_names_the_checkpoint_to_resume_from(encoder_dir: str, colours: d
         assert process.poll() is None, process.communicate()[1][-3000:]
         time.sleep(0.2)
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
+    try:
+        _, stderr = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail(f"still running 120 s after Ctrl-C; its stderr ends: {process.communicate()[1][-3000:]}")
     assert process.returncode == 130, stderr[-3000:]
     hint = [line for line in stderr.splitlines() if line.startswith("Interrupted: the last checkpoint is")]
     assert len(hint) == 1 and "Traceback" not in stderr, stderr[-3000:]

@@ -5,10 +5,12 @@ run, the resume hint on Ctrl-C)."""
 
 import contextlib
 import math
+import signal
+import threading
 from collections.abc import Iterator
 
 from accelerate.utils import broadcast_object_list
-from transformers import TrainingArguments
+from transformers import TrainerCallback, TrainingArguments
 
 from caev2_hf_cli.errors import UserError
 from caev2_hf_cli.outputs import clear_previous_run, resume_hint_on_interrupt
@@ -41,11 +43,50 @@ def start_in_output_dir(training_args: TrainingArguments, overwrite_output_dir: 
             clear_previous_run(training_args.output_dir)
 
 
+class InterruptAtNextStep(TrainerCallback):
+    """Ctrl-C stops a Trainer run even when Python drops its KeyboardInterrupt.
+
+    Python raises it wherever the main thread is when SIGINT arrives; raised inside a finaliser (an object's
+    `__del__`, a weakref callback, as saving checkpoints runs many), it is printed as "Exception ignored" and training
+    goes on. While `installed`, SIGINT is recorded before the usual KeyboardInterrupt is raised, and the next step (or
+    evaluation step, or save) raises it again.
+    """
+
+    def __init__(self) -> None:
+        self.interrupted = False
+
+    def _on_sigint(self, signal_number, frame) -> None:
+        self.interrupted = True
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["InterruptAtNextStep"]:
+        """SIGINT goes through this callback while the block runs, unless a handler other than Python's own is set
+        (a caller's choice is kept) or this is not the main thread (signals cannot be handled there)."""
+        if threading.current_thread() is not threading.main_thread() or (
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        ):
+            yield self
+            return
+        previous = signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _raise_if_interrupted(self, *args, **kwargs) -> None:
+        if self.interrupted:
+            raise KeyboardInterrupt
+
+    on_step_end = on_substep_end = on_prediction_step = on_save = on_evaluate = _raise_if_interrupted
+
+
 @contextlib.contextmanager
-def hold_output_dir(training_args: TrainingArguments, overwrite_output_dir: bool) -> Iterator[None]:
+def hold_output_dir(training_args: TrainingArguments, overwrite_output_dir: bool) -> Iterator[InterruptAtNextStep]:
     """A Trainer run's life in its output folder: the main process locks it (`caev2_hf.run_lock`; a folder a live run
     holds is refused on every process, before anything there is deleted), `start_in_output_dir` clears a previous
-    run when overwriting, Ctrl-C names the checkpoint to resume, and the lock goes when the run ends."""
+    run when overwriting, Ctrl-C names the checkpoint to resume, and the lock goes when the run ends. Yields the
+    `InterruptAtNextStep` callback the run's Trainer takes (`trainer.add_callback`)."""
     is_main_process = training_args.process_index == 0
     lock = RunLock(training_args.output_dir) if is_main_process else None
     (refusal,) = broadcast_object_list([lock.try_acquire() if lock is not None else None])
@@ -53,8 +94,9 @@ def hold_output_dir(training_args: TrainingArguments, overwrite_output_dir: bool
         raise UserError(refusal)
     try:
         start_in_output_dir(training_args, overwrite_output_dir)
-        with resume_hint_on_interrupt(training_args.output_dir, is_main_process):
-            yield
+        interrupts = InterruptAtNextStep()
+        with resume_hint_on_interrupt(training_args.output_dir, is_main_process), interrupts.installed():
+            yield interrupts
     finally:
         if lock is not None:
             lock.release()
