@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +22,17 @@ from caev2_hf import CAEv2Config  # noqa: E402
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ctrl_c_as_in_a_terminal():
+    """SIGINT as Python sets it in a terminal, here and in every command a test starts: a shell that runs the suite
+    in the background (`cmd &`, as CI scripts and nohup do) hands it over ignored, and the commands inherit that, so
+    the Ctrl-C tests would wait on runs that never see their signal. A handled signal is reset to the default in a
+    child at exec, where Python installs its own handler again."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 # Put first in a script run in a fresh process, to show it works where caev2_hf cannot be imported (remote code).
