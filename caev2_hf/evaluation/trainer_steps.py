@@ -1,7 +1,7 @@
 # Copyright 2026 The caev2_hf authors. Licensed under the Apache License, Version 2.0.
 """What the Trainer-based jobs (fine-tuning, semantic segmentation, LW-DETR and Mask R-CNN detection) share: the
 length of a run in optimizer steps, and the run's hold on its output folder (the lock, a fresh start over another
-run, the resume hint on Ctrl-C)."""
+run, Ctrl-C that stops the run and names the checkpoint to resume)."""
 
 import contextlib
 import math
